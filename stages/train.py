@@ -1,0 +1,12 @@
+"""train stage: data/numpy/ + data/split.csv -> models/model.keras, metrics/train.json, plots/train/"""
+
+from tumorseg.params import load_params
+from tumorseg.train import train
+
+
+def main():
+    train(load_params())
+
+
+if __name__ == "__main__":
+    main()

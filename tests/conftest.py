@@ -1,0 +1,13 @@
+from pathlib import Path
+
+import pytest
+
+SAMPLE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "figshare-sample"
+
+
+@pytest.fixture
+def real_sample():
+    """The folder of genuine figshare slices beside the repository, or skip."""
+    if not (SAMPLE_DIR / "mat").is_dir():
+        pytest.skip(f"real figshare sample not found at {SAMPLE_DIR.resolve()} (only present beside the repository in CI)")
+    return SAMPLE_DIR

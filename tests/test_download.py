@@ -1,0 +1,367 @@
+"""Offline tests of the download stage against a local HTTP server."""
+
+import hashlib
+import io
+import sys
+import threading
+import types
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+
+from tumorseg import download
+from tumorseg.download import (
+    ArchiveError,
+    DownloadError,
+    RemoteFile,
+    SourceError,
+    check_base_url,
+    download_file,
+    format_ranges,
+    prepare_raw,
+)
+from tumorseg.matfile import Slice, read_slice, write_slice
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def mat_bytes(tmp_path_factory):
+    """Bytes of small valid slices 1..4, keyed by file name."""
+    folder = tmp_path_factory.mktemp("mats")
+    result = {}
+    for index in range(1, 5):
+        image = np.arange(256, dtype=np.int16).reshape(16, 16) * index
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:8, 4:8] = 1
+        border = np.array([[5.0, 5.0], [8.0, 5.0], [8.0, 8.0]])
+        path = folder / f"{index}.mat"
+        write_slice(path, Slice(image=image, mask=mask, label=1 + index % 3, pid=f"P{index}", border=border))
+        result[path.name] = path.read_bytes()
+    result["cvind.mat"] = b"cvind-bytes" * 50
+    return result
+
+
+def make_zip(members):
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in members.items():
+            archive.writestr(zipfile.ZipInfo(name), data)
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def figshare_zips(mat_bytes):
+    """Two zips in the figshare layout (with a folder prefix and clutter to ignore)."""
+    return {
+        "brainTumorDataPublic_1-2.zip": make_zip({"1.mat": mat_bytes["1.mat"], "2.mat": mat_bytes["2.mat"]}),
+        "brainTumorDataPublic_3-4.zip": make_zip({
+            "brainTumorDataPublic_3-4/3.mat": mat_bytes["3.mat"],
+            "brainTumorDataPublic_3-4/4.mat": mat_bytes["4.mat"],
+            "__MACOSX/brainTumorDataPublic_3-4/._3.mat": b"junk",
+            "README.txt": b"readme",
+        }),
+    }
+
+
+class FakeFigshare:
+    """Serves /files/<id> with Range support and scripted failures."""
+
+    def __init__(self):
+        self.bodies = {}  # path -> bytes
+        self.cut_once = set()  # paths whose first request is cut mid-body
+        self.fail_statuses = {}  # path -> list of statuses to answer first
+        self.ignore_range = False
+        self.log = []  # (path, Range header or None)
+
+    def add(self, file_id, body):
+        self.bodies[f"/files/{file_id}"] = body
+
+    def handler(self):
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                fake.log.append((self.path, self.headers.get("Range")))
+                body = fake.bodies.get(self.path)
+                pending = fake.fail_statuses.get(self.path)
+                if pending:
+                    self.send_error(pending.pop(0))
+                    return
+                if body is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                header = self.headers.get("Range")
+                if header and not fake.ignore_range:
+                    start = int(header.removeprefix("bytes=").rstrip("-"))
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(body) - 1}/{len(body)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(body) - start))
+                self.end_headers()
+                if self.path in fake.cut_once:
+                    fake.cut_once.discard(self.path)
+                    self.wfile.write(body[start:start + (len(body) - start) // 2])
+                    self.wfile.flush()
+                    self.close_connection = True
+                    return
+                self.wfile.write(body[start:])
+
+        return Handler
+
+
+@pytest.fixture
+def server():
+    fake = FakeFigshare()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), fake.handler())
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    fake.base_url = f"http://127.0.0.1:{httpd.server_address[1]}/files"
+    yield fake
+    httpd.shutdown()
+    httpd.server_close()
+    thread.join(timeout=5)
+
+
+def md5(data):
+    return hashlib.md5(data).hexdigest()
+
+
+def publish(server, zips, mat_bytes):
+    """Serve the zips and cvind.mat; return their file table."""
+    files = []
+    bodies = dict(zips, **{"cvind.mat": mat_bytes["cvind.mat"]})
+    for file_id, (name, body) in enumerate(bodies.items(), start=100):
+        server.add(file_id, body)
+        files.append(RemoteFile(name, file_id, md5(body), len(body)))
+    return files
+
+
+def names(folder):
+    return sorted(p.name for p in folder.iterdir())
+
+
+def all_files(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+# ---------------------------------------------------------------- download
+
+def test_figshare_download_verifies_and_extracts(tmp_path, server, figshare_zips, mat_bytes, capsys):
+    files = publish(server, figshare_zips, mat_bytes)
+    out_dir = tmp_path / "data" / "raw"
+    prepare_raw("figshare", out_dir, server.base_url, files=files, backoff=0)
+
+    assert names(out_dir) == ["1.mat", "2.mat", "3.mat", "4.mat", "cvind.mat"]
+    assert all((out_dir / name).read_bytes() == mat_bytes[name] for name in names(out_dir))
+    assert read_slice(out_dir / "3.mat").pid == "P3"
+    assert not [p for p in tmp_path.rglob("*.part")]
+    assert names(tmp_path / "data" / "downloads") == sorted(f.name for f in files)
+    assert "found 4 slices; missing 5-3064" in capsys.readouterr().out
+
+    requests_before = len(server.log)
+    prepare_raw("figshare", out_dir, server.base_url, files=files, backoff=0)
+    assert len(server.log) == requests_before  # verified files are not fetched again
+    assert names(out_dir) == ["1.mat", "2.mat", "3.mat", "4.mat", "cvind.mat"]
+
+
+def test_cut_connection_resumes_on_next_run(tmp_path, server):
+    body = bytes(range(256)) * 4096
+    server.add(7, body)
+    server.cut_once.add("/files/7")
+    url, dest = f"{server.base_url}/7", tmp_path / "big.zip"
+
+    with pytest.raises(DownloadError) as error:
+        download_file(url, dest, md5(body), len(body), retries=0, backoff=0)
+    assert url in str(error.value) and "resumes" in str(error.value)
+    part = tmp_path / "big.zip.part"
+    offset = part.stat().st_size
+    assert 0 < offset < len(body) and not dest.exists()
+
+    download_file(url, dest, md5(body), len(body), retries=0, backoff=0)
+    assert server.log[-1] == ("/files/7", f"bytes={offset}-")
+    assert dest.read_bytes() == body and not part.exists()
+
+
+def test_cut_connection_resumes_within_retries(tmp_path, server):
+    body = b"x" * 500_000 + b"y" * 500_000
+    server.add(8, body)
+    server.cut_once.add("/files/8")
+    dest = download_file(f"{server.base_url}/8", tmp_path / "f.zip", md5(body), None, retries=2, backoff=0)
+    assert dest.read_bytes() == body
+    assert [header for _, header in server.log][0] is None
+    offset = int(server.log[1][1].removeprefix("bytes=").rstrip("-"))
+    assert len(server.log) == 2 and 0 < offset <= 500_000
+
+
+def test_server_ignoring_range_restarts_the_file(tmp_path, server):
+    body = b"abcdef" * 1000
+    server.add(9, body)
+    server.ignore_range = True
+    (tmp_path / "f.zip.part").write_bytes(b"stale partial data")
+    dest = download_file(f"{server.base_url}/9", tmp_path / "f.zip", md5(body), len(body), retries=0)
+    assert dest.read_bytes() == body
+
+
+def test_retries_server_errors_then_gives_up(tmp_path, server, monkeypatch):
+    body = b"payload" * 100
+    server.add(10, body)
+    server.fail_statuses["/files/10"] = [503, 429]
+    delays = []
+    monkeypatch.setattr(download.time, "sleep", delays.append)
+    download_file(f"{server.base_url}/10", tmp_path / "a.zip", md5(body), retries=2, backoff=0.5)
+    assert (tmp_path / "a.zip").read_bytes() == body
+    assert delays == [0.5, 1.0]
+
+    server.fail_statuses["/files/10"] = [503, 503]
+    url = f"{server.base_url}/10"
+    with pytest.raises(DownloadError, match="again resumes") as error:
+        download_file(url, tmp_path / "b.zip", md5(body), retries=1, backoff=0)
+    assert url in str(error.value) and "503" in str(error.value)
+
+
+def test_missing_file_is_not_retried(tmp_path, server):
+    with pytest.raises(DownloadError, match="404"):
+        download_file(f"{server.base_url}/404", tmp_path / "x.zip", "0" * 32, retries=3, backoff=100)
+
+
+def test_md5_mismatch_removes_the_file(tmp_path, server):
+    body = b"not the published file"
+    server.add(11, body)
+    wrong = "0123456789abcdef0123456789abcdef"
+    with pytest.raises(DownloadError) as error:
+        download_file(f"{server.base_url}/11", tmp_path / "c.zip", wrong, retries=0)
+    message = str(error.value)
+    assert wrong in message and md5(body) in message and "c.zip" in message
+    assert all_files(tmp_path) == []
+
+
+@pytest.mark.parametrize("url", ["http://example.com/files", "ftp://127.0.0.1/files", "ndownloader.figshare.com"])
+def test_non_https_url_rejected(tmp_path, url):
+    with pytest.raises(ValueError, match="https"):
+        prepare_raw("figshare", tmp_path / "raw", url, files=[])
+    assert not (tmp_path / "raw").exists()
+
+
+def test_https_and_loopback_http_accepted():
+    assert check_base_url("https://ndownloader.figshare.com/files/") == "https://ndownloader.figshare.com/files"
+    for host in ("127.0.0.1:8000", "localhost", "[::1]:8080"):
+        check_base_url(f"http://{host}/files")
+
+
+# ---------------------------------------------------------------- zips
+
+def test_corrupt_zip_gives_clear_error(tmp_path, figshare_zips):
+    source = tmp_path / "src"
+    source.mkdir()
+    good = figshare_zips["brainTumorDataPublic_1-2.zip"]
+    (source / "brainTumorDataPublic_1-2.zip").write_bytes(good[: len(good) // 2])
+    with pytest.raises(ArchiveError, match=r"brainTumorDataPublic_1-2\.zip.*corrupt or truncated.*download it again"):
+        prepare_raw(str(source), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("member", ["../evil.mat", "/tmp/evil.mat", "sub/../../5.mat", "C:/evil.mat"])
+def test_unsafe_zip_member_rejected(tmp_path, member, mat_bytes):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "bad.zip").write_bytes(make_zip({"1.mat": mat_bytes["1.mat"], member: b"evil"}))
+    with pytest.raises(ArchiveError, match="unsafe member path"):
+        prepare_raw(str(source), tmp_path / "deep" / "raw")
+    assert not (tmp_path / "deep" / "raw").exists()
+    assert all_files(tmp_path) == ["src/bad.zip"]
+
+
+# ---------------------------------------------------------------- local folders
+
+def test_local_folder_of_nested_mat_files(tmp_path, mat_bytes, capsys):
+    source = tmp_path / "src"
+    for rel, name in [("a/1.mat", "1.mat"), ("a/b/2.mat", "2.mat"), ("c/4.mat", "4.mat"), ("cvind.mat", "cvind.mat")]:
+        (source / rel).parent.mkdir(parents=True, exist_ok=True)
+        (source / rel).write_bytes(mat_bytes[name])
+    (source / "notes.mat").write_bytes(b"not a slice")
+    prepare_raw(str(source), tmp_path / "raw")
+    assert names(tmp_path / "raw") == ["1.mat", "2.mat", "4.mat", "cvind.mat"]
+    assert "found 3 slices; missing 3, 5-3064" in capsys.readouterr().out
+
+
+def test_local_folder_of_zips(tmp_path, figshare_zips, mat_bytes):
+    source = tmp_path / "downloads"
+    source.mkdir()
+    for name, body in figshare_zips.items():
+        (source / name).write_bytes(body)
+    (source / "cvind.mat").write_bytes(mat_bytes["cvind.mat"])
+    prepare_raw(str(source), tmp_path / "raw")
+    assert names(tmp_path / "raw") == ["1.mat", "2.mat", "3.mat", "4.mat", "cvind.mat"]
+    assert (tmp_path / "raw" / "4.mat").read_bytes() == mat_bytes["4.mat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["downloads", "raw"]
+
+
+def test_local_whole_article_zip(tmp_path, figshare_zips, mat_bytes):
+    source = tmp_path / "article"
+    source.mkdir()
+    (source / "1512427.zip").write_bytes(make_zip(dict(figshare_zips, **{"cvind.mat": mat_bytes["cvind.mat"]})))
+    out_dir = tmp_path / "raw"
+    out_dir.mkdir()
+    (out_dir / "old.mat").write_bytes(b"previous run")
+    prepare_raw(str(source), out_dir)
+    assert names(out_dir) == ["1.mat", "2.mat", "3.mat", "4.mat", "cvind.mat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["article", "raw"]
+
+
+def test_empty_folder_and_missing_path(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "cvind.mat").write_bytes(b"only cvind")
+    with pytest.raises(SourceError, match=r"no N\.mat slice files and no \.zip files"):
+        prepare_raw(str(tmp_path / "empty"), tmp_path / "raw")
+    with pytest.raises(SourceError, match="nowhere"):
+        prepare_raw(str(tmp_path / "nowhere"), tmp_path / "raw")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_failed_run_keeps_previous_output(tmp_path):
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "broken.zip").write_bytes(b"PK\x03\x04 truncated")
+    out_dir = tmp_path / "raw"
+    out_dir.mkdir()
+    (out_dir / "1.mat").write_bytes(b"previous")
+    with pytest.raises(ArchiveError):
+        prepare_raw(str(source), out_dir)
+    assert names(out_dir) == ["1.mat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "src"]
+
+
+def test_format_ranges():
+    assert format_ranges([]) == ""
+    assert format_ranges([7, 1, 2, 3, 5, 8]) == "1-3, 5, 7-8"
+    assert format_ranges(range(767, 3065)) == "767-3064"
+
+
+# ---------------------------------------------------------------- synthetic
+
+def test_synthetic_source_calls_generator(tmp_path, monkeypatch):
+    calls = []
+
+    def write_dataset(out_dir, **kwargs):
+        calls.append(kwargs)
+        (out_dir / "1.mat").write_bytes(b"synthetic")
+
+    monkeypatch.setitem(sys.modules, "tumorseg.synthetic", types.SimpleNamespace(write_dataset=write_dataset))
+    options = {"patients": 3, "slices_per_patient": 2, "image_size": 64}
+    prepare_raw("synthetic", tmp_path / "raw", "https://unused", synthetic=options, seed=5)
+    assert calls == [dict(options, seed=5)]
+    assert names(tmp_path / "raw") == ["1.mat"]
+
+
+def test_synthetic_source_needs_its_params(tmp_path):
+    with pytest.raises(ValueError, match="slices_per_patient"):
+        prepare_raw("synthetic", tmp_path / "raw", synthetic={"patients": 2, "image_size": 32})
+    assert not (tmp_path / "raw").exists()

@@ -1,0 +1,113 @@
+import csv
+
+import h5py
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from tumorseg.matfile import MatFormatError, Slice, read_slice, write_slice
+
+
+def border_on_mask_boundary(slice_):
+    """Fraction of tumorBorder points (x = column, y = row, 1-based) on the mask's outline (1-pixel tolerance)."""
+    mask = slice_.mask.astype(bool)
+    outline = mask & ~ndimage.binary_erosion(mask)
+    near_outline = ndimage.binary_dilation(outline, iterations=1)
+    cols = np.clip(np.round(slice_.border[:, 0]).astype(int) - 1, 0, mask.shape[1] - 1)
+    rows = np.clip(np.round(slice_.border[:, 1]).astype(int) - 1, 0, mask.shape[0] - 1)
+    return near_outline[rows, cols].mean()
+
+
+def test_real_sample_matches_manifest(real_sample):
+    with open(real_sample / "manifest.csv") as f:
+        manifest = list(csv.DictReader(f))
+    assert len(manifest) == 60
+    for row in manifest:
+        slice_ = read_slice(real_sample / "mat" / f"{row['index']}.mat")
+        assert slice_.label == int(row["label"])
+        assert slice_.pid == row["pid"]
+        assert "x".join(map(str, slice_.image.shape)) == row["img_shape"]
+        assert int(slice_.mask.sum()) == int(row["tumor_pixels"])
+        assert int(slice_.image.max()) == int(row["img_max"])
+        assert slice_.image.dtype == np.int16 and slice_.mask.dtype == np.uint8
+
+
+def test_real_sample_orientation_from_tumor_border(real_sample):
+    """tumorBorder is in display coordinates, so it must trace the transposed (displayed) mask, not the raw one."""
+    displayed, untransposed = [], []
+    for path in sorted((real_sample / "mat").glob("*.mat")):
+        slice_ = read_slice(path)
+        displayed.append(border_on_mask_boundary(slice_))
+        untransposed.append(border_on_mask_boundary(Slice(slice_.image.T, slice_.mask.T, 0, "", slice_.border)))
+    assert min(displayed) > 0.7 and np.mean(displayed) > 0.95
+    assert max(untransposed) < 0.5 and np.mean(untransposed) < 0.1
+
+
+def small_slice():
+    image = np.arange(12 * 10, dtype=np.int16).reshape(12, 10)
+    mask = np.zeros((12, 10), np.uint8)
+    mask[3:6, 2:5] = 1
+    border = np.array([[3.0, 4.0], [5.0, 4.0], [5.0, 6.0], [3.0, 6.0]])
+    return Slice(image, mask, 2, "MR051461", border)
+
+
+def test_write_then_read_round_trip(tmp_path):
+    original = small_slice()
+    write_slice(tmp_path / "7.mat", original)
+    back = read_slice(tmp_path / "7.mat")
+    np.testing.assert_array_equal(back.image, original.image)
+    np.testing.assert_array_equal(back.mask, original.mask)
+    np.testing.assert_array_equal(back.border, original.border)
+    assert (back.label, back.pid) == (2, "MR051461")
+    with h5py.File(tmp_path / "7.mat") as f:
+        assert f["cjdata/image"].shape == (10, 12)  # stored transposed, as MATLAB does
+        assert f["cjdata/PID"].dtype == np.uint16 and f["cjdata/PID"].shape == (8, 1)
+        assert f["cjdata/label"].dtype == np.float64 and f["cjdata/label"].shape == (1, 1)
+        assert f["cjdata/tumorBorder"].shape == (1, 8)
+    assert (tmp_path / "7.mat").read_bytes()[:10] == b"MATLAB 7.3"
+
+
+def test_truncated_file_is_reported(tmp_path):
+    write_slice(tmp_path / "1.mat", small_slice())
+    data = (tmp_path / "1.mat").read_bytes()
+    (tmp_path / "2.mat").write_bytes(data[: len(data) // 2])
+    with pytest.raises(MatFormatError, match="2.mat"):
+        read_slice(tmp_path / "2.mat")
+
+
+def test_matlab_v5_file_is_reported(tmp_path):
+    path = tmp_path / "3.mat"
+    path.write_bytes(b"MATLAB 5.0 MAT-file, Platform: GLNXA64".ljust(128, b" ") + b"\x00" * 64)
+    with pytest.raises(MatFormatError, match="v7.3"):
+        read_slice(path)
+
+
+def test_not_a_mat_file_is_reported(tmp_path):
+    path = tmp_path / "4.mat"
+    path.write_text("not a MATLAB file")
+    with pytest.raises(MatFormatError, match="4.mat"):
+        read_slice(path)
+
+
+@pytest.mark.parametrize("drop", ["tumorMask", "label", "PID"])
+def test_missing_field_is_reported(tmp_path, drop):
+    path = tmp_path / "5.mat"
+    write_slice(path, small_slice())
+    with h5py.File(path, "r+") as f:
+        del f["cjdata"][drop]
+    with pytest.raises(MatFormatError, match=drop):
+        read_slice(path)
+
+
+def test_missing_struct_and_wrong_shapes_are_reported(tmp_path):
+    path = tmp_path / "6.mat"
+    write_slice(path, small_slice())
+    with h5py.File(path, "r+") as f:
+        del f["cjdata"]["tumorMask"]
+        f["cjdata"].create_dataset("tumorMask", data=np.zeros((3, 3), np.uint8))
+    with pytest.raises(MatFormatError, match="same shape"):
+        read_slice(path)
+    with h5py.File(path, "r+") as f:
+        del f["cjdata"]
+    with pytest.raises(MatFormatError, match="cjdata"):
+        read_slice(path)

@@ -1,0 +1,64 @@
+import keras
+import numpy as np
+import pytest
+
+from tumorseg.losses import BceDiceLoss, dice_score, training_metrics
+from tumorseg.model import build_unet
+
+
+@pytest.mark.parametrize("image_size, depth, filters", [(32, 1, 4), (64, 3, 4), (128, 4, 2), (64, 5, 2)])
+def test_output_shape(image_size, depth, filters):
+    model = build_unet(image_size, depth=depth, filters=filters)
+    output = model(np.zeros((2, image_size, image_size, 1), np.float32))
+    assert tuple(output.shape) == (2, image_size, image_size, 1)
+    assert 0.0 <= float(keras.ops.min(output)) and float(keras.ops.max(output)) <= 1.0
+
+
+def test_reference_configuration_has_the_reference_parameter_count():
+    assert build_unet(128, depth=4, filters=64).count_params() == 22_734_145
+
+
+def test_filters_double_per_level_up_to_eight_times():
+    model = build_unet(64, depth=5, filters=2)
+    widths = sorted({layer.filters for layer in model.layers if isinstance(layer, keras.layers.Conv2D)} - {1})
+    assert widths == [2, 4, 8, 16]
+
+
+def test_image_size_must_divide_by_the_depth():
+    with pytest.raises(ValueError, match="divisible"):
+        build_unet(100, depth=4)
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = build_unet(32, depth=2, filters=4)
+    model.compile(optimizer="adam", loss=BceDiceLoss(0.5, 2.0), metrics=training_metrics())
+    x = np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32)
+    y = (x > 0.5).astype(np.float32)
+    model.fit(x, y, epochs=1, verbose=0)
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    np.testing.assert_allclose(loaded.predict(x, verbose=0), model.predict(x, verbose=0), atol=1e-6)
+    assert loaded.loss.dice_weight == 2.0 and loaded.loss.bce_weight == 0.5
+
+
+def masks(*rows):
+    return np.array(rows, dtype=np.float32).reshape(len(rows), 2, 2, 1)
+
+
+def test_dice_score_by_hand():
+    truth = masks([1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0], [1, 0, 0, 0])
+    prediction = masks([0.9, 0.2, 0.7, 0.1], [0, 0, 0, 0], [0.6, 0, 0, 0], [0.5, 0, 0, 0])
+    # image 1: |A∩B| = 1, |A| = 2, |B| = 2 -> 0.5; both empty -> 1; truth empty, one predicted -> 0; exact -> 1
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(dice_score(truth, prediction)), [0.5, 1.0, 0.0, 1.0])
+
+
+def test_loss_by_hand():
+    truth = masks([1, 0, 0, 0])
+    prediction = masks([0.8, 0.2, 0.2, 0.2])
+    bce = -(np.log(0.8) + 3 * np.log(0.8)) / 4
+    dice = (2 * 0.8 + 1) / (1.4 + 1 + 1)
+    np.testing.assert_allclose(float(BceDiceLoss(1.0, 0.0)(truth, prediction)), bce, rtol=1e-5)
+    np.testing.assert_allclose(float(BceDiceLoss(0.0, 1.0)(truth, prediction)), 1 - dice, rtol=1e-5)
+    np.testing.assert_allclose(float(BceDiceLoss(2.0, 3.0)(truth, prediction)), 2 * bce + 3 * (1 - dice), rtol=1e-5)
+    empty = masks([0, 0, 0, 0])
+    assert float(BceDiceLoss(0.0, 1.0)(empty, empty)) == pytest.approx(0.0)

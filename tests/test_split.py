@@ -1,0 +1,72 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from tumorseg.split import assign_subsets, read_split, summary, write_split
+
+
+def dataset(patients=40, slices=5, seed=0):
+    rng = np.random.default_rng(seed)
+    pids = np.repeat([f"{1000 + p}" for p in range(patients)], slices)
+    labels = np.repeat(rng.permutation(np.arange(patients) % 3 + 1), slices)
+    return pids, labels
+
+
+def patients_in(pids, subsets, name):
+    return set(pids[subsets == name])
+
+
+def test_holdout_is_patient_level_and_stratified():
+    pids, labels = dataset(patients=60)
+    subsets = assign_subsets(pids, labels, val=0.15, test=0.15, seed=1)
+    train, val, test = (patients_in(pids, subsets, s) for s in ("train", "val", "test"))
+    assert not (train & val or train & test or val & test)
+    assert len(train | val | test) == 60
+    assert (len(val), len(test)) == (9, 9)
+    for name in ("train", "val", "test"):
+        assert set(labels[subsets == name]) == {1, 2, 3}
+    counts = pd.crosstab(subsets, labels)
+    assert (counts.loc["test"] / counts.loc["test"].sum()).between(0.2, 0.45).all()
+
+
+def test_seed_changes_the_split_and_reproduces_it():
+    pids, labels = dataset()
+    first = assign_subsets(pids, labels, seed=1)
+    np.testing.assert_array_equal(first, assign_subsets(pids, labels, seed=1))
+    assert (first != assign_subsets(pids, labels, seed=2)).any()
+
+
+def test_folds_cover_every_patient_once_as_test():
+    pids, labels = dataset(patients=30)
+    tested = []
+    for fold in range(5):
+        subsets = assign_subsets(pids, labels, folds=5, fold=fold, seed=3)
+        train, val, test = (patients_in(pids, subsets, s) for s in ("train", "val", "test"))
+        assert not (train & val or train & test or val & test)
+        assert set(labels[subsets == "test"]) == {1, 2, 3}
+        tested.extend(test)
+    assert sorted(tested) == sorted(set(pids))
+
+
+def test_too_few_patients_is_a_clear_error():
+    pids, labels = dataset(patients=6)
+    with pytest.raises(ValueError, match="too few patients"):
+        assign_subsets(pids, labels)
+    with pytest.raises(ValueError, match="too few patients"):
+        assign_subsets(pids, labels, folds=5, fold=0)
+
+
+@pytest.mark.parametrize("kwargs", [dict(val=0.0), dict(test=1.2), dict(val=0.5, test=0.5), dict(fold=5)])
+def test_bad_fractions_or_fold(kwargs):
+    pids, labels = dataset()
+    with pytest.raises(ValueError, match="split"):
+        assign_subsets(pids, labels, **kwargs)
+
+
+def test_csv_round_trip_keeps_pids_as_text(tmp_path):
+    pids = np.array(["0012", "0012", "MR051461"])
+    write_split(np.array([1, 2, 3]), pids, np.array([1, 1, 2]), np.array(["train", "train", "test"]), tmp_path / "s.csv")
+    table = read_split(tmp_path / "s.csv")
+    assert list(table["pid"]) == ["0012", "0012", "MR051461"]
+    assert list(table.columns) == ["index", "pid", "label", "subset"]
+    assert "meningioma" in summary(table)

@@ -1,0 +1,95 @@
+"""mat_to_numpy: figshare .mat slices -> model-ready arrays in data/numpy/.
+
+Writes, into a folder that appears only once complete:
+  images.npy  float32 (N, S, S) in [0, 1]
+  masks.npy   uint8   (N, S, S) in {0, 1}
+  labels.npy  uint8   (N,)  1 meningioma, 2 glioma, 3 pituitary
+  pids.npy    unicode (N,)  patient ids
+  ids.npy     int32   (N,)  figshare index: the slice came from data/raw/<id>.mat
+Slices are streamed into memory-mapped arrays by a pool of worker processes,
+so memory stays flat whatever the number of slices.
+"""
+
+import os
+import re
+from functools import partial
+from multiprocessing import Pool
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from .atomic import atomic_dir
+from .matfile import read_slice
+from .preprocess import preprocess_image, preprocess_mask
+
+SLICE_NAME = re.compile(r"^(\d+)\.mat$")
+
+
+def list_slices(raw_dir):
+    """Sorted (index, path) of the N.mat files in raw_dir."""
+    raw_dir = Path(raw_dir)
+    if not raw_dir.is_dir():
+        raise FileNotFoundError(f"{raw_dir}: no such folder; run the download stage first (dvc repro download).")
+    found = []
+    for path in raw_dir.iterdir():
+        match = SLICE_NAME.match(path.name)
+        if match:
+            found.append((int(match.group(1)), path))
+    if not found:
+        raise ValueError(f"{raw_dir}: no N.mat slice files; run the download stage first (dvc repro download).")
+    return sorted(found)
+
+
+def convert_slice(path, image_size, percentile):
+    """One .mat file -> (image, mask, label, pid) at the model resolution."""
+    slice_ = read_slice(path, with_border=False)
+    return (
+        preprocess_image(slice_.image, image_size, percentile),
+        preprocess_mask(slice_.mask, image_size),
+        slice_.label,
+        slice_.pid,
+    )
+
+
+def mat_to_numpy(raw_dir, out_dir, image_size=128, percentile=99.5, workers=None):
+    """Convert every N.mat of raw_dir; return the number of slices."""
+    if image_size < 8:
+        raise ValueError(f"data.image_size must be at least 8, got {image_size}.")
+    slices = list_slices(raw_dir)
+    count = len(slices)
+    workers = workers or os.cpu_count() or 1
+    convert = partial(convert_slice, image_size=image_size, percentile=percentile)
+    labels = np.zeros(count, np.uint8)
+    pids = []
+    with atomic_dir(out_dir) as tmp:
+        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.float32, (count, image_size, image_size))
+        masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (count, image_size, image_size))
+        paths = [path for _, path in slices]
+        with Pool(workers) as pool:
+            results = pool.imap(convert, paths, chunksize=16)
+            for i, (image, mask, label, pid) in enumerate(tqdm(results, total=count, desc="mat_to_numpy", unit="slice")):
+                images[i], masks[i], labels[i] = image, mask, label
+                pids.append(pid)
+        images.flush()
+        masks.flush()
+        del images, masks
+        np.save(tmp / "labels.npy", labels)
+        np.save(tmp / "pids.npy", np.array(pids, dtype=str))
+        np.save(tmp / "ids.npy", np.array([index for index, _ in slices], dtype=np.int32))
+    return count
+
+
+def load_arrays(numpy_dir, mmap=True):
+    """Load data/numpy as a dict of arrays, checking that their lengths agree."""
+    numpy_dir = Path(numpy_dir)
+    arrays = {}
+    for name in ("images", "masks", "labels", "pids", "ids"):
+        path = numpy_dir / f"{name}.npy"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; run the mat_to_numpy stage (dvc repro mat_to_numpy).")
+        arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    lengths = {name: len(array) for name, array in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        raise ValueError(f"{numpy_dir}: arrays disagree in length {lengths}; run mat_to_numpy again.")
+    return arrays

@@ -1,0 +1,128 @@
+"""Read and write slices in the figshare MATLAB v7.3 format.
+
+Each file holds one slice as the struct `cjdata` in an HDF5 file with a
+512-byte MATLAB header: `label` float64 (1, 1), `PID` uint16 character codes
+(n, 1), `image` int16, `tumorMask` uint8 (MATLAB logical), `tumorBorder`
+float64 (1, 2k) = x1, y1, x2, y2, ... (x = column, y = row, 1-based).
+MATLAB stores arrays column-major, so h5py sees `image` and `tumorMask`
+transposed; this module returns them in display orientation.
+"""
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+FIELDS = ("label", "PID", "image", "tumorBorder", "tumorMask")
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+class MatFormatError(ValueError):
+    """A file that is not a readable figshare slice."""
+
+
+@dataclass
+class Slice:
+    image: np.ndarray  # (H, W) int16, display orientation
+    mask: np.ndarray  # (H, W) uint8 in {0, 1}
+    label: int  # 1 meningioma, 2 glioma, 3 pituitary
+    pid: str
+    border: np.ndarray  # (k, 2) float64, columns x (column), y (row), 1-based
+
+
+def _check_signature(path):
+    with open(path, "rb") as f:
+        head = f.read(520)
+    if head[512:520] == HDF5_SIGNATURE:
+        return
+    if head.startswith(b"MATLAB 5.0"):
+        raise MatFormatError(
+            f"{path}: MATLAB v5 file; this pipeline reads the figshare v7.3 (HDF5) files. "
+            "Re-save it in MATLAB with save(..., '-v7.3') or use the original download."
+        )
+    raise MatFormatError(
+        f"{path}: not a MATLAB v7.3 file (no HDF5 data after the 512-byte header); "
+        "the file is corrupt or truncated: download or extract it again."
+    )
+
+
+def read_slice(path, with_border=True):
+    """Read one slice; raise MatFormatError naming the file and the fix."""
+    path = Path(path)
+    _check_signature(path)
+    try:
+        with h5py.File(path, "r") as f:
+            if "cjdata" not in f:
+                raise MatFormatError(f"{path}: no 'cjdata' struct; this is not a figshare slice file.")
+            group = f["cjdata"]
+            needed = FIELDS if with_border else tuple(n for n in FIELDS if n != "tumorBorder")
+            missing = [name for name in needed if name not in group]
+            if missing:
+                raise MatFormatError(
+                    f"{path}: 'cjdata' lacks field(s) {', '.join(missing)}; "
+                    "the file is incomplete: download or extract it again."
+                )
+            image = group["image"][()].T
+            mask = group["tumorMask"][()].T
+            label = group["label"][()]
+            pid_codes = group["PID"][()]
+            border = group["tumorBorder"][()] if with_border else np.zeros((1, 0))
+    except MatFormatError:
+        raise
+    except (OSError, KeyError) as error:
+        raise MatFormatError(f"{path}: unreadable HDF5 data ({error}); the file is corrupt or truncated.") from error
+
+    if image.ndim != 2 or image.shape != mask.shape:
+        raise MatFormatError(
+            f"{path}: image {image.shape} and tumorMask {mask.shape} must be 2-D of the same shape."
+        )
+    if label.size != 1 or int(label.item()) not in (1, 2, 3):
+        raise MatFormatError(f"{path}: label must be one of 1, 2, 3, found {label.ravel()[:3]}.")
+    if border.size % 2:
+        raise MatFormatError(f"{path}: tumorBorder must hold x, y pairs, found {border.size} values.")
+    pid = "".join(chr(code) for code in pid_codes.ravel())
+    return Slice(
+        image=image.astype(np.int16, copy=False),
+        mask=(mask > 0).astype(np.uint8),
+        label=int(label.item()),
+        pid=pid,
+        border=border.reshape(-1, 2),
+    )
+
+
+def _matlab_header():
+    created = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(0))
+    text = f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {created} HDF5 schema 1.00 ."
+    header = text.encode("ascii").ljust(116, b" ")
+    header += b"\x00" * 8  # subsystem data offset
+    header += b"\x00\x02" + b"IM"  # version 0x0200, little-endian marker
+    return header.ljust(512, b"\x00")
+
+
+def write_slice(path, slice_):
+    """Write `slice_` as MATLAB v7.3 exactly as the figshare files are laid out."""
+    path = Path(path)
+    fields = [np.array(list(name), dtype="S1") for name in FIELDS]
+    with h5py.File(path, "w", userblock_size=512, libver="earliest") as f:
+        group = f.create_group("cjdata")
+        group.attrs["MATLAB_class"] = np.bytes_("struct")
+        group.attrs.create("MATLAB_fields", fields, dtype=h5py.vlen_dtype(np.dtype("S1")))
+
+        def put(name, data, matlab_class, chunks=None, int_decode=None):
+            kwargs = dict(chunks=chunks, compression="gzip") if chunks else {}
+            dataset = group.create_dataset(name, data=data, **kwargs)
+            dataset.attrs["H5PATH"] = np.bytes_("/cjdata")
+            dataset.attrs["MATLAB_class"] = np.bytes_(matlab_class)
+            if int_decode is not None:
+                dataset.attrs["MATLAB_int_decode"] = np.int32(int_decode)
+
+        height, width = slice_.image.shape
+        put("label", np.array([[float(slice_.label)]]), "double")
+        put("PID", np.array([[ord(c)] for c in slice_.pid], dtype=np.uint16), "char", int_decode=2)
+        put("image", slice_.image.astype(np.int16).T, "int16", chunks=(width, max(height // 8, 1)))
+        put("tumorBorder", slice_.border.reshape(1, -1).astype(np.float64), "double")
+        put("tumorMask", slice_.mask.astype(np.uint8).T, "logical", chunks=(width, max(height // 4, 1)), int_decode=1)
+    with open(path, "r+b") as f:
+        f.write(_matlab_header())

@@ -1,0 +1,99 @@
+"""Patient-level split: no patient's slices in two subsets, stratified by class.
+
+Two modes, both seeded:
+- holdout (split.fold is null): patients go to train / val / test by the
+  fractions in params, stratified by each patient's tumor class;
+- k-fold (split.fold = k): StratifiedGroupKFold over patients; fold k is the
+  test set and val is drawn from the remaining patients by split.val.
+"""
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import StratifiedGroupKFold, train_test_split
+
+from . import LABEL_NAMES
+from .atomic import atomic_file
+
+SUBSETS = ("train", "val", "test")
+
+
+def patient_table(pids, labels):
+    """One row per patient with its most frequent label."""
+    slices = pd.DataFrame({"pid": pids, "label": labels})
+    return slices.groupby("pid")["label"].agg(lambda x: x.mode().iloc[0]).reset_index()
+
+
+def _split_patients(patients, fraction, seed, what):
+    """Stratified split of a patient table; the second part holds `fraction` of the patients."""
+    n_second = int(np.ceil(fraction * len(patients)))
+    n_classes = patients["label"].nunique()
+    if n_second < n_classes or len(patients) - n_second < n_classes:
+        raise ValueError(
+            f"too few patients for the requested split: {len(patients)} patients, {n_classes} classes, "
+            f"{what} fraction {fraction} gives {n_second} patients; each subset needs at least one patient "
+            "per class. Use more patients (e.g. data.synthetic.patients) or larger split fractions."
+        )
+    first, second = train_test_split(
+        patients, test_size=n_second, stratify=patients["label"], random_state=seed
+    )
+    return first, second
+
+
+def assign_subsets(pids, labels, val=0.15, test=0.15, folds=5, fold=None, seed=42):
+    """Return an array of subset names (train/val/test), one per slice."""
+    pids = np.asarray(pids)
+    labels = np.asarray(labels)
+    for name, value in (("split.val", val), ("split.test", test)):
+        if not 0 < value < 1:
+            raise ValueError(f"{name} must be a fraction between 0 and 1, got {value}.")
+    patients = patient_table(pids, labels)
+    if fold is None:
+        if val + test >= 1:
+            raise ValueError(f"split.val + split.test must be below 1, got {val} + {test}.")
+        rest, test_patients = _split_patients(patients, test, seed, "test")
+        train_patients, val_patients = _split_patients(rest, val / (1 - test), seed, "val")
+    else:
+        if not 0 <= fold < folds:
+            raise ValueError(f"split.fold must be in 0..{folds - 1} (split.folds = {folds}), got {fold}.")
+        if patients["label"].value_counts().min() < folds:
+            raise ValueError(
+                f"too few patients for {folds}-fold cross-validation: every class needs at least "
+                f"{folds} patients, found {patients['label'].value_counts().to_dict()}."
+            )
+        splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=seed)
+        _, test_index = list(splitter.split(patients, patients["label"], groups=patients["pid"]))[fold]
+        test_patients = patients.iloc[test_index]
+        rest = patients.drop(patients.index[test_index])
+        train_patients, val_patients = _split_patients(rest, val, seed, "val")
+    subset_of = {pid: "train" for pid in train_patients["pid"]}
+    subset_of.update({pid: "val" for pid in val_patients["pid"]})
+    subset_of.update({pid: "test" for pid in test_patients["pid"]})
+    return np.array([subset_of[pid] for pid in pids])
+
+
+def write_split(ids, pids, labels, subsets, path):
+    table = pd.DataFrame({"index": ids, "pid": pids, "label": labels, "subset": subsets})
+    with atomic_file(path) as tmp:
+        table.to_csv(tmp, index=False)
+    return table
+
+
+def read_split(path):
+    """data/split.csv as a DataFrame, pids kept as strings."""
+    table = pd.read_csv(path, dtype={"pid": str})
+    missing = {"index", "pid", "label", "subset"} - set(table.columns)
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; run the split stage again.")
+    return table
+
+
+def summary(table):
+    """Slices and patients per subset and class, as a printable table."""
+    table = table.assign(cls=table["label"].map(LABEL_NAMES))
+    slices = table.pivot_table(index="subset", columns="cls", values="index", aggfunc="count", fill_value=0)
+    patients = table.pivot_table(index="subset", columns="cls", values="pid", aggfunc="nunique", fill_value=0)
+    order = [s for s in SUBSETS if s in slices.index]
+    return (
+        "slices per subset and class:\n" + slices.loc[order].to_string()
+        + "\n\npatients per subset and class:\n" + patients.loc[order].to_string()
+    )
