@@ -1,6 +1,6 @@
 """split stage: data/numpy/ -> data/split.csv (patient-level, stratified by class)"""
 
-from tumorseg.convert import load_arrays
+from tumorseg.data import load_arrays
 from tumorseg.params import load_params
 from tumorseg.split import assign_subsets, summary, write_split
 

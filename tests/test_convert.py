@@ -4,7 +4,8 @@ import os
 import numpy as np
 import pytest
 
-from tumorseg.convert import load_arrays, mat_to_numpy
+from tumorseg.convert import mat_to_numpy
+from tumorseg.data import load_arrays
 from tumorseg.matfile import MatFormatError, Slice, write_slice
 from tumorseg.preprocess import normalize_intensity, preprocess_mask, resize_area
 
@@ -93,5 +94,5 @@ def test_arrays_of_different_lengths_are_rejected(tmp_path):
     write_slices(tmp_path / "raw", [(32, 32)] * 3)
     mat_to_numpy(tmp_path / "raw", tmp_path / "numpy", image_size=16, workers=1)
     np.save(tmp_path / "numpy" / "labels.npy", np.ones(2, np.uint8))
-    with pytest.raises(ValueError, match="disagree in length"):
+    with pytest.raises(ValueError, match="different lengths"):
         load_arrays(tmp_path / "numpy")

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tumorseg.split import assign_subsets, read_split, summary, write_split
+from tumorseg.data import read_split
+from tumorseg.split import assign_subsets, summary, write_split
 
 
 def dataset(patients=40, slices=5, seed=0):

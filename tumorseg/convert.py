@@ -11,7 +11,6 @@ so memory stays flat whatever the number of slices.
 """
 
 import os
-import re
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
@@ -19,11 +18,9 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from .atomic import atomic_dir
-from .matfile import read_slice
-from .preprocess import preprocess_image, preprocess_mask
-
-SLICE_NAME = re.compile(r"^(\d+)\.mat$")
+from tumorseg.atomic import atomic_dir
+from tumorseg.matfile import SLICE_NAME, read_slice
+from tumorseg.preprocess import preprocess_image, preprocess_mask
 
 
 def list_slices(raw_dir):
@@ -79,17 +76,3 @@ def mat_to_numpy(raw_dir, out_dir, image_size=128, percentile=99.5, workers=None
         np.save(tmp / "ids.npy", np.array([index for index, _ in slices], dtype=np.int32))
     return count
 
-
-def load_arrays(numpy_dir, mmap=True):
-    """Load data/numpy as a dict of arrays, checking that their lengths agree."""
-    numpy_dir = Path(numpy_dir)
-    arrays = {}
-    for name in ("images", "masks", "labels", "pids", "ids"):
-        path = numpy_dir / f"{name}.npy"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run the mat_to_numpy stage (dvc repro mat_to_numpy).")
-        arrays[name] = np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
-    lengths = {name: len(array) for name, array in arrays.items()}
-    if len(set(lengths.values())) != 1:
-        raise ValueError(f"{numpy_dir}: arrays disagree in length {lengths}; run mat_to_numpy again.")
-    return arrays

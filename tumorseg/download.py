@@ -24,11 +24,11 @@ import requests
 from tqdm import tqdm
 
 from tumorseg.atomic import atomic_dir
+from tumorseg.matfile import SLICE_NAME
 
 FIGSHARE_URL = "https://ndownloader.figshare.com/files"
 TOTAL_SLICES = 3064
 CVIND = "cvind.mat"
-SLICE_NAME = re.compile(r"^([1-9][0-9]*)\.mat$")
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 RETRY_STATUS = {429, 500, 502, 503, 504}
 CHUNK_BYTES = 1 << 16  # small: a cut connection loses at most one chunk

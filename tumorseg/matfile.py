@@ -8,6 +8,7 @@ MATLAB stores arrays column-major, so h5py sees `image` and `tumorMask`
 transposed; this module returns them in display orientation.
 """
 
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ import numpy as np
 
 FIELDS = ("label", "PID", "image", "tumorBorder", "tumorMask")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+SLICE_NAME = re.compile(r"^([1-9][0-9]*)\.mat$")  # N.mat, N = the slice's index in the dataset
 
 
 class MatFormatError(ValueError):

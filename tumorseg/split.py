@@ -11,8 +11,8 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from . import LABEL_NAMES
-from .atomic import atomic_file
+from tumorseg. import LABEL_NAMES
+from tumorseg.atomic import atomic_file
 
 SUBSETS = ("train", "val", "test")
 
@@ -75,15 +75,6 @@ def write_split(ids, pids, labels, subsets, path):
     table = pd.DataFrame({"index": ids, "pid": pids, "label": labels, "subset": subsets})
     with atomic_file(path) as tmp:
         table.to_csv(tmp, index=False)
-    return table
-
-
-def read_split(path):
-    """data/split.csv as a DataFrame, pids kept as strings."""
-    table = pd.read_csv(path, dtype={"pid": str})
-    missing = {"index", "pid", "label", "subset"} - set(table.columns)
-    if missing:
-        raise ValueError(f"{path}: missing column(s) {sorted(missing)}; run the split stage again.")
     return table
 
 

@@ -19,12 +19,11 @@ import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
-from .atomic import atomic_dir, atomic_file, write_json
-from .convert import load_arrays
-from .dataset import make_dataset
-from .losses import BceDiceLoss, training_metrics
-from .model import build_unet
-from .split import read_split
+from tumorseg.atomic import atomic_dir, atomic_file, write_json
+from tumorseg.data import load_arrays, read_split, subset_positions
+from tumorseg.dataset import make_dataset
+from tumorseg.losses import BceDiceLoss, training_metrics
+from tumorseg.model import build_unet
 
 SCHEDULES = ("cosine", "exponential", "plateau")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -58,19 +57,6 @@ def validate_params(params):
         )
 
 
-def subset_arrays(arrays, split, subset):
-    """Images and masks of one subset, in split order."""
-    ids = split.loc[split["subset"] == subset, "index"].to_numpy()
-    if len(ids) == 0:
-        raise ValueError(f"the {subset} subset of data/split.csv is empty; run the split stage with other fractions.")
-    position = {int(index): i for i, index in enumerate(arrays["ids"])}
-    missing = [int(i) for i in ids if int(i) not in position]
-    if missing:
-        raise ValueError(f"data/split.csv names slices {missing[:5]} absent from data/numpy; run dvc repro split.")
-    rows = np.sort([position[int(i)] for i in ids])
-    return np.asarray(arrays["images"][rows]), np.asarray(arrays["masks"][rows])
-
-
 def learning_rate(train, steps_per_epoch):
     """Initial learning rate or schedule, plus the callbacks a schedule needs."""
     lr_max, lr_min = float(train["lr_max"]), float(train["lr_min"])
@@ -92,6 +78,14 @@ class LearningRateLogger(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class EpochDVCLiveCallback(DVCLiveCallback):
+    """DVCLive's Keras callback with its step tied to the epoch, so a resumed run continues its curves."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.live.step = epoch
+        super().on_epoch_end(epoch, logs)
 
 
 def get_strategy(name):
@@ -127,17 +121,21 @@ def read_history(path):
 
 
 def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path="models/model.keras",
-          metrics_path="metrics/train.json", plots_dir="plots/train", work_dir="checkpoints/train"):
+          metrics_path="metrics/train.json", plots_dir="plots/train", work_dir="checkpoints/train",
+          extra_callbacks=()):
     validate_params(params)
     train_params, model_params = params["train"], params["model"]
     seed = int(params["seed"])
     keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(train_params["precision"])
 
     arrays = load_arrays(numpy_dir)
-    split = read_split(split_csv)
-    train_images, train_masks = subset_arrays(arrays, split, "train")
-    val_images, val_masks = subset_arrays(arrays, split, "val")
+    split = read_split(split_csv, subsets=("train", "val"))
+    train_rows = subset_positions(split, arrays, "train", split_csv)
+    val_rows = subset_positions(split, arrays, "val", split_csv)
+    train_images, train_masks = arrays["images"][train_rows], arrays["masks"][train_rows]
+    val_images, val_masks = arrays["images"][val_rows], arrays["masks"][val_rows]
     batch_size = int(train_params["batch_size"])
     train_data = make_dataset(train_images, train_masks, batch_size, True, train_params["augment"], seed)
     val_data = make_dataset(val_images, val_masks, batch_size)
@@ -172,8 +170,9 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
             initial_value_threshold=best_so_far if best_so_far is not None and math.isfinite(best_so_far) else None,
         ),
         keras.callbacks.CSVLogger(history_csv, append=True),
-        DVCLiveCallback(live=Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)),
         keras.callbacks.BackupAndRestore(work_dir / "backup"),
+        EpochDVCLiveCallback(live=Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)),
+        *extra_callbacks,
     ]
     patience = int(train_params["early_stopping_patience"])
     if patience > 0:

@@ -1,0 +1,212 @@
+import copy
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tumorseg.data import InputError
+from tumorseg.evaluate import evaluate
+from tumorseg.matfile import Slice, write_slice
+
+SIZE = 16
+# patient -> (subset, label, slices)
+PATIENTS = {
+    "p_train": ("train", 1, 2),
+    "p_val1": ("val", 1, 2),
+    "p_val2": ("val", 2, 2),
+    "p_men": ("test", 1, 2),
+    "p_gli": ("test", 2, 3),
+    "p_pit": ("test", 3, 2),
+}
+# The identity model returns the image as the probability. Tumour pixels and
+# one distractor block (outside the tumour) get these intensities, so the best
+# validation thresholds are 0.25 and 0.30 (-> 0.30, nearest 0.5) while the
+# best test thresholds would be 0.75 and 0.80.
+INTENSITY = {"train": (0.6, 0.2), "val": (0.33, 0.22), "test": (0.83, 0.72)}
+PARAMS = {
+    "seed": 42,
+    "evaluate": {"threshold_min": 0.05, "threshold_max": 0.95, "threshold_step": 0.05, "bootstrap": 200},
+}
+
+
+def identity_model(path, size=SIZE):
+    import keras
+
+    model = keras.Sequential(
+        [keras.Input((size, size, 1)), keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones")]
+    )
+    model.save(path)
+    return path
+
+
+def make_dataset(root, size=SIZE):
+    """data/numpy, data/split.csv, data/raw/<id>.mat under root; returns paths."""
+    numpy_dir, raw_dir = root / "data" / "numpy", root / "data" / "raw"
+    numpy_dir.mkdir(parents=True)
+    raw_dir.mkdir(parents=True)
+    images, masks, labels, pids, ids, rows = [], [], [], [], [], []
+    slice_id = 100
+    for pid, (subset, label, count) in PATIENTS.items():
+        tumour_level, distractor_level = INTENSITY[subset]
+        for k in range(count):
+            slice_id += 1
+            mask = np.zeros((size, size), np.uint8)
+            top = 2 + k
+            mask[top:top + 4, 3:7] = 1  # 16 tumour pixels
+            image = np.zeros((size, size), np.float32)
+            image[mask == 1] = tumour_level
+            image[10:12, 10:10 + 1 + k % 2] = distractor_level  # 2 or 4 false positives
+            native = 2 if slice_id % 2 else 1  # raw slices at 2x or 1x the array size
+            raw_mask = np.kron(mask, np.ones((native, native), np.uint8))
+            raw_image = (np.kron(image, np.ones((native, native))) * 1000).astype(np.int16)
+            write_slice(raw_dir / f"{slice_id}.mat",
+                        Slice(raw_image, raw_mask, label, pid, np.array([[1.0, 1.0], [2.0, 2.0]])))
+            images.append(image)
+            masks.append(mask)
+            labels.append(label)
+            pids.append(pid)
+            ids.append(slice_id)
+            rows.append({"index": slice_id, "pid": pid, "label": label, "subset": subset})
+    np.save(numpy_dir / "images.npy", np.array(images, np.float32))
+    np.save(numpy_dir / "masks.npy", np.array(masks, np.uint8))
+    np.save(numpy_dir / "labels.npy", np.array(labels, np.uint8))
+    np.save(numpy_dir / "pids.npy", np.array(pids, dtype=str))
+    np.save(numpy_dir / "ids.npy", np.array(ids, np.int32))
+    split_csv = root / "data" / "split.csv"
+    pd.DataFrame(rows).to_csv(split_csv, index=False)
+    return numpy_dir, split_csv, raw_dir
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    numpy_dir, split_csv, raw_dir = make_dataset(root)
+    model_path = identity_model(root / "model.keras")
+    return {"root": root, "model": model_path, "numpy": numpy_dir, "split": split_csv, "raw": raw_dir}
+
+
+@pytest.fixture(scope="module")
+def evaluated(dataset):
+    out = dataset["root"] / "out"
+    result = evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], PARAMS,
+                      out / "metrics" / "eval.json", out / "plots" / "eval")
+    return out, result
+
+
+def test_threshold_is_chosen_on_validation(evaluated):
+    out, result = evaluated
+    assert result["threshold"] == 0.3
+    sweep = pd.read_csv(out / "plots" / "eval" / "threshold_sweep.csv")
+    assert list(sweep.columns) == ["threshold", "iou", "dice"]
+    assert len(sweep) == 19
+    best = sweep[sweep["iou"] == sweep["iou"].max()]["threshold"].tolist()
+    assert best == [0.25, 0.3]  # validation optimum; on test it would be 0.75 or 0.80
+    assert result["val_iou"] == 1.0
+
+
+def test_eval_json_keys_and_values(evaluated):
+    out, result = evaluated
+    written = json.loads((out / "metrics" / "eval.json").read_text())
+    assert written == result
+    expected = {
+        "iou", "dice", "iou_pooled", "dice_pooled", "threshold", "val_iou", "test_images", "test_patients",
+        "dice_ci_low", "dice_ci_high", "dice_native",
+    } | {f"{name}_{key}" for name in ("meningioma", "glioma", "pituitary") for key in ("iou", "dice", "n")}
+    assert set(written) == expected
+    assert all(not isinstance(value, dict) for value in written.values())
+    assert written["test_images"] == 7 and written["test_patients"] == 3
+    assert (written["meningioma_n"], written["glioma_n"], written["pituitary_n"]) == (2, 3, 2)
+    for key in expected - {"test_images", "test_patients", "meningioma_n", "glioma_n", "pituitary_n"}:
+        assert 0.0 <= written[key] <= 1.0, key
+    # at 0.30 every test distractor block is a false positive: 16 / (16 + 2 or 4)
+    assert written["iou"] < 1.0
+    assert written["dice_ci_low"] <= written["dice"] <= written["dice_ci_high"]
+    assert written["dice_native"] == pytest.approx(written["dice"], abs=1e-3)
+    assert written["meningioma_iou"] == pytest.approx((16 / 18 + 16 / 20) / 2, abs=1e-4)
+
+
+def test_per_image_and_per_class_tables(evaluated):
+    out, result = evaluated
+    per_image = pd.read_csv(out / "plots" / "eval" / "per_image.csv")
+    assert list(per_image.columns)[:8] == ["index", "pid", "label", "class", "iou", "dice", "true_pixels", "pred_pixels"]
+    assert len(per_image) == 7
+    assert set(per_image["pid"]) == {"p_men", "p_gli", "p_pit"}
+    assert (per_image["true_pixels"] == 16).all()
+    assert set(per_image["pred_pixels"]) == {18, 20}
+    assert per_image["dice"].mean() == pytest.approx(result["dice"], abs=1e-4)
+    per_class = pd.read_csv(out / "plots" / "eval" / "per_class.csv")
+    assert list(per_class.columns) == ["class", "dice", "iou", "n"]
+    assert per_class["class"].tolist() == ["meningioma", "glioma", "pituitary"]
+    assert per_class["n"].tolist() == [2, 3, 2]
+
+
+def _run(dataset, tmp_path, **changes):
+    paths = {"model": dataset["model"], "numpy": dataset["numpy"], "split": dataset["split"], "raw": dataset["raw"]}
+    paths.update(changes)
+    evaluate(paths["model"], paths["numpy"], paths["split"], paths["raw"], PARAMS,
+             tmp_path / "metrics" / "eval.json", tmp_path / "plots" / "eval")
+
+
+def _assert_nothing_written(tmp_path, keep=()):
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in keep) == []
+
+
+def test_unloadable_model_raises_and_writes_nothing(dataset, tmp_path):
+    bad = tmp_path / "model.keras"
+    bad.write_bytes(b"not a keras archive")
+    with pytest.raises(InputError, match=r"model\.keras.*train stage"):
+        _run(dataset, tmp_path, model=bad)
+    _assert_nothing_written(tmp_path, keep={"model.keras"})
+    with pytest.raises(InputError, match="not found.*train stage"):
+        _run(dataset, tmp_path, model=tmp_path / "missing.keras")
+    _assert_nothing_written(tmp_path, keep={"model.keras"})
+
+
+@pytest.mark.parametrize("subset", ["val", "test"])
+def test_empty_subset_raises_and_writes_nothing(dataset, tmp_path, subset):
+    split = pd.read_csv(dataset["split"])
+    split.loc[split["subset"] == subset, "subset"] = "train"
+    split_csv = tmp_path / "split.csv"
+    split.to_csv(split_csv, index=False)
+    with pytest.raises(InputError, match=f"'{subset}' subset is empty"):
+        _run(dataset, tmp_path, split=split_csv)
+    _assert_nothing_written(tmp_path, keep={"split.csv"})
+
+
+def test_length_mismatch_raises_and_writes_nothing(dataset, tmp_path):
+    numpy_dir = tmp_path / "numpy"
+    numpy_dir.mkdir()
+    for name in ("images", "masks", "labels", "pids", "ids"):
+        array = np.load(dataset["numpy"] / f"{name}.npy")
+        np.save(numpy_dir / f"{name}.npy", array[:-1] if name == "labels" else array)
+    with pytest.raises(InputError, match="different lengths"):
+        _run(dataset, tmp_path, numpy=numpy_dir)
+    _assert_nothing_written(tmp_path, keep={"numpy"})
+
+
+def test_unknown_split_id_raises_and_writes_nothing(dataset, tmp_path):
+    split = pd.read_csv(dataset["split"])
+    split.loc[split["subset"] == "test", "index"] += 1000
+    split_csv = tmp_path / "split.csv"
+    split.to_csv(split_csv, index=False)
+    with pytest.raises(InputError, match="not found in ids.npy"):
+        _run(dataset, tmp_path, split=split_csv)
+    _assert_nothing_written(tmp_path, keep={"split.csv"})
+
+
+def test_missing_raw_slice_raises_and_writes_nothing(dataset, tmp_path):
+    raw_dir = tmp_path / "raw"
+    raw_dir.mkdir()
+    with pytest.raises(InputError, match="raw slice"):
+        _run(dataset, tmp_path, raw=raw_dir)
+    _assert_nothing_written(tmp_path, keep={"raw"})
+
+
+def test_bad_bootstrap_setting_raises(dataset, tmp_path):
+    params = copy.deepcopy(PARAMS)
+    params["evaluate"]["bootstrap"] = 0
+    with pytest.raises(InputError, match="bootstrap"):
+        evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], params,
+                 tmp_path / "eval.json", tmp_path / "plots")
+    _assert_nothing_written(tmp_path)

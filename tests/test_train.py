@@ -1,0 +1,145 @@
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tumorseg.convert import mat_to_numpy
+from tumorseg.split import assign_subsets, write_split
+from tumorseg.synthetic import write_dataset
+from tumorseg.train import train, validate_params
+
+PARAMS = yaml.safe_load(open("params.yaml"))
+
+
+def small_params(**train_overrides):
+    params = json.loads(json.dumps(PARAMS))
+    params["data"]["image_size"] = 64
+    params["model"].update(depth=3, filters=8)
+    params["train"].update({"epochs": 8, "batch_size": 8, "lr_max": 3.0e-3, "lr_min": 3.0e-4, **train_overrides})
+    return params
+
+
+@pytest.fixture(scope="module")
+def synthetic_data(tmp_path_factory):
+    """30 synthetic patients, converted to 64x64 arrays and split by patient."""
+    root = tmp_path_factory.mktemp("synthetic")
+    (root / "raw").mkdir()
+    write_dataset(root / "raw", patients=30, slices_per_patient=4, image_size=256, seed=0)
+    mat_to_numpy(root / "raw", root / "numpy", image_size=64)
+    labels = np.load(root / "numpy" / "labels.npy")
+    pids = np.load(root / "numpy" / "pids.npy")
+    subsets = assign_subsets(pids, labels, seed=0)
+    write_split(np.load(root / "numpy" / "ids.npy"), pids, labels, subsets, root / "split.csv")
+    return root
+
+
+def run(params, data, out, **kwargs):
+    return train(params, data / "numpy", data / "split.csv", out / "model.keras", out / "train.json",
+                 out / "plots", out / "work", **kwargs)
+
+
+def validation_dice(model_path, data):
+    model = keras.models.load_model(model_path)
+    split = pd.read_csv(data / "split.csv")
+    ids = np.load(data / "numpy" / "ids.npy")
+    val = np.isin(ids, split.loc[split["subset"] == "val", "index"])
+    images = np.load(data / "numpy" / "images.npy")[val][..., None]
+    masks = np.load(data / "numpy" / "masks.npy")[val].astype(bool)
+    predicted = model.predict(images, verbose=0)[..., 0] >= 0.5
+    intersection = (predicted & masks).sum(axis=(1, 2))
+    return np.mean(2 * intersection / (predicted.sum(axis=(1, 2)) + masks.sum(axis=(1, 2))))
+
+
+def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
+    params = small_params()
+    untrained = tmp_path / "untrained.keras"
+    keras.utils.set_random_seed(0)
+    from tumorseg.model import build_unet
+
+    build_unet(64, depth=3, filters=8).save(untrained)
+    metrics = run(params, synthetic_data, tmp_path)
+    assert validation_dice(untrained, synthetic_data) < 0.2
+    assert validation_dice(tmp_path / "model.keras", synthetic_data) >= 0.5
+    assert metrics["val_dice"] >= 0.5
+    saved = json.loads((tmp_path / "train.json").read_text())
+    assert saved == metrics and saved["epochs"] == 8 and 1 <= saved["best_epoch"] <= 8
+    curve = pd.read_csv(tmp_path / "plots" / "metrics" / "eval" / "dice.tsv", sep="\t")
+    assert list(curve["step"]) == list(range(8))
+    lr = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")["learning_rate"]
+    assert lr.is_monotonic_decreasing and lr.iloc[-1] == pytest.approx(3.0e-4, rel=1e-3)
+    assert not (tmp_path / "work").exists()
+
+
+class StopAfterFirstEpoch(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        raise KeyboardInterrupt("simulated Ctrl-C after epoch 1")
+
+
+class CountEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def test_interrupted_run_resumes_where_it_stopped(synthetic_data, tmp_path):
+    params = small_params(epochs=3)
+    params["model"]["filters"] = 4
+    with pytest.raises(KeyboardInterrupt):
+        run(params, synthetic_data, tmp_path, extra_callbacks=[StopAfterFirstEpoch()])
+    assert not (tmp_path / "model.keras").exists() and not (tmp_path / "train.json").exists()
+    counter = CountEpochs()
+    metrics = run(params, synthetic_data, tmp_path, extra_callbacks=[counter])
+    assert counter.epochs == [1, 2]
+    assert metrics["epochs"] == 3
+    curve = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
+    assert list(curve["step"]) == [0, 1, 2]
+
+
+def test_changed_params_do_not_resume_an_old_run(synthetic_data, tmp_path):
+    params = small_params(epochs=2)
+    params["model"]["filters"] = 4
+    with pytest.raises(KeyboardInterrupt):
+        run(params, synthetic_data, tmp_path, extra_callbacks=[StopAfterFirstEpoch()])
+    params["train"]["lr_max"] = 1.0e-3
+    counter = CountEpochs()
+    run(params, synthetic_data, tmp_path, extra_callbacks=[counter])
+    assert counter.epochs == [0, 1]
+
+
+@pytest.mark.parametrize(
+    "section, key, value, message",
+    [
+        ("train", "lr_min", 1.0e-2, "lr_min"),
+        ("train", "lr_schedule", "linear", "lr_schedule"),
+        ("train", "precision", "float8", "precision"),
+        ("train", "strategy", "tpu", "strategy"),
+        ("data", "image_size", 100, "divisible"),
+    ],
+)
+def test_bad_params_are_rejected(section, key, value, message):
+    params = small_params()
+    params[section][key] = value
+    with pytest.raises(ValueError, match=message):
+        validate_params(params)
+
+
+@pytest.mark.parametrize("weights, message", [((-1.0, 1.0), "negative"), ((0.0, 0.0), "both 0")])
+def test_bad_loss_weights_are_rejected(weights, message):
+    params = small_params()
+    params["train"]["loss"].update(bce_weight=weights[0], dice_weight=weights[1])
+    with pytest.raises(ValueError, match=message):
+        validate_params(params)
+
+
+def test_nan_loss_stops_with_a_clear_message(synthetic_data, tmp_path):
+    params = small_params(epochs=2, lr_max=1.0e30, lr_min=1.0e30)
+    params["model"]["filters"] = 4
+    with pytest.raises(RuntimeError, match="NaN"):
+        run(params, synthetic_data, tmp_path)
+    assert not (tmp_path / "model.keras").exists()

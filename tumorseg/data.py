@@ -1,0 +1,84 @@
+"""Load the arrays of data/numpy and the split table, with the checks every stage needs."""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+ARRAY_NAMES = ("images", "masks", "labels", "pids", "ids")
+SPLIT_COLUMNS = ("index", "pid", "label", "subset")
+
+
+class InputError(ValueError):
+    """Missing or inconsistent stage inputs, reported before anything is written."""
+
+
+def load_arrays(numpy_dir):
+    """Memory-map the arrays of `numpy_dir` and check their shapes agree."""
+    numpy_dir = Path(numpy_dir)
+    fix = f"re-run the stage that writes {numpy_dir} (dvc repro)."
+    arrays = {}
+    for name in ARRAY_NAMES:
+        path = numpy_dir / f"{name}.npy"
+        if not path.is_file():
+            raise InputError(f"{path}: not found; {fix}")
+        arrays[name] = np.load(path, mmap_mode="r", allow_pickle=False)
+
+    lengths = {name: len(array) for name, array in arrays.items()}
+    if len(set(lengths.values())) != 1:
+        found = ", ".join(f"{name} {n}" for name, n in lengths.items())
+        raise InputError(f"{numpy_dir}: arrays of different lengths ({found}); {fix}")
+    images, masks = arrays["images"], arrays["masks"]
+    if images.ndim != 3 or images.shape[1] != images.shape[2] or masks.shape != images.shape:
+        raise InputError(
+            f"{numpy_dir}: images {images.shape} and masks {masks.shape} must both be (N, S, S); {fix}"
+        )
+    for name in ("labels", "pids", "ids"):
+        if arrays[name].ndim != 1:
+            raise InputError(f"{numpy_dir}: {name}.npy must be 1-D, found {arrays[name].shape}; {fix}")
+    if len(np.unique(arrays["ids"])) != len(arrays["ids"]):
+        raise InputError(f"{numpy_dir}: ids.npy holds duplicate ids; {fix}")
+    return arrays
+
+
+def read_split(split_csv, subsets=()):
+    """Read the split table; each subset in `subsets` must be non-empty."""
+    split_csv = Path(split_csv)
+    fix = "re-run the split stage (dvc repro split)."
+    if not split_csv.is_file():
+        raise InputError(f"{split_csv}: not found; {fix}")
+    split = pd.read_csv(split_csv, dtype={"pid": str})
+    missing = [column for column in SPLIT_COLUMNS if column not in split.columns]
+    if missing:
+        raise InputError(f"{split_csv}: missing column(s) {', '.join(missing)}; {fix}")
+    for subset in subsets:
+        if not (split["subset"] == subset).any():
+            raise InputError(f"{split_csv}: the {subset!r} subset is empty; {fix}")
+    return split
+
+
+def subset_positions(split, arrays, subset, split_csv="split.csv"):
+    """Positions in the arrays of the `subset` slices, in ascending id order.
+
+    Raises when an id of the split is not in ids.npy or when its patient or
+    label disagree with the arrays.
+    """
+    rows = split[split["subset"] == subset].sort_values("index")
+    position_of = {int(value): i for i, value in enumerate(np.asarray(arrays["ids"]))}
+    wanted = rows["index"].astype(int).to_numpy()
+    unknown = [int(value) for value in wanted if int(value) not in position_of]
+    if unknown:
+        raise InputError(
+            f"{split_csv}: {len(unknown)} {subset} id(s) not found in ids.npy (first: {unknown[:5]}); "
+            "the split and data/numpy come from different data: re-run them (dvc repro)."
+        )
+    positions = np.array([position_of[int(value)] for value in wanted], dtype=np.int64)
+    pids = np.asarray(arrays["pids"])[positions].astype(str)
+    labels = np.asarray(arrays["labels"])[positions].astype(int)
+    differs = (pids != rows["pid"].astype(str).to_numpy()) | (labels != rows["label"].astype(int).to_numpy())
+    if differs.any():
+        raise InputError(
+            f"{split_csv}: patient or label of {int(differs.sum())} {subset} id(s) disagree with data/numpy "
+            f"(first: {wanted[differs][:5].tolist()}); re-run the split stage (dvc repro)."
+        )
+    return positions

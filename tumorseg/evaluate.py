@@ -1,0 +1,193 @@
+"""Score the trained model: choose the threshold on validation, report test.
+
+The threshold is tuned on the validation patients only and then applied
+unchanged to the test patients. Outputs: a flat metrics JSON (for
+`dvc metrics`) and a folder of CSV tables (for `dvc plots`).
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tumorseg import LABEL_NAMES, metrics
+from tumorseg.atomic import atomic_dir, write_json
+from tumorseg.data import InputError, load_arrays, read_split, subset_positions
+from tumorseg.inference import DEFAULT_BATCH_SIZE, check_model_input, load_model, predict_probabilities
+from tumorseg.matfile import read_slice
+from tumorseg.preprocess import resize_probabilities
+
+DECIMALS = 4
+
+
+# ----------------------------------------------------------------- inputs
+
+
+def check_raw_files(raw_dir, ids):
+    """Raise unless raw_dir/<id>.mat exists for every id."""
+    missing = [int(i) for i in ids if not (Path(raw_dir) / f"{int(i)}.mat").is_file()]
+    if missing:
+        raise InputError(
+            f"{raw_dir}: {len(missing)} raw slice(s) missing (first: {missing[:5]}); "
+            "re-run the download stage (dvc repro)."
+        )
+
+
+# ------------------------------------------------------------- prediction
+
+
+def native_dice(probs, ids, raw_dir, threshold):
+    """Dice at each raw slice's own resolution against its original tumorMask.
+
+    The probability map is resized bilinearly to the raw slice's size, then thresholded.
+    """
+    scores = np.empty(len(ids))
+    for i, (prob, slice_id) in enumerate(zip(probs, ids)):
+        truth = read_slice(Path(raw_dir) / f"{int(slice_id)}.mat", with_border=False).mask
+        native = prob if prob.shape == truth.shape else resize_probabilities(prob, truth.shape)
+        pred = metrics.binarize(native, threshold)
+        scores[i] = metrics.dice_per_image(truth[None], pred[None])[0]
+    return scores
+
+
+# ---------------------------------------------------------------- reports
+
+
+def _round(value):
+    """Round for JSON; missing or non-finite values become null."""
+    if value is None or not np.isfinite(value):
+        return None
+    return round(float(value), DECIMALS)
+
+
+def per_image_table(ids, pids, labels, truth, pred, native):
+    """One row per test slice."""
+    return pd.DataFrame(
+        {
+            "index": np.asarray(ids, dtype=int),
+            "pid": np.asarray(pids).astype(str),
+            "label": np.asarray(labels, dtype=int),
+            "class": [LABEL_NAMES[int(label)] for label in labels],
+            "iou": metrics.iou_per_image(truth, pred),
+            "dice": metrics.dice_per_image(truth, pred),
+            "true_pixels": truth.reshape(len(truth), -1).sum(axis=1).astype(int),
+            "pred_pixels": pred.reshape(len(pred), -1).sum(axis=1).astype(int),
+            "dice_native": np.asarray(native, dtype=np.float64),
+        }
+    )
+
+
+def per_class_table(per_image):
+    """Mean Dice and IoU and slice count of each class (all classes listed)."""
+    rows = []
+    for label, name in LABEL_NAMES.items():
+        part = per_image[per_image["label"] == label]
+        rows.append(
+            {
+                "class": name,
+                "dice": part["dice"].mean() if len(part) else np.nan,
+                "iou": part["iou"].mean() if len(part) else np.nan,
+                "n": int(len(part)),
+            }
+        )
+    return pd.DataFrame(rows, columns=["class", "dice", "iou", "n"])
+
+
+def summary_metrics(per_image, per_class, truth, pred, threshold, val_iou, ci):
+    """The flat dict written to the metrics JSON."""
+    result = {
+        "iou": _round(per_image["iou"].mean()),
+        "dice": _round(per_image["dice"].mean()),
+        "iou_pooled": _round(metrics.iou_pooled(truth, pred)),
+        "dice_pooled": _round(metrics.dice_pooled(truth, pred)),
+        "dice_ci_low": _round(ci[0]),
+        "dice_ci_high": _round(ci[1]),
+        "dice_native": _round(per_image["dice_native"].mean()),
+        "threshold": _round(threshold),
+        "val_iou": _round(val_iou),
+        "test_images": int(len(per_image)),
+        "test_patients": int(per_image["pid"].nunique()),
+    }
+    for row in per_class.itertuples(index=False):
+        result[f"{row[0]}_iou"] = _round(row.iou)
+        result[f"{row[0]}_dice"] = _round(row.dice)
+        result[f"{row[0]}_n"] = int(row.n)
+    return result
+
+
+def _fmt(value):
+    value = _round(value)
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def format_summary(result, per_class):
+    """A few lines for stdout: threshold, test Dice with its CI, per class."""
+    lines = [
+        f"threshold {result['threshold']:g} (chosen on validation, mean IoU {_fmt(result['val_iou'])})",
+        f"test Dice {_fmt(result['dice'])} [95% CI {_fmt(result['dice_ci_low'])}, {_fmt(result['dice_ci_high'])}]"
+        f"  IoU {_fmt(result['iou'])}  native-resolution Dice {_fmt(result['dice_native'])}"
+        f"  ({result['test_images']} slices, {result['test_patients']} patients)",
+    ]
+    for row in per_class.itertuples(index=False):
+        lines.append(f"  {row[0]:<11} Dice {_fmt(row.dice)}  IoU {_fmt(row.iou)}  n={row.n}")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ stage
+
+
+def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, plots_dir):
+    """Choose the threshold on validation, score test, write metrics and tables.
+
+    All inputs are checked before anything is written. Returns the metrics dict.
+    """
+    settings = params["evaluate"]
+    thresholds = metrics.threshold_grid(
+        settings["threshold_min"], settings["threshold_max"], settings["threshold_step"]
+    )
+    resamples = int(settings["bootstrap"])
+    if resamples < 1:
+        raise InputError(f"evaluate.bootstrap must be >= 1, found {resamples}.")
+    batch_size = int(settings.get("batch_size", DEFAULT_BATCH_SIZE))
+
+    arrays = load_arrays(numpy_dir)
+    split = read_split(split_csv, subsets=("val", "test"))
+    val = subset_positions(split, arrays, "val", split_csv)
+    test = subset_positions(split, arrays, "test", split_csv)
+    test_ids = np.asarray(arrays["ids"])[test]
+    check_raw_files(raw_dir, test_ids)
+    model = load_model(model_path)
+    check_model_input(model, arrays["images"].shape[1], model_path)
+
+    masks = arrays["masks"]
+    val_truth = np.asarray(masks[val]) > 0
+    sweep = metrics.threshold_sweep(
+        val_truth, predict_probabilities(model, arrays["images"], val, batch_size), thresholds
+    )
+    threshold = metrics.choose_threshold(sweep["threshold"], sweep["iou"])
+    val_iou = float(sweep["iou"][np.argmin(np.abs(sweep["threshold"] - threshold))])
+
+    test_probs = predict_probabilities(model, arrays["images"], test, batch_size)
+    test_truth = np.asarray(masks[test]) > 0
+    test_pred = metrics.binarize(test_probs, threshold)
+    pids = np.asarray(arrays["pids"])[test]
+    per_image = per_image_table(
+        test_ids, pids, np.asarray(arrays["labels"])[test], test_truth, test_pred,
+        native_dice(test_probs, test_ids, raw_dir, threshold),
+    )
+    per_class = per_class_table(per_image)
+    dice = metrics.dice_per_image(test_truth, test_pred)
+    ci = metrics.bootstrap_ci(dice, pids.astype(str), resamples, params["seed"])
+    result = summary_metrics(per_image, per_class, test_truth, test_pred, threshold, val_iou, ci)
+
+    sweep_table = pd.DataFrame(
+        {"threshold": sweep["threshold"], "iou": np.round(sweep["iou"], DECIMALS),
+         "dice": np.round(sweep["dice"], DECIMALS)}
+    )
+    with atomic_dir(plots_dir) as tmp:
+        sweep_table.to_csv(tmp / "threshold_sweep.csv", index=False)
+        per_image.round(DECIMALS).to_csv(tmp / "per_image.csv", index=False)
+        per_class.round(DECIMALS).to_csv(tmp / "per_class.csv", index=False)
+    write_json(metrics_path, result)
+    print(format_summary(result, per_class))
+    return result

@@ -1,0 +1,206 @@
+"""Figures of test predictions: one per sample and a class-by-sample grid.
+
+Error view colours: true positive, false positive and false negative pixels
+over the MRI, in colour-blind-safe (Okabe-Ito) colours.
+"""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.patches import Patch
+
+from tumorseg import LABEL_NAMES, metrics
+from tumorseg.atomic import atomic_dir
+from tumorseg.data import load_arrays, read_split, subset_positions
+from tumorseg.inference import check_model_input, load_model, predict_probabilities
+
+DPI = 100
+SAMPLE_FIGSIZE = (12.0, 3.6)  # inches: four panels side by side
+GRID_CELL = 2.6  # inches per grid cell
+GRID_MARGIN = 1.2  # inches for the column headers and the legend
+ALPHA = 0.55
+TRUTH_COLOR = (0.94, 0.89, 0.26)  # yellow
+PRED_COLOR = (0.80, 0.47, 0.65)  # reddish purple
+ERROR_COLORS = {
+    "true positive": (0.0, 0.62, 0.45),  # bluish green
+    "false positive": (0.84, 0.37, 0.0),  # vermillion
+    "false negative": (0.34, 0.71, 0.91),  # sky blue
+}
+
+
+@dataclass
+class Sample:
+    id: int
+    label: int
+    image: np.ndarray  # (S, S) in [0, 1]
+    truth: np.ndarray  # (S, S) bool
+    pred: np.ndarray  # (S, S) bool
+    dice: float
+
+    @property
+    def class_name(self):
+        return LABEL_NAMES[self.label]
+
+
+def select_samples(ids, labels, per_class, seed):
+    """Up to `per_class` ids of each class, drawn reproducibly, sorted.
+
+    Each class draws from its sorted ids with its own generator seeded by
+    (seed, label), so one class's choice does not depend on the others.
+    Returns {label: [ids]} for every label in LABEL_NAMES.
+    """
+    ids = np.asarray(ids, dtype=np.int64)
+    labels = np.asarray(labels, dtype=np.int64)
+    chosen = {}
+    for label in LABEL_NAMES:
+        pool = np.sort(ids[labels == label])
+        count = min(int(per_class), len(pool))
+        rng = np.random.default_rng([int(seed), int(label)])
+        chosen[label] = sorted(int(i) for i in rng.choice(pool, size=count, replace=False))
+    return chosen
+
+
+def _gray(image):
+    image = np.clip(np.asarray(image, dtype=np.float64), 0.0, 1.0)
+    return np.repeat(image[..., None], 3, axis=-1)
+
+
+def overlay(image, mask, color, alpha=ALPHA):
+    """RGB (S, S, 3) of the grey image with `mask` tinted in `color`."""
+    rgb = _gray(image)
+    mask = np.asarray(mask, dtype=bool)
+    rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * np.asarray(color)
+    return rgb
+
+
+def error_view(image, truth, pred, alpha=ALPHA):
+    """RGB (S, S, 3): true positive, false positive, false negative pixels tinted."""
+    truth = np.asarray(truth, dtype=bool)
+    pred = np.asarray(pred, dtype=bool)
+    rgb = _gray(image)
+    for name, mask in (
+        ("true positive", truth & pred),
+        ("false positive", ~truth & pred),
+        ("false negative", truth & ~pred),
+    ):
+        rgb[mask] = (1.0 - alpha) * rgb[mask] + alpha * np.asarray(ERROR_COLORS[name])
+    return rgb
+
+
+def _legend_handles():
+    return [Patch(facecolor=color, label=name) for name, color in ERROR_COLORS.items()]
+
+
+def _show(ax, rgb, title):
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_title(title, fontsize=10)
+    ax.set_axis_off()
+
+
+def sample_figure(sample):
+    """Four panels: MRI, true mask, predicted mask, error view."""
+    fig = Figure(figsize=SAMPLE_FIGSIZE, dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 4)
+    _show(axes[0], _gray(sample.image), "MRI")
+    _show(axes[1], overlay(sample.image, sample.truth, TRUTH_COLOR), "true mask")
+    _show(axes[2], overlay(sample.image, sample.pred, PRED_COLOR), "predicted mask")
+    _show(axes[3], error_view(sample.image, sample.truth, sample.pred), "errors")
+    fig.suptitle(f"{sample.class_name}  |  id {sample.id}  |  Dice {sample.dice:.3f}", fontsize=13)
+    fig.legend(handles=_legend_handles(), loc="lower center", ncol=3, frameon=False, fontsize=10)
+    fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.12, wspace=0.05)
+    return fig
+
+
+def grid_figure(samples_by_class, threshold=None):
+    """Grid: one column per class, one row per sample; each cell is an error view.
+
+    `samples_by_class` maps label -> list of Sample; a class without samples
+    gets a column that says "no test slices".
+    """
+    rows = max([len(samples_by_class.get(label, [])) for label in LABEL_NAMES] + [1])
+    columns = len(LABEL_NAMES)
+    height = rows * GRID_CELL + GRID_MARGIN
+    fig = Figure(figsize=(columns * GRID_CELL, height), dpi=DPI)
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(rows, columns, squeeze=False)
+    for column, (label, name) in enumerate(LABEL_NAMES.items()):
+        samples = samples_by_class.get(label, [])
+        header = axes[0, column]
+        header.annotate(
+            name, xy=(0.5, 1.0), xycoords="axes fraction", xytext=(0, 20), textcoords="offset points",
+            ha="center", va="bottom", fontsize=14, fontweight="bold",
+        )
+        for row in range(rows):
+            ax = axes[row, column]
+            ax.set_axis_off()
+            if row < len(samples):
+                sample = samples[row]
+                _show(ax, error_view(sample.image, sample.truth, sample.pred), f"id {sample.id}  Dice {sample.dice:.3f}")
+        if not samples:
+            header.text(0.5, 0.5, "no test slices", ha="center", va="center", fontsize=11, color="0.4",
+                        transform=header.transAxes)
+    caption = "test slices" if threshold is None else f"test slices, threshold {threshold:g}"
+    fig.legend(handles=_legend_handles(), loc="lower center", ncol=3, frameon=False, fontsize=9,
+               title=caption, title_fontsize=9)
+    fig.subplots_adjust(left=0.02, right=0.98, top=1.0 - 0.7 / height, bottom=0.6 / height,
+                        wspace=0.05, hspace=0.18)
+    return fig
+
+
+def build_samples(model, arrays, positions, chosen, threshold, batch_size=32):
+    """Predict the chosen slices; returns {label: [Sample]}."""
+    ids = np.asarray(arrays["ids"])
+    position_of = {int(ids[p]): int(p) for p in positions}
+    samples = {}
+    for label, wanted in chosen.items():
+        picked = np.array([position_of[i] for i in wanted], dtype=np.int64)
+        probs = predict_probabilities(model, arrays["images"], picked, batch_size) if len(picked) else []
+        samples[label] = []
+        for position, prob in zip(picked, probs):
+            truth = np.asarray(arrays["masks"][position]) > 0
+            pred = metrics.binarize(prob, threshold)
+            dice = float(metrics.dice_per_image(truth[None], pred[None])[0])
+            image = np.asarray(arrays["images"][position], dtype=np.float32)
+            samples[label].append(Sample(int(ids[position]), label, image, truth, pred, dice))
+    return samples
+
+
+def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=None):
+    """Write <class>_<id>.png per chosen test slice and grid.png into out_dir.
+
+    `threshold` defaults to 0.5 (the stage passes the one in metrics/eval.json).
+    Returns the names of the files written.
+    """
+    threshold = 0.5 if threshold is None else float(threshold)
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], found {threshold}.")
+    per_class = int(params["render"]["per_class"])
+    if per_class < 1:
+        raise ValueError(f"render.per_class must be >= 1, found {per_class}.")
+
+    arrays = load_arrays(numpy_dir)
+    split = read_split(split_csv, subsets=("test",))
+    test = subset_positions(split, arrays, "test", split_csv)
+    model = load_model(model_path)
+    check_model_input(model, arrays["images"].shape[1], model_path)
+
+    ids = np.asarray(arrays["ids"])[test]
+    labels = np.asarray(arrays["labels"])[test]
+    chosen = select_samples(ids, labels, per_class, params["seed"])
+    samples = build_samples(model, arrays, test, chosen, threshold)
+
+    written = []
+    with atomic_dir(out_dir) as tmp:
+        for label_samples in samples.values():
+            for sample in label_samples:
+                name = f"{sample.class_name}_{sample.id}.png"
+                sample_figure(sample).savefig(Path(tmp) / name)
+                written.append(name)
+        grid_figure(samples, threshold).savefig(Path(tmp) / "grid.png")
+        written.append("grid.png")
+    print(f"rendered {len(written) - 1} test slices at threshold {threshold:g} to {out_dir}")
+    return written
