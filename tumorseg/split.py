@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
-from tumorseg. import LABEL_NAMES
+from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
 
 SUBSETS = ("train", "val", "test")
