@@ -1,0 +1,117 @@
+"""End to end: the DVC pipeline in a temporary copy of the repository, offline, on the synthetic source."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+STAGES = ("download", "mat_to_numpy", "split", "train", "evaluate", "render_samples")
+SMALL = {
+    "data": {"source": "synthetic", "image_size": 64, "synthetic": {"patients": 21, "slices_per_patient": 3, "image_size": 128}},
+    "model": {"depth": 3, "filters": 4},
+    "train": {"epochs": 2, "batch_size": 16},
+    "evaluate": {"bootstrap": 100},
+    "render": {"per_class": 1},
+}
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments")
+
+
+def merge(base, overrides):
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            merge(base[key], value)
+        else:
+            base[key] = value
+    return base
+
+
+def run(args, cwd):
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if result.returncode:
+        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
+    return result.stdout
+
+
+def dvc(*args, cwd):
+    return run([sys.executable, "-m", "dvc", *args], cwd)
+
+
+def git(*args, cwd):
+    return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd)
+
+
+def ran_stages(output):
+    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory):
+    """A copy of the repository's files (as git sees them) with small parameters, as its own git repo."""
+    root = tmp_path_factory.mktemp("project")
+    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).splitlines()
+    for name in listed:
+        if (REPO / name).is_file() and not name.startswith(("data/", "models/", "metrics/", "plots/")):
+            (root / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, root / name)
+    (root / "dvc.lock").unlink(missing_ok=True)
+    params = merge(yaml.safe_load((root / "params.yaml").read_text()), SMALL)
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git("init", "-q", cwd=root)
+    git("add", "-A", cwd=root)
+    git("commit", "-qm", "small pipeline", cwd=root)
+    return root
+
+
+def test_pipeline_end_to_end(project, tmp_path):
+    # dvc repro runs all six stages and produces every declared output
+    output = dvc("repro", cwd=project)
+    assert ran_stages(output) == set(STAGES)
+    for path in ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras",
+                 "metrics/train.json", "metrics/eval.json", "plots/train/metrics/eval/loss.tsv",
+                 "plots/eval/threshold_sweep.csv", "plots/eval/per_image.csv", "plots/eval/per_class.csv",
+                 "plots/samples/grid.png"):
+        assert (project / path).exists(), path
+    assert len(list((project / "plots/samples").glob("*.png"))) == 4  # one per class + the grid
+    eval_metrics = json.loads((project / "metrics/eval.json").read_text())
+    assert 0 <= eval_metrics["dice"] <= 1 and 0 < eval_metrics["threshold"] < 1
+
+    # a second dvc repro runs nothing
+    output = dvc("repro", cwd=project)
+    assert ran_stages(output) == set()
+    assert "Data and pipelines are up to date" in dvc("status", cwd=project)
+    git("add", "-A", cwd=project)
+    git("commit", "-qm", "baseline run", cwd=project)
+
+    # an experiment with another epoch count shows up with its metrics
+    output = dvc("exp", "run", "-n", "longer", "-S", "train.epochs=3", cwd=project)
+    assert ran_stages(output) == {"train", "evaluate", "render_samples"}
+    experiments = json.loads(dvc("exp", "show", "--json", cwd=project))
+    found = json.dumps(experiments)
+    assert '"longer"' in found and '"dice"' in found and '"iou"' in found
+    diff = dvc("metrics", "diff", "--json", cwd=project)
+    changed = json.loads(diff)["metrics/train.json"]
+    assert changed["epochs"] == {"old": 2, "new": 3, "diff": 1}
+    table = dvc("metrics", "diff", "--all", "--md", cwd=project)
+    for metric in ("dice", "iou"):
+        assert re.search(rf"\|\s*metrics/eval.json\s*\|\s*{metric}\s*\|", table), table
+
+    # dvc plots show writes a page with the training curves and the sample images
+    dvc("plots", "show", "-o", str(tmp_path / "plots"), cwd=project)
+    page = (tmp_path / "plots" / "index.html").read_text()
+    assert "Loss per epoch" in page and "Dice per epoch" in page and "Validation IoU by threshold" in page
+    assert "grid.png" in page
+    assert any(p.name.endswith("grid.png") for p in (tmp_path / "plots" / "static").iterdir())
+
+    # changing only an evaluate parameter re-runs evaluate, not the stages before it
+    output = dvc("exp", "run", "-S", "evaluate.bootstrap=50", cwd=project)
+    assert "evaluate" in ran_stages(output)
+    assert not ran_stages(output) & {"download", "mat_to_numpy", "split", "train"}
