@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from PIL import Image
 
 from tumorseg.convert import mat_to_numpy
 from tumorseg.split import assign_subsets, write_split
@@ -71,6 +72,8 @@ def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
     lr = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")["learning_rate"]
     assert lr.is_monotonic_decreasing and lr.iloc[-1] == pytest.approx(3.0e-4, rel=1e-3)
     assert not (tmp_path / "work").exists()
+    with Image.open(tmp_path / "plots" / "curves.png") as picture:
+        assert picture.format == "PNG" and picture.size == (1200, 320)
 
 
 class StopAfterFirstEpoch(keras.callbacks.Callback):

@@ -204,3 +204,20 @@ def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=
         written.append("grid.png")
     print(f"rendered {len(written) - 1} test slices at threshold {threshold:g} to {out_dir}")
     return written
+
+
+def training_curves_figure(history):
+    """Loss, Dice, IoU and learning rate per epoch (train and validation) from the Keras history table."""
+    fig = Figure(figsize=(12.0, 3.2), dpi=DPI)
+    FigureCanvasAgg(fig)
+    epochs = history["epoch"] + 1
+    for ax, name in zip(fig.subplots(1, 4), ("loss", "dice", "iou", "learning_rate")):
+        ax.plot(epochs, history[name], label="train")
+        if f"val_{name}" in history:
+            ax.plot(epochs, history[f"val_{name}"], label="validation")
+            ax.legend(frameon=False, fontsize=8)
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig

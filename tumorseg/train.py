@@ -24,6 +24,7 @@ from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.dataset import make_dataset
 from tumorseg.losses import BceDiceLoss, training_metrics
 from tumorseg.model import build_unet
+from tumorseg.render import training_curves_figure
 
 SCHEDULES = ("cosine", "exponential", "plateau")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
@@ -178,7 +179,11 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     if patience > 0:
         callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
 
-    model.fit(train_data, validation_data=val_data, epochs=int(train_params["epochs"]), callbacks=callbacks, verbose=2)
+    model.fit(
+        train_data, validation_data=val_data, epochs=int(train_params["epochs"]), callbacks=callbacks,
+        shuffle=False,  # train_data shuffles itself, seeded
+        verbose=2,
+    )
     return finish(work_dir, model_path, metrics_path, plots_dir)
 
 
@@ -201,6 +206,7 @@ def finish(work_dir, model_path, metrics_path, plots_dir):
     write_json(metrics_path, metrics)
     with atomic_dir(plots_dir) as tmp:
         shutil.copytree(work_dir / "dvclive" / "plots", tmp, dirs_exist_ok=True)
+        training_curves_figure(history).savefig(tmp / "curves.png")
     shutil.rmtree(work_dir)
     print(f"best epoch {metrics['best_epoch']}: val_loss {metrics['val_loss']}, val_dice {metrics.get('val_dice')}")
     return metrics
