@@ -1,0 +1,99 @@
+"""Benchmark training and prediction speed (slices/s) of a U-Net configuration on this machine.
+
+    python benchmarks/train.py [--filters 64] [--size 128] [--batch 32] [--precision float32] [--steps 10]
+    python benchmarks/train.py --quick        # a few steps of a tiny model, to check the script runs
+
+Training goes through the project's tf.data pipeline with augmentation
+(tumorseg.dataset.make_dataset), the loss and metrics of the train stage;
+prediction goes through a saved and reloaded .keras model, as users load it.
+The first steps (graph tracing) are not timed.
+"""
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from tumorseg.dataset import make_dataset  # noqa: E402
+from tumorseg.inference import load_model  # noqa: E402
+from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
+from tumorseg.model import build_unet  # noqa: E402
+
+WARMUP_STEPS = 2
+
+
+def phantom_batch(count, size, seed=0):
+    """Images with one bright disk each, and their masks."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:size, :size]
+    images = rng.random((count, size, size), dtype=np.float32) * 0.3
+    masks = np.zeros((count, size, size), np.uint8)
+    for i in range(count):
+        r, c, radius = rng.integers(size // 4, 3 * size // 4, 2).tolist() + [size // 10]
+        masks[i] = (rows - r) ** 2 + (cols - c) ** 2 < radius**2
+        images[i][masks[i] > 0] += 0.5
+    return images, masks
+
+
+def time_training(model, images, masks, batch, steps):
+    data = make_dataset(images, masks, batch, training=True, augment={"hflip": True}, seed=0).repeat()
+    model.fit(data, steps_per_epoch=WARMUP_STEPS, epochs=1, shuffle=False, verbose=0)
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
+    return steps * batch / (time.perf_counter() - start)
+
+
+def time_prediction(model_path, images, batch, steps):
+    model = load_model(model_path)
+    x = images[: batch * (steps + WARMUP_STEPS), ..., None]
+    model.predict(x[: batch * WARMUP_STEPS], batch_size=batch, verbose=0)
+    start = time.perf_counter()
+    model.predict(x[batch * WARMUP_STEPS :], batch_size=batch, verbose=0)
+    return batch * steps / (time.perf_counter() - start)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--filters", type=int, default=64)
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--size", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--precision", default="float32", choices=["float32", "mixed_bfloat16", "mixed_float16"])
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
+    args = parser.parse_args()
+    if args.quick:
+        args.filters, args.depth, args.size, args.batch, args.steps = 4, 2, 32, 4, 2
+
+    keras.mixed_precision.set_global_policy(args.precision)
+    keras.utils.set_random_seed(0)
+    images, masks = phantom_batch(args.batch * (args.steps + WARMUP_STEPS), args.size)
+    model = build_unet(args.size, args.depth, args.filters)
+    model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
+    train_rate = time_training(model, images, masks, args.batch, args.steps)
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "model.keras")
+        predict_rate = time_prediction(Path(tmp) / "model.keras", images, args.batch, args.steps)
+
+    command = "python benchmarks/train.py " + " ".join(sys.argv[1:])
+    print(f"command: {command.strip()}")
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+    print(f"config: {args.size}x{args.size}, depth {args.depth}, {args.filters} base filters "
+          f"({model.count_params():,} parameters), batch {args.batch}, {args.precision}")
+    print(f"train: {train_rate:.2f} slices/s ({args.steps} steps, tf.data pipeline with augmentation)")
+    print(f"predict: {predict_rate:.2f} slices/s (saved .keras model)")
+
+
+if __name__ == "__main__":
+    main()
