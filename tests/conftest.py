@@ -9,5 +9,5 @@ SAMPLE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "f
 def real_sample():
     """The folder of genuine figshare slices beside the repository, or skip."""
     if not (SAMPLE_DIR / "mat").is_dir():
-        pytest.skip(f"real figshare sample not found at {SAMPLE_DIR.resolve()} (only present beside the repository in CI)")
+        pytest.skip(f"real figshare sample not found at {SAMPLE_DIR.resolve()}: these tests read the shared sample beside the repository")
     return SAMPLE_DIR

@@ -115,6 +115,27 @@ def test_changed_params_do_not_resume_an_old_run(synthetic_data, tmp_path):
     assert counter.epochs == [0, 1]
 
 
+def test_same_seed_same_result(synthetic_data, tmp_path):
+    params = small_params(epochs=2)
+    params["model"]["filters"] = 4
+    first = run(params, synthetic_data, tmp_path / "first")
+    second = run(params, synthetic_data, tmp_path / "second")
+    assert first == second
+
+
+@pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
+def test_mixed_precision_model_predicts_in_float32(synthetic_data, tmp_path, precision):
+    params = small_params(epochs=1, precision=precision)
+    params["model"]["filters"] = 4
+    try:
+        run(params, synthetic_data, tmp_path)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    model = keras.models.load_model(tmp_path / "model.keras")
+    output = model.predict(np.zeros((1, 64, 64, 1), np.float32), verbose=0)
+    assert output.dtype == np.float32 and output.shape == (1, 64, 64, 1)
+
+
 @pytest.mark.parametrize(
     "section, key, value, message",
     [

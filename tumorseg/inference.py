@@ -4,6 +4,7 @@ from pathlib import Path
 
 import keras
 import numpy as np
+from tqdm import tqdm
 
 import tumorseg.losses  # noqa: F401  registers the custom loss and metric
 from tumorseg.data import InputError
@@ -40,10 +41,12 @@ def predict_probabilities(model, images, positions, batch_size=DEFAULT_BATCH_SIZ
     """Tumour probabilities (n, S, S) float32 of images[positions], in batches."""
     size = images.shape[1]
     out = np.empty((len(positions), size, size), dtype=np.float32)
-    for start in range(0, len(positions), batch_size):
-        batch = np.asarray(images[positions[start:start + batch_size]], dtype=np.float32)[..., None]
-        probs = np.asarray(model.predict_on_batch(batch))
-        if probs.size != batch.size:
-            raise InputError(f"model output {probs.shape} does not match its input {batch.shape}.")
-        out[start:start + len(batch)] = probs.reshape(len(batch), size, size)
+    with tqdm(total=len(positions), desc="predict", unit="slice", disable=len(positions) <= batch_size) as bar:
+        for start in range(0, len(positions), batch_size):
+            batch = np.asarray(images[positions[start:start + batch_size]], dtype=np.float32)[..., None]
+            probs = np.asarray(model.predict_on_batch(batch))
+            if probs.size != batch.size:
+                raise InputError(f"model output {probs.shape} does not match its input {batch.shape}.")
+            out[start:start + len(batch)] = probs.reshape(len(batch), size, size)
+            bar.update(len(batch))
     return out

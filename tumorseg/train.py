@@ -10,6 +10,7 @@ import hashlib
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
 
 import keras
@@ -182,7 +183,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     model.fit(
         train_data, validation_data=val_data, epochs=int(train_params["epochs"]), callbacks=callbacks,
         shuffle=False,  # train_data shuffles itself, seeded
-        verbose=2,
+        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar in a terminal, one line per epoch in logs
     )
     return finish(work_dir, model_path, metrics_path, plots_dir)
 

@@ -1,0 +1,293 @@
+"""The predict command: readers, outputs at native resolution, areas, bad inputs, exports."""
+
+import csv
+import json
+
+import keras
+import nibabel as nib
+import numpy as np
+import pytest
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+
+from tumorseg import export
+from tumorseg.inference import predict_probabilities
+from tumorseg.matfile import read_slice
+from tumorseg.model import build_unet
+from tumorseg.predict import main, parse_args, resolve_percentile
+from tumorseg.preprocess import preprocess_image
+from tumorseg.readers import find_inputs, read_dicom, read_image, read_scan
+
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def model_path(tmp_path_factory):
+    """An untrained tiny U-Net saved as .keras (its input and output shapes are the real ones)."""
+    keras.utils.set_random_seed(0)
+    path = tmp_path_factory.mktemp("model") / "model.keras"
+    build_unet(SIZE, depth=2, filters=4).save(path)
+    return path
+
+
+@pytest.fixture(autouse=True)
+def in_tmp(tmp_path, monkeypatch):
+    """Run in an empty folder so no params.yaml or metrics/eval.json is picked up."""
+    monkeypatch.chdir(tmp_path)
+
+
+def scan_image(shape, seed=0):
+    """A bright disc on a darker noisy background, float in [0, 1]."""
+    rng = np.random.default_rng(seed)
+    rows, cols = np.mgrid[:shape[0], :shape[1]]
+    disc = (rows - shape[0] / 2) ** 2 + (cols - shape[1] / 3) ** 2 < (min(shape) / 4) ** 2
+    return np.clip(0.3 + 0.6 * disc + 0.1 * rng.random(shape), 0, 1)
+
+
+def write_png(path, shape, bits=8, rgb=False):
+    image = scan_image(shape)
+    if bits == 16:
+        Image.fromarray((image * 65535).astype(np.uint16)).save(path)
+    elif rgb:
+        Image.fromarray((np.stack([image, image * 0.8, image * 0.5], axis=2) * 255).astype(np.uint8)).save(path)
+    else:
+        Image.fromarray((image * 255).astype(np.uint8)).save(path)
+    return path
+
+
+def write_dicom(path, shape, spacing=(0.5, 0.8), slope=2.0, intercept=-100.0):
+    raw = (scan_image(shape) * 1000 + 100).astype(np.uint16)
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = MRImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = MRImageStorage, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "MR"
+    ds.Rows, ds.Columns = shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = [str(spacing[0]), str(spacing[1])]
+    ds.RescaleSlope, ds.RescaleIntercept = str(slope), str(intercept)
+    ds.PixelData = raw.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return raw
+
+
+def write_nifti(path, shape=(36, 28, 3), zooms=(0.9, 1.1, 3.0)):
+    volume = np.stack([scan_image(shape[:2], seed) * 800 for seed in range(shape[2])], axis=2).astype(np.int16)
+    affine = np.diag([*zooms, 1.0])
+    affine[:3, 3] = (-10.0, 20.0, 5.0)
+    image = nib.Nifti1Image(volume, affine)
+    image.header.set_xyzt_units("mm")
+    nib.save(image, path)
+    return affine
+
+
+def read_rows(out_dir):
+    with open(out_dir / "summary.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def png_shape(path):
+    return np.asarray(Image.open(path)).shape[:2]
+
+
+def test_png_masks_keep_native_resolution(tmp_path, model_path):
+    inputs = [
+        write_png(tmp_path / "gray8.png", (50, 70)),
+        write_png(tmp_path / "gray16.png", (60, 64), bits=16),
+        write_png(tmp_path / "colour.jpg", (40, 30), rgb=True),
+    ]
+    out = tmp_path / "out"
+    assert main([*map(str, inputs), "--out", str(out), "--model", str(model_path)]) == 0
+    rows = read_rows(out)
+    assert [row["input"] for row in rows] == [str(p) for p in inputs]
+    for row, shape in zip(rows, [(50, 70), (60, 64), (40, 30)]):
+        assert png_shape(out / row["mask_png"]) == shape
+        assert np.asarray(Image.open(out / row["overlay_png"])).shape == (*shape, 3)
+        assert (int(row["height"]), int(row["width"])) == shape
+        assert row["tumor_area_mm2"] == ""  # PNG records no pixel spacing
+        assert float(row["threshold"]) == 0.5
+        mask = np.asarray(Image.open(out / row["mask_png"])) > 0
+        assert int(row["tumor_pixels"]) == mask.sum()
+
+
+def test_image_reader_keeps_16_bits_and_converts_colour(tmp_path):
+    sixteen = read_image(write_png(tmp_path / "a.png", (20, 24), bits=16)).slices[0]
+    assert sixteen.dtype == np.uint16 and sixteen.max() > 255
+    colour = read_image(write_png(tmp_path / "b.png", (20, 24), rgb=True)).slices[0]
+    assert colour.shape == (20, 24)
+
+
+def test_dicom_rescale_spacing_and_area(tmp_path, model_path):
+    raw = write_dicom(tmp_path / "slice.dcm", (48, 40), spacing=(0.5, 0.8), slope=2.0, intercept=-100.0)
+    scan = read_dicom(tmp_path / "slice.dcm")
+    np.testing.assert_allclose(scan.slices[0], raw * 2.0 - 100.0)
+    assert scan.spacing == (0.5, 0.8)
+
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "slice.dcm"), "--out", str(out), "--model", str(model_path), "--threshold", "0"]
+    assert main(argv) == 0
+    (row,) = read_rows(out)
+    assert int(row["tumor_pixels"]) == 48 * 40  # threshold 0: every pixel is tumour
+    assert float(row["tumor_area_mm2"]) == pytest.approx(48 * 40 * 0.5 * 0.8)
+    assert png_shape(out / row["mask_png"]) == (48, 40)
+
+
+def test_nifti_slices_area_and_mask_volume(tmp_path, model_path):
+    affine = write_nifti(tmp_path / "volume.nii.gz", shape=(36, 28, 3), zooms=(0.9, 1.1, 3.0))
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "volume.nii.gz"), "--out", str(out), "--model", str(model_path), "--threshold", "0"]
+    assert main(argv) == 0
+    rows = read_rows(out)
+    assert [int(row["slice"]) for row in rows] == [0, 1, 2]
+    for row in rows:
+        assert int(row["tumor_pixels"]) == 36 * 28
+        assert float(row["tumor_area_mm2"]) == pytest.approx(36 * 28 * 0.9 * 1.1, rel=1e-5)
+        assert sorted(png_shape(out / row["mask_png"])) == [28, 36]
+    volume = nib.load(out / "volume_mask.nii.gz")
+    assert volume.shape == (36, 28, 3)
+    np.testing.assert_allclose(volume.affine, affine)
+    assert np.asarray(volume.dataobj).min() == 1
+
+
+def test_nifti_mask_volume_matches_slice_masks(tmp_path, model_path):
+    write_nifti(tmp_path / "volume.nii", shape=(36, 28, 3))
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "volume.nii"), "--out", str(out), "--model", str(model_path), "--axis", "0"]
+    assert main(argv) == 0
+    rows = read_rows(out)
+    assert len(rows) == 36  # one slice per index along voxel axis 0
+    volume = np.asarray(nib.load(out / "volume_mask.nii.gz").dataobj)
+    for row in rows:
+        slice_mask = np.asarray(Image.open(out / row["mask_png"])) > 0
+        np.testing.assert_array_equal(np.rot90(slice_mask, -1), volume[int(row["slice"])] > 0)
+
+
+def test_real_figshare_slices(tmp_path, model_path, real_sample):
+    files = sorted((real_sample / "mat").glob("*.mat"))[:2]
+    out = tmp_path / "out"
+    assert main([*map(str, files), "--out", str(out), "--model", str(model_path)]) == 0
+    for row, path in zip(read_rows(out), files):
+        assert png_shape(out / row["mask_png"]) == read_slice(path).image.shape
+
+
+def test_mixed_folder_with_a_corrupt_file(tmp_path, model_path, capsys):
+    folder = tmp_path / "scans"
+    (folder / "sub").mkdir(parents=True)
+    write_png(folder / "sub" / "a.png", (30, 34))
+    write_dicom(folder / "IM0001", (32, 32))  # DICOM without a suffix, found by its marker
+    write_nifti(folder / "b.nii.gz", shape=(20, 24, 2))
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    (folder / "notes.txt").write_text("not a scan")
+    out = tmp_path / "out"
+
+    assert main([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
+    assert "broken.png" in capsys.readouterr().err
+    assert {row["input"] for row in read_rows(out)} == {
+        str(folder / "sub" / "a.png"), str(folder / "IM0001"), str(folder / "b.nii.gz")
+    }
+    for name in ("sub/a_mask.png", "IM0001_mask.png", "b_slice001_mask.png", "b_mask.nii.gz"):
+        assert (out / name).is_file()
+    with open(out / "failures.csv", newline="") as f:
+        (failure,) = list(csv.DictReader(f))
+    assert failure["input"] == str(folder / "broken.png") and failure["reason"]
+
+
+def test_unsupported_file_named_explicitly_fails(tmp_path, model_path, capsys):
+    (tmp_path / "notes.txt").write_text("not a scan")
+    good = write_png(tmp_path / "good.png", (30, 30))
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "notes.txt"), str(good), "--out", str(out), "--model", str(model_path)]) == 1
+    assert "unsupported file type" in capsys.readouterr().err
+    assert (out / "good_mask.png").is_file()
+
+
+def test_nothing_overwritten_without_flag(tmp_path, model_path, capsys):
+    image = write_png(tmp_path / "a.png", (30, 30))
+    out = tmp_path / "out"
+    argv = [str(image), "--out", str(out), "--model", str(model_path)]
+    assert main(argv + ["--threshold", "0"]) == 0
+    before = (out / "a_mask.png").read_bytes()
+
+    assert main(argv + ["--threshold", "1"]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "a_mask.png").read_bytes() == before
+
+    assert main(argv + ["--threshold", "1", "--overwrite"]) == 0
+    assert (out / "a_mask.png").read_bytes() != before
+
+
+def test_missing_or_foreign_model_fails_before_any_work(tmp_path, capsys):
+    image = write_png(tmp_path / "a.png", (30, 30))
+    out = tmp_path / "out"
+    assert main([str(image), "--out", str(out), "--model", str(tmp_path / "absent.keras")]) == 2
+    assert "model file not found" in capsys.readouterr().err
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    foreign = tmp_path / "classifier.keras"
+    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs))).save(foreign)
+    assert main([str(image), "--out", str(out), "--model", str(foreign)]) == 2
+    assert "segmentation model" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_threshold_from_eval_metrics_and_override(tmp_path, model_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"threshold": 0.0}))
+    image = write_png(tmp_path / "a.png", (30, 30))
+    assert main([str(image), "--out", "out1", "--model", str(model_path)]) == 0
+    (row,) = read_rows(tmp_path / "out1")
+    assert float(row["threshold"]) == 0.0 and int(row["tumor_pixels"]) == 900
+
+    assert main([str(image), "--out", "out2", "--model", str(model_path), "--threshold", "1"]) == 0
+    (row,) = read_rows(tmp_path / "out2")
+    assert float(row["threshold"]) == 1.0 and int(row["tumor_pixels"]) == 0
+
+
+def test_percentile_from_params_or_option(tmp_path):
+    assert resolve_percentile(parse_args(["--export", "x"])) == 99.5
+    (tmp_path / "params.yaml").write_text("data:\n  normalize_percentile: 98.0\n")
+    assert resolve_percentile(parse_args(["--export", "x"])) == 98.0
+    assert resolve_percentile(parse_args(["--export", "x", "--percentile", "90"])) == 90.0
+
+
+def test_exports_match_keras(tmp_path, model_path):
+    exported = tmp_path / "exported"
+    assert main(["--export", str(exported), "--float16", "--model", str(model_path)]) == 0
+    files = [write_png(tmp_path / "a.png", (50, 70)), write_png(tmp_path / "b.png", (64, 48), bits=16)]
+    write_dicom(tmp_path / "c.dcm", (40, 40))
+    files.append(tmp_path / "c.dcm")
+    images = np.stack([preprocess_image(read_scan(path).slices[0], SIZE) for path in files])
+    model = keras.models.load_model(model_path, compile=False)
+    reference = predict_probabilities(model, images, np.arange(len(images)))
+
+    saved = export.run_saved_model(exported / export.SAVED_MODEL_DIR, images)
+    np.testing.assert_allclose(saved, reference, atol=1e-4)
+    lite = export.run_tflite(exported / export.TFLITE_FLOAT32, images)
+    np.testing.assert_allclose(lite, reference, atol=1e-4)
+    half = export.run_tflite(exported / export.TFLITE_FLOAT16, images)
+    assert ((half >= 0.5) == (reference >= 0.5)).mean() >= 0.995
+    assert json.loads((exported / export.METADATA).read_text())["image_size"] == SIZE
+
+
+def test_export_folder_not_replaced_without_overwrite(tmp_path, model_path, capsys):
+    exported = tmp_path / "exported"
+    exported.mkdir()
+    (exported / "keep.txt").write_text("mine")
+    assert main(["--export", str(exported), "--model", str(model_path)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (exported / "keep.txt").read_text() == "mine"
+
+
+def test_output_stems_are_unique_and_keep_uid_names(tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        write_png(tmp_path / folder / "x.png", (8, 8))
+    write_dicom(tmp_path / "a" / "1.2.840.5", (8, 8))
+    found, problems, ignored = find_inputs([tmp_path / "a", tmp_path / "b", tmp_path / "absent"], out_dir=None)
+    assert [stem for _, stem in found] == ["1.2.840.5", "x", "x-2"]
+    assert problems == [(tmp_path / "absent", "not found")] and ignored == 0

@@ -1,0 +1,104 @@
+"""Export the Keras model for serving: a TensorFlow SavedModel and TFLite files.
+
+Layout of the export folder:
+  saved_model/          TF Serving / tf.saved_model.load; signature `serving_default`
+  model.tflite          float32 TFLite (converted from the SavedModel)
+  model_float16.tflite  weights quantised to float16 (only with float16=True)
+  export.json           the preprocessing contract and the threshold
+
+Every export takes a batch of preprocessed images (N, S, S, 1) float32 in
+[0, 1] (see tumorseg.preprocess.preprocess_image) and returns tumour
+probabilities (N, S, S, 1). TFLite files are run with the LiteRT interpreter
+(package ai-edge-litert) when it is installed, else with tf.lite.Interpreter.
+"""
+
+import json
+
+import numpy as np
+
+SAVED_MODEL_DIR = "saved_model"
+TFLITE_FLOAT32 = "model.tflite"
+TFLITE_FLOAT16 = "model_float16.tflite"
+METADATA = "export.json"
+
+
+def export_saved_model(model, path):
+    """Write `model` as a TensorFlow SavedModel at `path` (a folder)."""
+    model.export(str(path), format="tf_saved_model", verbose=False)
+
+
+def convert_to_tflite(saved_model_dir, path, float16=False):
+    """Convert a SavedModel to a TFLite file; float16=True quantises the weights to float16."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    path.write_bytes(converter.convert())
+
+
+def export_all(model, out_dir, metadata, float16=False):
+    """SavedModel, float32 TFLite (and float16 TFLite), and export.json into `out_dir`; returns the paths."""
+    paths = {"saved_model": out_dir / SAVED_MODEL_DIR, "tflite": out_dir / TFLITE_FLOAT32}
+    export_saved_model(model, paths["saved_model"])
+    convert_to_tflite(paths["saved_model"], paths["tflite"])
+    if float16:
+        paths["tflite_float16"] = out_dir / TFLITE_FLOAT16
+        convert_to_tflite(paths["saved_model"], paths["tflite_float16"], float16=True)
+    files = {name: path.name for name, path in paths.items()}
+    (out_dir / METADATA).write_text(json.dumps({**metadata, "files": files}, indent=2) + "\n")
+    return paths
+
+
+def run_saved_model(saved_model_dir, images):
+    """Probabilities (N, S, S) of preprocessed images (N, S, S) from a SavedModel."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(str(saved_model_dir))
+    batch = tf.constant(np.asarray(images, dtype=np.float32)[..., None])
+    return np.asarray(loaded.serve(batch)).reshape(np.shape(images))
+
+
+def tflite_interpreter(tflite_path):
+    """A TFLite interpreter from LiteRT when installed, else from TensorFlow."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        import tensorflow as tf
+
+        Interpreter = tf.lite.Interpreter
+    return Interpreter(model_path=str(tflite_path))
+
+
+def run_tflite(tflite_path, images):
+    """Probabilities (N, S, S) of preprocessed images (N, S, S) from a TFLite file, in one batch."""
+    images = np.asarray(images, dtype=np.float32)
+    interpreter = tflite_interpreter(tflite_path)
+    source = interpreter.get_input_details()[0]["index"]
+    interpreter.resize_tensor_input(source, images[..., None].shape)
+    interpreter.allocate_tensors()
+    interpreter.set_tensor(source, images[..., None])
+    interpreter.invoke()
+    result = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
+    return np.asarray(result).reshape(images.shape)
+
+
+def check_exports(model, export_dir, size, threshold, samples=2, seed=0):
+    """Compare the exports with the Keras model on random inputs.
+
+    Returns {"max_difference": {"SavedModel": .., "TFLite": ..}} and, when the
+    float16 file exists, "float16_mask_agreement" (fraction of equal mask pixels).
+    """
+    images = np.random.default_rng(seed).random((samples, size, size), dtype=np.float32)
+    reference = np.asarray(model.predict_on_batch(images[..., None])).reshape(images.shape)
+    saved = run_saved_model(export_dir / SAVED_MODEL_DIR, images)
+    lite = run_tflite(export_dir / TFLITE_FLOAT32, images)
+    result = {"max_difference": {
+        "SavedModel": float(np.abs(saved - reference).max()),
+        "TFLite": float(np.abs(lite - reference).max()),
+    }}
+    if (export_dir / TFLITE_FLOAT16).is_file():
+        half = run_tflite(export_dir / TFLITE_FLOAT16, images)
+        result["float16_mask_agreement"] = float(((half >= threshold) == (reference >= threshold)).mean())
+    return result
