@@ -1,74 +1,20 @@
 """End to end: the DVC pipeline in a temporary copy of the repository, offline, on the synthetic source."""
 
 import json
-import os
 import re
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
-import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-STAGES = ("download", "mat_to_numpy", "split", "train", "evaluate", "render_samples")
-SMALL = {
-    "data": {"source": "synthetic", "image_size": 64, "synthetic": {"patients": 21, "slices_per_patient": 3, "image_size": 128}},
-    "model": {"depth": 3, "filters": 4},
-    "train": {"epochs": 2, "batch_size": 16},
-    "evaluate": {"bootstrap": 100},
-    "render": {"per_class": 1},
-}
+from tests.dvc_helpers import copy_project, dvc, git, ran_stages
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments")
-
-
-def merge(base, overrides):
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            merge(base[key], value)
-        else:
-            base[key] = value
-    return base
-
-
-def run(args, cwd):
-    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
-    result = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    if result.returncode:
-        raise AssertionError(f"{' '.join(map(str, args))} failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
-    return result.stdout
-
-
-def dvc(*args, cwd):
-    return run([sys.executable, "-m", "dvc", *args], cwd)
-
-
-def git(*args, cwd):
-    return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd)
-
-
-def ran_stages(output):
-    return {stage for stage in STAGES if f"Running stage '{stage}'" in output}
 
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory):
     """A copy of the repository's files (as git sees them) with small parameters, as its own git repo."""
-    root = tmp_path_factory.mktemp("project")
-    listed = run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], REPO).splitlines()
-    for name in listed:
-        if (REPO / name).is_file() and not name.startswith(("data/", "models/", "metrics/", "plots/")):
-            (root / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, root / name)
-    (root / "dvc.lock").unlink(missing_ok=True)
-    params = merge(yaml.safe_load((root / "params.yaml").read_text()), SMALL)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    git("init", "-q", cwd=root)
-    git("add", "-A", cwd=root)
-    git("commit", "-qm", "small pipeline", cwd=root)
-    return root
+    return copy_project(tmp_path_factory.mktemp("project"))
 
 
 def test_pipeline_end_to_end(project, tmp_path):

@@ -10,7 +10,7 @@ from PIL import Image
 from tumorseg.convert import mat_to_numpy
 from tumorseg.split import assign_subsets, write_split
 from tumorseg.synthetic import write_dataset
-from tumorseg.train import train, validate_params
+from tumorseg.train import learning_rate, train, validate_params
 
 PARAMS = yaml.safe_load(open("params.yaml"))
 
@@ -74,6 +74,22 @@ def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
     assert not (tmp_path / "work").exists()
     with Image.open(tmp_path / "plots" / "curves.png") as picture:
         assert picture.format == "PNG" and picture.size == (1200, 320)
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "exponential"])
+def test_learning_rate_decays_from_lr_max_to_lr_min(schedule):
+    params = small_params(epochs=10, lr_max=1.0e-3, lr_min=1.0e-4, lr_schedule=schedule)
+    lr, callbacks = learning_rate(params["train"], steps_per_epoch=5)
+    assert callbacks == []
+    assert float(lr(0)) == pytest.approx(1.0e-3) and float(lr(50)) == pytest.approx(1.0e-4, rel=1e-4)
+    assert float(lr(0)) > float(lr(25)) > float(lr(50))
+
+
+def test_plateau_schedule_is_bounded_by_lr_min():
+    params = small_params(lr_schedule="plateau", lr_min=2.0e-4)
+    lr, callbacks = learning_rate(params["train"], steps_per_epoch=5)
+    assert lr == pytest.approx(3.0e-3)
+    assert isinstance(callbacks[0], keras.callbacks.ReduceLROnPlateau) and callbacks[0].min_lr == 2.0e-4
 
 
 class StopAfterFirstEpoch(keras.callbacks.Callback):

@@ -15,13 +15,18 @@ def conv_block(x, filters, batchnorm_momentum):
     return x
 
 
-def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1):
-    """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output."""
+def check_image_size(image_size, depth):
+    """Each level halves the image, so the size must divide by 2**depth."""
     if image_size % 2**depth:
         raise ValueError(
             f"data.image_size ({image_size}) must be divisible by 2**model.depth ({2 ** depth}); "
             "change one of them."
         )
+
+
+def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1):
+    """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output."""
+    check_image_size(image_size, depth)
     width = [filters * min(2**level, MAX_FILTER_MULTIPLIER) for level in range(depth + 1)]
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = inputs

@@ -24,7 +24,7 @@ from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.dataset import make_dataset
 from tumorseg.losses import BceDiceLoss, training_metrics
-from tumorseg.model import build_unet
+from tumorseg.model import build_unet, check_image_size
 from tumorseg.render import training_curves_figure
 
 SCHEDULES = ("cosine", "exponential", "plateau")
@@ -52,11 +52,7 @@ def validate_params(params):
             raise ValueError(f"train.{key} must be one of {', '.join(allowed)}, got {train[key]!r}.")
     if int(train["epochs"]) < 1 or int(train["batch_size"]) < 1:
         raise ValueError("train.epochs and train.batch_size must be at least 1.")
-    size, depth = int(params["data"]["image_size"]), int(model["depth"])
-    if size % 2**depth:
-        raise ValueError(
-            f"data.image_size ({size}) must be divisible by 2**model.depth ({2 ** depth}); change one of them."
-        )
+    check_image_size(int(params["data"]["image_size"]), int(model["depth"]))
 
 
 def learning_rate(train, steps_per_epoch):
