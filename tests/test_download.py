@@ -2,9 +2,7 @@
 
 import hashlib
 import io
-import sys
 import threading
-import types
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -347,18 +345,12 @@ def test_format_ranges():
 
 # ---------------------------------------------------------------- synthetic
 
-def test_synthetic_source_calls_generator(tmp_path, monkeypatch):
-    calls = []
-
-    def write_dataset(out_dir, **kwargs):
-        calls.append(kwargs)
-        (out_dir / "1.mat").write_bytes(b"synthetic")
-
-    monkeypatch.setitem(sys.modules, "tumorseg.synthetic", types.SimpleNamespace(write_dataset=write_dataset))
-    options = {"patients": 3, "slices_per_patient": 2, "image_size": 64}
+def test_synthetic_source_writes_readable_slices(tmp_path):
+    options = {"patients": 3, "slices_per_patient": 2, "image_size": 32}
     prepare_raw("synthetic", tmp_path / "raw", "https://unused", synthetic=options, seed=5)
-    assert calls == [dict(options, seed=5)]
-    assert names(tmp_path / "raw") == ["1.mat"]
+    assert names(tmp_path / "raw") == [f"{i}.mat" for i in range(1, 7)]
+    labels = {read_slice(tmp_path / "raw" / f"{i}.mat").label for i in range(1, 7)}
+    assert labels == {1, 2, 3}
 
 
 def test_synthetic_source_needs_its_params(tmp_path):

@@ -8,7 +8,6 @@ place only when complete.
 
 import filecmp
 import hashlib
-import importlib
 import os
 import re
 import shutil
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from tumorseg.atomic import atomic_dir
 from tumorseg.matfile import SLICE_NAME
+from tumorseg.synthetic import write_dataset
 
 FIGSHARE_URL = "https://ndownloader.figshare.com/files"
 TOTAL_SLICES = 3064
@@ -81,9 +81,8 @@ def prepare_raw(source, out_dir, base_url=FIGSHARE_URL, synthetic=None, seed=0, 
         missing = [k for k in ("patients", "slices_per_patient", "image_size") if k not in options]
         if missing:
             raise ValueError(f"params.yaml data.synthetic lacks {', '.join(missing)}; needed for source 'synthetic'.")
-        synthetic_module = importlib.import_module("tumorseg.synthetic")
         with atomic_dir(out_dir) as build:
-            synthetic_module.write_dataset(
+            write_dataset(
                 build, patients=options["patients"], slices_per_patient=options["slices_per_patient"],
                 image_size=options["image_size"], seed=seed,
             )
