@@ -17,6 +17,16 @@ SMALL = {
     "evaluate": {"bootstrap": 100},
     "render": {"per_class": 1},
 }
+# Two-fold cross-validation needs at least one validation patient per class in each training part:
+# 30 patients give 15 test and 3 validation patients per fold.
+SMALL_CV = {
+    "data": {"source": "synthetic", "image_size": 64, "synthetic": {"patients": 30, "slices_per_patient": 3, "image_size": 128}},
+    "split": {"folds": 2},
+    "model": {"depth": 3, "filters": 4},
+    "train": {"epochs": 1, "batch_size": 16},
+    "evaluate": {"bootstrap": 50},
+    "render": {"per_class": 1},
+}
 # Outputs of the pipeline: never copied, the copy makes its own.
 OUTPUT_DIRS = ("data/", "models/", "metrics/", "plots/")
 

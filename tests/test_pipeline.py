@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from tests.dvc_helpers import copy_project, dvc, git, ran_stages
+from tests.dvc_helpers import STAGES, copy_project, dvc, git, ran_stages
 
 pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments")
 

@@ -1,0 +1,112 @@
+"""Two-fold cross-validation through the DVC experiment queue, then its summary.
+
+Queued experiments run in a temporary copy that holds only the files tracked by git or DVC. The
+project here is a copy of the repository without its ignored files, committed, so a successful
+queued run shows that the pipeline needs nothing untracked.
+"""
+
+import json
+import shutil
+import sys
+import time
+
+import pandas as pd
+import pytest
+
+from tests.dvc_helpers import SMALL_CV, STAGES, dvc, git, reproduced_project, run
+from tumorseg import summarize
+
+QUEUE_TIMEOUT_S = 360
+POLL_S = 3
+UNFINISHED_STATES = ("Queued", "Running")
+
+pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments")
+
+
+def queue_tasks(project):
+    """`dvc queue status` as {task name (or id): status}, e.g. {'cronk-alto': 'Success'}.
+
+    Columns are read at the header's offsets: the Created column holds one word or several.
+    """
+    lines = dvc("queue", "status", cwd=project).splitlines()
+    if not lines or "Status" not in lines[0]:
+        return {}  # no task at all
+    header = lines[0]
+    name_at, created_at, status_at = (header.index(column) for column in ("Name", "Created", "Status"))
+    tasks = {}
+    for line in lines[1:]:
+        if not line.strip():
+            break
+        name = line[name_at:created_at].strip() or line[:name_at].strip()
+        tasks[name] = line[status_at:].strip()
+    return tasks
+
+
+def wait_for_queue(project, timeout_s=QUEUE_TIMEOUT_S):
+    """Poll `dvc queue status` until no task is queued or running; return the last status."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        tasks = queue_tasks(project)
+        if tasks and not any(state in UNFINISHED_STATES for state in tasks.values()):
+            return tasks
+        if time.monotonic() > deadline:
+            dvc("queue", "stop", "--kill", cwd=project)
+            raise AssertionError(f"the queue did not finish within {timeout_s} s: {tasks}")
+        time.sleep(POLL_S)
+
+
+@pytest.fixture(scope="module")
+def cv_project(tmp_path_factory):
+    """A reproduced small project whose 2-fold CV ran through the queue; its workers stopped afterwards."""
+    project = reproduced_project(tmp_path_factory, "queue", SMALL_CV)
+    assert git("status", "--porcelain", cwd=project) == ""  # everything committed before queueing
+    queued = dvc("exp", "run", "--queue", "-S", "split.fold=0,1", cwd=project)
+    assert queued.count("Queued experiment") == 2, queued
+    try:
+        dvc("queue", "start", "-j", "1", cwd=project)
+        wait_for_queue(project)
+        yield project
+    finally:
+        dvc("queue", "stop", "--kill", cwd=project)
+
+
+def test_queued_folds_succeed_with_metrics(cv_project):
+    tasks = queue_tasks(cv_project)
+    assert sorted(tasks.values()) == ["Success", "Success"], tasks
+
+    entries = summarize.list_entries(json.loads(dvc("exp", "show", "--json", cwd=cv_project)))
+    experiments = [e for e in entries if e["kind"] == "experiment"]
+    assert sorted(e["name"] for e in experiments) == sorted(tasks)
+    assert all(e["state"] == "success" for e in experiments)
+    folds = {e["data"]["params"]["params.yaml"]["data"]["split"]["fold"]: e for e in experiments}
+    assert sorted(folds) == [0, 1]
+    results = {fold: e["data"]["metrics"]["metrics/eval.json"]["data"] for fold, e in folds.items()}
+    for metrics in results.values():
+        assert 0 <= metrics["dice"] <= 1 and 0 <= metrics["iou"] <= 1
+        assert all(f"{name}_dice" in metrics for name in ("meningioma", "glioma", "pituitary"))
+    # the two test folds are disjoint and cover every patient and slice once
+    patients = SMALL_CV["data"]["synthetic"]["patients"]
+    assert results[0]["test_patients"] + results[1]["test_patients"] == patients
+    assert results[0]["test_images"] + results[1]["test_images"] == patients * SMALL_CV["data"]["synthetic"]["slices_per_patient"]
+
+    # the queued runs reused the committed baseline's data: only split and what follows ran
+    log = dvc("queue", "logs", experiments[0]["name"], cwd=cv_project)
+    ran = {stage for stage in STAGES if f"Running stage '{stage}'" in log}
+    assert ran == {"split", "train", "evaluate", "render_samples"}, log[-3000:]
+
+
+def test_summarize_the_queued_study(cv_project):
+    output = run([sys.executable, "-m", "tumorseg.summarize", "--out", "cv/plot.png", "--csv", "cv/summary.csv",
+                  "--experiments-csv", "cv/folds.csv"], cv_project)
+    assert "test Dice and IoU of 2 experiment(s)" in output
+    assert "mean and standard deviation (n - 1) across experiments:" in output
+
+    folds = pd.read_csv(cv_project / "cv" / "folds.csv")
+    assert list(folds.columns[:3]) == ["name", "rev", "split.fold"]  # the only param that differs
+    assert folds["split.fold"].tolist() == [0, 1]
+    summary = pd.read_csv(cv_project / "cv" / "summary.csv").set_index("scope")
+    assert summary.loc["overall", "n"] == 2
+    assert summary.loc["overall", "dice_mean"] == pytest.approx(folds["dice"].mean(), abs=1e-6)
+    assert summary.loc["overall", "iou_std"] == pytest.approx(folds["iou"].std(ddof=1), abs=1e-6)
+    assert summary.loc["glioma", "dice_mean"] == pytest.approx(folds["glioma_dice"].mean(), abs=1e-6)
+    assert (cv_project / "cv" / "plot.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,0 +1,340 @@
+"""Summarise a cross-validation study, or any set of DVC experiments: test Dice and IoU across them.
+
+    python -m tumorseg.summarize                       # every finished experiment of the HEAD baseline
+    python -m tumorseg.summarize --exps fold0 fold1    # the named ones (names or commit SHAs)
+    python -m tumorseg.summarize --json exps.json      # from a saved `dvc exp show --json`
+
+For each experiment it takes the test Dice and IoU, overall and per class, from
+metrics/eval.json and the parameters whose values differ between the experiments
+(split.fold in a CV study). It prints one row per experiment and the mean and
+sample standard deviation (n - 1) across them, and writes a bar chart with error
+bars and each experiment's point (--out), the summary as CSV (--csv) and the
+per-experiment rows as CSV (--experiments-csv).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+from tumorseg import LABEL_NAMES
+from tumorseg.atomic import atomic_file
+
+METRICS_FILE = "metrics/eval.json"
+PARAMS_FILE = "params.yaml"
+SCORES = ("dice", "iou")
+SCORE_LABELS = {"dice": "Dice", "iou": "IoU"}
+SCOPES = ("overall", *LABEL_NAMES.values())
+UNFINISHED = {"queued": "is still queued", "running": "is still running", "failed": "failed"}
+
+
+class SummaryError(Exception):
+    """The experiments cannot be summarised; the message says why and what to do."""
+
+
+def metric_key(scope, score):
+    """The key of a score in metrics/eval.json: `dice` overall, `glioma_dice` per class."""
+    return score if scope == "overall" else f"{scope}_{score}"
+
+
+METRIC_COLUMNS = [metric_key(scope, score) for scope in SCOPES for score in SCORES]
+
+
+def load_exp_show(json_path=None, all_commits=False, cwd="."):
+    """The parsed output of `dvc exp show --json`: read from `json_path`, or run in `cwd`."""
+    if json_path is not None:
+        try:
+            text = Path(json_path).read_text()
+        except OSError as error:
+            raise SummaryError(f"cannot read {json_path}: {error.strerror}.") from error
+        source = str(json_path)
+    else:
+        command = [sys.executable, "-m", "dvc", "exp", "show", "--json", *(["--all-commits"] if all_commits else [])]
+        result = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
+        if result.returncode:
+            raise SummaryError(
+                f"`dvc exp show --json` failed:\n{result.stderr.strip()}\n"
+                "Run this command inside the DVC project, or pass a saved output with --json FILE."
+            )
+        text, source = result.stdout, "`dvc exp show --json`"
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise SummaryError(f"{source} is not JSON ({error}); save it with `dvc exp show --json > FILE`.") from error
+    if not isinstance(data, list):
+        raise SummaryError(
+            f"{source} is not the output of `dvc exp show --json` of DVC 3 (expected a list of commits, "
+            f"found a {type(data).__name__})."
+        )
+    return data
+
+
+def list_entries(exp_show):
+    """Flatten `dvc exp show --json` into one dict per row: workspace, baseline commits, experiments.
+
+    Each dict has name, rev, kind (workspace | commit | experiment), baseline (the commit's name or
+    rev), state (success | queued | running | failed) and data (params and metrics).
+    """
+    entries = []
+    for commit in exp_show:
+        kind = "workspace" if commit.get("rev") == "workspace" else "commit"
+        baseline = commit.get("name") or commit.get("rev")
+        entries.append(_entry(commit, kind, baseline, "failed" if commit.get("error") else "success"))
+        for experiment in commit.get("experiments") or []:
+            state = (experiment.get("executor") or {}).get("state") or "success"
+            for rev in experiment.get("revs") or []:
+                rev_state = "failed" if rev.get("error") and state == "success" else state
+                entries.append(_entry(rev, "experiment", baseline, rev_state, experiment.get("name")))
+    return entries
+
+
+def _entry(node, kind, baseline, state, name=None):
+    rev = node.get("rev") or ""
+    return {
+        "name": node.get("name") or name or (rev if kind == "workspace" else rev[:7]),
+        "rev": rev,
+        "kind": kind,
+        "baseline": baseline,
+        "state": state,
+        "data": node.get("data") or {},
+    }
+
+
+def select_entries(entries, names=None):
+    """The entries to summarise.
+
+    Without `names`: every finished experiment (of every baseline commit in the JSON; by default
+    `dvc exp show` lists only HEAD's). With `names`: the experiments or commits with those names
+    or SHAs (a prefix of at least 7 characters), which must be finished.
+    """
+    if not names:
+        chosen = [e for e in entries if e["kind"] == "experiment" and e["state"] not in UNFINISHED]
+        skipped = [e for e in entries if e["kind"] == "experiment" and e["state"] in UNFINISHED]
+        for entry in skipped:
+            print(f"note: skipping experiment {entry['name']} ({entry['state']})", file=sys.stderr)
+        if not chosen:
+            raise SummaryError(
+                "no finished experiment found. Run some first, e.g. `dvc exp run --queue -S split.fold=0,1,2,3,4` "
+                "then `dvc queue start`, or name commits or experiments with --exps."
+            )
+        return chosen
+    chosen = []
+    for name in names:
+        matches = [e for e in entries if _matches(e, name)]
+        if not matches:
+            available = ", ".join(e["name"] for e in entries)
+            raise SummaryError(f"no experiment or commit named {name!r}; available: {available}.")
+        if len(matches) > 1 and len({e["rev"] for e in matches}) > 1:
+            revs = ", ".join(f"{e['name']} ({e['rev'][:7]})" for e in matches)
+            raise SummaryError(f"{name!r} matches several experiments: {revs}; give a longer SHA.")
+        entry = matches[0]
+        if entry["state"] in UNFINISHED:
+            raise SummaryError(f"experiment {name!r} {UNFINISHED[entry['state']]}: it has no results to summarise.")
+        if entry not in chosen:
+            chosen.append(entry)
+    return chosen
+
+
+def _matches(entry, name):
+    return entry["name"] == name or (len(name) >= 7 and entry["rev"].startswith(name))
+
+
+def flatten(tree, prefix=""):
+    """{'split': {'fold': 0}} -> {'split.fold': 0}."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{path}."))
+        else:
+            flat[path] = value
+    return flat
+
+
+def entry_params(entry):
+    """Flat params of an entry; keys of files other than params.yaml are prefixed with `file:`."""
+    params = {}
+    for filename, content in (entry["data"].get("params") or {}).items():
+        prefix = "" if filename == PARAMS_FILE else f"{filename}:"
+        params.update(flatten((content or {}).get("data") or {}, prefix))
+    return params
+
+
+def entry_metrics(entry, metrics_file=METRICS_FILE):
+    """Test Dice and IoU, overall and per class, of an entry (NaN where a class had no test slice)."""
+    found = (entry["data"].get("metrics") or {}).get(metrics_file) or {}
+    values = found.get("data")
+    if not values:
+        reason = (found.get("error") or {}).get("msg") or "missing"
+        raise SummaryError(
+            f"experiment {entry['name']} has no {metrics_file} ({reason}); did its evaluate stage run? "
+            "Leave it out with --exps."
+        )
+    if "dice" not in values or "iou" not in values:
+        raise SummaryError(f"{metrics_file} of {entry['name']} has no 'dice'/'iou': is it the evaluate stage's output?")
+    return {key: np.nan if values.get(key) is None else float(values[key]) for key in METRIC_COLUMNS}
+
+
+def varying_params(params_per_entry):
+    """The parameter keys whose values are not the same in every entry, in first-seen order."""
+    keys = list(dict.fromkeys(key for params in params_per_entry for key in params))
+    return [
+        key for key in keys
+        if len({json.dumps(params.get(key), sort_keys=True) for params in params_per_entry}) > 1
+    ]
+
+
+def experiment_table(entries, metrics_file=METRICS_FILE):
+    """One row per entry: name, rev, the params that differ between entries, then the metrics."""
+    params = [entry_params(entry) for entry in entries]
+    varying = varying_params(params)
+    rows = []
+    for entry, entry_param in zip(entries, params):
+        row = {"name": entry["name"], "rev": entry["rev"][:7]}
+        row.update({key: entry_param.get(key) for key in varying})
+        row.update(entry_metrics(entry, metrics_file))
+        rows.append(row)
+    table = pd.DataFrame(rows, columns=["name", "rev", *varying, *METRIC_COLUMNS], dtype=object)
+    table[METRIC_COLUMNS] = table[METRIC_COLUMNS].astype(float)
+    return _sorted(table, varying)
+
+
+def _sorted(table, varying):
+    """Rows ordered by the varying params (e.g. split.fold), then name; by name where values do not compare."""
+    try:
+        return table.sort_values([*varying, "name"], na_position="last", kind="stable").reset_index(drop=True)
+    except TypeError:
+        return table.sort_values("name", kind="stable").reset_index(drop=True)
+
+
+def summary_table(table):
+    """Mean and sample SD (n - 1) of Dice and IoU per scope (overall and each class) across the rows."""
+    rows = []
+    for scope in SCOPES:
+        row = {"scope": scope}
+        for score in SCORES:
+            values = table[metric_key(scope, score)]
+            row[f"{score}_mean"] = values.mean()
+            row[f"{score}_std"] = values.std(ddof=1)
+        row["n"] = int(table[metric_key(scope, "dice")].notna().sum())
+        rows.append(row)
+    return pd.DataFrame(rows, columns=["scope", "dice_mean", "dice_std", "iou_mean", "iou_std", "n"])
+
+
+def format_report(table, summary):
+    """The printed report: per-experiment rows, then mean ± SD per scope."""
+    shown = table.drop(columns=["rev"]).set_index("name")
+    params = [column for column in shown.columns if column not in METRIC_COLUMNS]
+    shown[params] = shown[params].map(_param_text)
+    lines = [
+        f"test Dice and IoU of {len(table)} experiment(s) ({METRICS_FILE}):",
+        shown.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a"),
+        "",
+        "mean and standard deviation (n - 1) across experiments:",
+    ]
+    for row in summary.itertuples(index=False):
+        lines.append(
+            f"  {row.scope:<11} Dice {_mean_sd(row.dice_mean, row.dice_std)}"
+            f"  IoU {_mean_sd(row.iou_mean, row.iou_std)}  n={row.n}"
+        )
+    if len(table) < 2:
+        lines.append("  (one experiment: no standard deviation)")
+    return "\n".join(lines)
+
+
+def _param_text(value):
+    return "null" if value is None else str(value)
+
+
+def _mean_sd(mean, sd):
+    if np.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f} ± {'n/a' if np.isnan(sd) else f'{sd:.4f}'}"
+
+
+def plot_summary(table, summary, path):
+    """Bar chart of mean Dice and IoU per scope with SD error bars and each experiment as a point."""
+    figure = Figure(figsize=(7, 4.2), dpi=120)
+    FigureCanvasAgg(figure)
+    axes = figure.add_subplot()
+    x = np.arange(len(SCOPES))
+    width = 0.38
+    rng = np.random.default_rng(0)
+    for offset, score, colour in ((-width / 2, "dice", "tab:blue"), (width / 2, "iou", "tab:orange")):
+        means = summary[f"{score}_mean"].to_numpy(dtype=float)
+        sds = np.nan_to_num(summary[f"{score}_std"].to_numpy(dtype=float))
+        axes.bar(x + offset, np.nan_to_num(means), width, yerr=sds, capsize=4, color=colour, alpha=0.75,
+                 label=f"{SCORE_LABELS[score]} (mean ± SD)")
+        for i, scope in enumerate(SCOPES):
+            points = table[metric_key(scope, score)].dropna().to_numpy()
+            jitter = rng.uniform(-width / 6, width / 6, len(points))
+            axes.scatter(np.full(len(points), x[i] + offset) + jitter, points, s=14, color="black", zorder=3,
+                         label="one experiment" if (i == 0 and score == "dice") else None)
+    axes.set_xticks(x, SCOPES)
+    axes.set_ylim(0, 1.05)
+    axes.set_ylabel("test score")
+    axes.set_title(f"Test Dice and IoU across {len(table)} experiment(s)")
+    axes.legend(loc="upper right", fontsize=8)
+    axes.grid(axis="y", alpha=0.3)
+    figure.tight_layout()
+    with atomic_file(path) as tmp:
+        figure.savefig(tmp, format="png")
+
+
+def write_csv(frame, path):
+    with atomic_file(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def summarize(exp_show, names=None, out="plots/cv_summary.png", csv="plots/cv_summary.csv",
+              experiments_csv="plots/cv_experiments.csv", metrics_file=METRICS_FILE):
+    """Summarise the selected experiments of a parsed `dvc exp show --json`; return (table, summary, report)."""
+    entries = select_entries(list_entries(exp_show), names)
+    table = experiment_table(entries, metrics_file)
+    summary = summary_table(table)
+    plot_summary(table, summary, out)
+    write_csv(summary.round(6), csv)
+    write_csv(table, experiments_csv)
+    return table, summary, format_report(table, summary)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="python -m tumorseg.summarize",
+        description="Mean and standard deviation of test Dice and IoU (overall and per class) across DVC "
+                    "experiments, e.g. the folds of a cross-validation study.",
+    )
+    parser.add_argument("--exps", nargs="+", metavar="NAME",
+                        help="experiments or commits to summarise, by name or SHA (default: every finished "
+                             "experiment of the HEAD baseline, or of every commit in --json FILE)")
+    parser.add_argument("--json", metavar="FILE", help="a saved `dvc exp show --json` output (default: run it)")
+    parser.add_argument("-A", "--all-commits", action="store_true",
+                        help="run `dvc exp show --json --all-commits`: experiments of every commit")
+    parser.add_argument("--out", default="plots/cv_summary.png", help="plot to write (PNG)")
+    parser.add_argument("--csv", default="plots/cv_summary.csv", help="summary CSV: mean and SD per scope")
+    parser.add_argument("--experiments-csv", default="plots/cv_experiments.csv",
+                        help="per-experiment CSV: varying params and metrics")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        exp_show = load_exp_show(args.json, args.all_commits)
+        _, _, report = summarize(exp_show, args.exps, args.out, args.csv, args.experiments_csv)
+    except SummaryError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    print(report)
+    print(f"\nwrote {args.out}, {args.csv}, {args.experiments_csv}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
