@@ -35,11 +35,13 @@ def _augment(augment):
     return apply
 
 
-def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0):
+def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
     """Batches of (image, mask), both (batch, S, S, 1) float32.
 
     Training data is shuffled with the seed (a new order every epoch) and
-    augmented; validation data is neither.
+    augmented; validation data is neither. `drop_remainder` keeps every batch
+    full, which training on several replicas needs (a replica must not get
+    an empty share of the last batch).
     """
     images = np.asarray(images, dtype=np.float32)[..., None]
     masks = np.asarray(masks, dtype=np.float32)[..., None]
@@ -52,4 +54,4 @@ def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)

@@ -87,8 +87,10 @@ class EpochDVCLiveCallback(DVCLiveCallback):
 
 
 def get_strategy(name):
+    """One device, or MirroredStrategy over every GPU (every logical CPU device when there is no GPU)."""
     if name == "mirrored":
-        return tf.distribute.MirroredStrategy()
+        devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
+        return tf.distribute.MirroredStrategy([device.name for device in devices])
     return tf.distribute.get_strategy()
 
 
@@ -135,8 +137,18 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     train_images, train_masks = arrays["images"][train_rows], arrays["masks"][train_rows]
     val_images, val_masks = arrays["images"][val_rows], arrays["masks"][val_rows]
     batch_size = int(train_params["batch_size"])
-    train_data = make_dataset(train_images, train_masks, batch_size, True, train_params["augment"], seed)
-    val_data = make_dataset(val_images, val_masks, batch_size)
+    strategy = get_strategy(train_params["strategy"])
+    several_replicas = strategy.num_replicas_in_sync > 1
+    if several_replicas and min(len(train_images), len(val_images)) < batch_size:
+        raise ValueError(
+            f"train.strategy=mirrored uses full batches only: the train ({len(train_images)}) and val "
+            f"({len(val_images)}) subsets must each hold at least train.batch_size ({batch_size}) slices."
+        )
+    train_data = make_dataset(train_images, train_masks, batch_size, True, train_params["augment"], seed,
+                              drop_remainder=several_replicas)
+    # Several replicas cannot share a last, partial batch (a replica may get no slice), so they skip
+    # it: model selection then sees up to batch_size - 1 fewer validation slices; evaluate sees all.
+    val_data = make_dataset(val_images, val_masks, batch_size, drop_remainder=several_replicas)
     print(f"train: {len(train_images)} slices, val: {len(val_images)} slices")
 
     work_dir = Path(work_dir)
@@ -146,9 +158,9 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     if resuming:
         print(f"resuming the interrupted run kept in {work_dir}")
 
-    steps_per_epoch = math.ceil(len(train_images) / batch_size)
+    steps_per_epoch = (len(train_images) // batch_size) if several_replicas else math.ceil(len(train_images) / batch_size)
     lr, schedule_callbacks = learning_rate(train_params, steps_per_epoch)
-    with get_strategy(train_params["strategy"]).scope():
+    with strategy.scope():
         model = build_unet(
             int(params["data"]["image_size"]), int(model_params["depth"]), int(model_params["filters"]),
             float(model_params["batchnorm_momentum"]), float(model_params["dropout"]),
