@@ -4,33 +4,81 @@ import numpy as np
 import tensorflow as tf
 
 
+AUGMENT_DEFAULTS = {"hflip": True, "vflip": False, "brightness": 0.0, "contrast": 0.0, "zoom": 0.0, "rotation": 0.0}
+
+
+def _flip(image, mask, seed, axis):
+    flip = tf.random.stateless_uniform([], seed) < 0.5
+    return tf.cond(flip, lambda: (tf.reverse(image, [axis]), tf.reverse(mask, [axis])), lambda: (image, mask))
+
+
+def _zoom(image, mask, seed, zoom):
+    """Scale by a factor in [1 - zoom, 1 + zoom], then crop or pad back to the size."""
+    size = tf.shape(image)[0]
+    scale = tf.random.stateless_uniform([], seed, 1.0 - zoom, 1.0 + zoom)
+    new_size = tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
+    image = tf.image.resize_with_crop_or_pad(tf.image.resize(image, [new_size, new_size]), size, size)
+    mask = tf.image.resize_with_crop_or_pad(tf.image.resize(mask, [new_size, new_size], method="nearest"), size, size)
+    return image, mask
+
+
+def rotation_transform(angle, size):
+    """Projective transform (output -> input coordinates) of a rotation by `angle` radians about the centre."""
+    cos, sin, last = tf.cos(angle), tf.sin(angle), tf.cast(size, tf.float32) - 1.0
+    x_offset = (last - (cos * last - sin * last)) / 2.0
+    y_offset = (last - (sin * last + cos * last)) / 2.0
+    return tf.stack([cos, -sin, x_offset, sin, cos, y_offset, 0.0, 0.0])[None]
+
+
+def _rotate(image, mask, seed, degrees):
+    """The same rotation by up to +-degrees for both: bilinear for the image, nearest for the mask, 0 outside."""
+    angle = tf.random.stateless_uniform([], seed, -degrees, degrees) * (np.pi / 180.0)
+    transform = rotation_transform(angle, tf.shape(image)[0])
+
+    def apply(x, interpolation):
+        return tf.raw_ops.ImageProjectiveTransformV3(
+            images=x[None], transforms=transform, output_shape=tf.shape(x)[:2], fill_value=0.0,
+            interpolation=interpolation, fill_mode="CONSTANT",
+        )[0]
+
+    return apply(image, "BILINEAR"), apply(mask, "NEAREST")
+
+
+def _contrast(image, seed, contrast):
+    """Scale the deviation from the image mean by a factor in [1 - contrast, 1 + contrast], clipped to [0, 1]."""
+    factor = tf.random.stateless_uniform([], seed, 1.0 - contrast, 1.0 + contrast)
+    mean = tf.reduce_mean(image)
+    return tf.clip_by_value((image - mean) * factor + mean, 0.0, 1.0)
+
+
 def _augment(augment):
-    """A map function (image, mask, seed) -> (image, mask) using stateless random ops."""
-    hflip = bool(augment.get("hflip", True))
-    vflip = bool(augment.get("vflip", False))
-    brightness = float(augment.get("brightness", 0.0))
-    zoom = float(augment.get("zoom", 0.0))
+    """A map function (image, mask, seed) -> (image, mask) using stateless random ops.
+
+    Geometric changes (flips, zoom, rotation) move image and mask together and
+    keep the mask binary; brightness and contrast change the image only.
+    """
+    settings = {**AUGMENT_DEFAULTS, **augment}
+    hflip, vflip = bool(settings["hflip"]), bool(settings["vflip"])
+    brightness, contrast = float(settings["brightness"]), float(settings["contrast"])
+    zoom, rotation = float(settings["zoom"]), float(settings["rotation"])
 
     def apply(image, mask, seed):
-        seeds = tf.random.experimental.stateless_split(seed, 4)
+        shape = image.shape
+        seeds = tf.random.experimental.stateless_split(seed, 6)
         if hflip:
-            flip = tf.random.stateless_uniform([], seeds[0]) < 0.5
-            image, mask = tf.cond(flip, lambda: (image[:, ::-1], mask[:, ::-1]), lambda: (image, mask))
+            image, mask = _flip(image, mask, seeds[0], axis=1)
         if vflip:
-            flip = tf.random.stateless_uniform([], seeds[1]) < 0.5
-            image, mask = tf.cond(flip, lambda: (image[::-1], mask[::-1]), lambda: (image, mask))
+            image, mask = _flip(image, mask, seeds[1], axis=0)
         if zoom > 0:
-            size = tf.shape(image)[0]
-            scale = tf.random.stateless_uniform([], seeds[2], 1.0 - zoom, 1.0 + zoom)
-            new_size = tf.cast(tf.round(tf.cast(size, tf.float32) * scale), tf.int32)
-            image = tf.image.resize_with_crop_or_pad(tf.image.resize(image, [new_size, new_size]), size, size)
-            mask = tf.image.resize_with_crop_or_pad(
-                tf.image.resize(mask, [new_size, new_size], method="nearest"), size, size
-            )
+            image, mask = _zoom(image, mask, seeds[2], zoom)
+        if rotation > 0:
+            image, mask = _rotate(image, mask, seeds[4], rotation)
         if brightness > 0:
             delta = tf.random.stateless_uniform([], seeds[3], -brightness, brightness)
             image = tf.clip_by_value(image + delta, 0.0, 1.0)
-        return image, mask
+        if contrast > 0:
+            image = _contrast(image, seeds[5], contrast)
+        return tf.ensure_shape(image, shape), tf.ensure_shape(mask, shape)  # zoom and rotation lose the static size
 
     return apply
 

@@ -1,4 +1,8 @@
-"""The reference U-Net, built by one small function (Keras 3 functional API)."""
+"""The reference U-Net, built by one small function (Keras 3 functional API).
+
+The decoder and the output head are shared with the pretrained-encoder
+variants of tumorseg.encoders.
+"""
 
 import keras
 from keras import layers
@@ -24,23 +28,55 @@ def check_image_size(image_size, depth):
         )
 
 
-def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1):
+def level_widths(filters, depth):
+    """Filters of levels 0..depth: doubling per level, capped at MAX_FILTER_MULTIPLIER x filters."""
+    return [filters * min(2**level, MAX_FILTER_MULTIPLIER) for level in range(depth + 1)]
+
+
+def decoder(x, skips, widths, batchnorm_momentum, dropout):
+    """Up levels from the bottleneck `x`, deepest first; skips[level] may be None (no skip).
+
+    Returns the features of every level, deepest first (the last one is at full resolution).
+    """
+    features = []
+    for level in reversed(range(len(skips))):
+        x = layers.Conv2DTranspose(widths[level], 3, strides=2, padding="same")(x)
+        if skips[level] is not None:
+            x = layers.Concatenate()([x, skips[level]])
+        x = layers.Dropout(dropout)(x)
+        x = conv_block(x, widths[level], batchnorm_momentum)
+        features.append(x)
+    return features
+
+
+def output_head(features, hypercolumns=False):
+    """1x1 sigmoid convolution on the full-resolution features.
+
+    With hypercolumns, the features of every decoder level are first upsampled
+    (bilinear) to full resolution and concatenated.
+    """
+    x = features[-1]
+    if hypercolumns and len(features) > 1:
+        columns = [
+            layers.UpSampling2D(2 ** (len(features) - 1 - index), interpolation="bilinear")(level)
+            for index, level in enumerate(features[:-1])
+        ]
+        x = layers.Concatenate(name="hypercolumns")([*columns, x])
+    return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+
+
+def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1, hypercolumns=False):
     """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output."""
     check_image_size(image_size, depth)
-    width = [filters * min(2**level, MAX_FILTER_MULTIPLIER) for level in range(depth + 1)]
+    widths = level_widths(filters, depth)
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = inputs
     skips = []
     for level in range(depth):
-        x = conv_block(x, width[level], batchnorm_momentum)
+        x = conv_block(x, widths[level], batchnorm_momentum)
         skips.append(x)
         x = layers.MaxPooling2D()(x)
         x = layers.Dropout(dropout)(x)
-    x = conv_block(x, width[depth], batchnorm_momentum)
-    for level in reversed(range(depth)):
-        x = layers.Conv2DTranspose(width[level], 3, strides=2, padding="same")(x)
-        x = layers.Concatenate()([x, skips[level]])
-        x = layers.Dropout(dropout)(x)
-        x = conv_block(x, width[level], batchnorm_momentum)
-    outputs = layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
-    return keras.Model(inputs, outputs, name="unet")
+    x = conv_block(x, widths[depth], batchnorm_momentum)
+    features = decoder(x, skips, widths, batchnorm_momentum, dropout) or [x]
+    return keras.Model(inputs, output_head(features, hypercolumns), name="unet")

@@ -11,6 +11,7 @@ import json
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
@@ -23,8 +24,8 @@ from dvclive.keras import DVCLiveCallback
 from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.dataset import make_dataset
-from tumorseg.losses import BceDiceLoss, training_metrics
-from tumorseg.model import build_unet, check_image_size
+from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
+from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
 from tumorseg.render import training_curves_figure
 
 SCHEDULES = ("cosine", "exponential", "plateau")
@@ -42,22 +43,60 @@ def validate_params(params):
     lr_max, lr_min = float(train["lr_max"]), float(train["lr_min"])
     if not 0 < lr_min <= lr_max:
         raise ValueError(f"train.lr_min ({lr_min}) must be positive and at most train.lr_max ({lr_max}).")
-    loss = train["loss"]
-    if float(loss["bce_weight"]) < 0 or float(loss["dice_weight"]) < 0:
-        raise ValueError("train.loss.bce_weight and train.loss.dice_weight must not be negative.")
-    if float(loss["bce_weight"]) == 0 and float(loss["dice_weight"]) == 0:
-        raise ValueError("train.loss.bce_weight and train.loss.dice_weight are both 0: set at least one.")
     for key, allowed in (("lr_schedule", SCHEDULES), ("precision", PRECISIONS), ("strategy", STRATEGIES)):
         if train[key] not in allowed:
             raise ValueError(f"train.{key} must be one of {', '.join(allowed)}, got {train[key]!r}.")
     if int(train["epochs"]) < 1 or int(train["batch_size"]) < 1:
         raise ValueError("train.epochs and train.batch_size must be at least 1.")
-    check_image_size(int(params["data"]["image_size"]), int(model["depth"]))
+    validate_loss(train["loss"], int(train["epochs"]))
+    validate_augment(train.get("augment") or {})
+    encoder = model.get("encoder") or "none"
+    check_encoder(encoder, model.get("encoder_weights", "imagenet"), int(params["data"]["image_size"]),
+                  int(model["depth"]))
+    validate_fine_tuning(train, encoder)
 
 
-def learning_rate(train, steps_per_epoch):
-    """Initial learning rate or schedule, plus the callbacks a schedule needs."""
-    lr_max, lr_min = float(train["lr_max"]), float(train["lr_min"])
+def validate_loss(loss, epochs):
+    if float(loss["bce_weight"]) < 0 or float(loss["dice_weight"]) < 0:
+        raise ValueError("train.loss.bce_weight and train.loss.dice_weight must not be negative.")
+    if float(loss["bce_weight"]) == 0 and float(loss["dice_weight"]) == 0:
+        raise ValueError("train.loss.bce_weight and train.loss.dice_weight are both 0: set at least one.")
+    lovasz_weight, lovasz_from = float(loss.get("lovasz_weight", 0.0)), int(loss.get("lovasz_from_epoch", 0))
+    if lovasz_weight < 0 or lovasz_from < 0:
+        raise ValueError("train.loss.lovasz_weight and train.loss.lovasz_from_epoch must not be negative.")
+    if lovasz_weight > 0 and lovasz_from >= epochs:
+        raise ValueError(
+            f"train.loss.lovasz_from_epoch ({lovasz_from}) must be below train.epochs ({epochs}), "
+            "or the Lovasz term never switches on."
+        )
+
+
+def validate_augment(augment):
+    if not 0 <= float(augment.get("contrast", 0.0)) < 1:
+        raise ValueError(f"train.augment.contrast ({augment['contrast']}) must be in [0, 1).")
+    if not 0 <= float(augment.get("rotation", 0.0)) <= 180:
+        raise ValueError(f"train.augment.rotation ({augment['rotation']}) must be in [0, 180] degrees.")
+
+
+def validate_fine_tuning(train, encoder):
+    frozen, epochs = int(train.get("freeze_encoder_epochs", 0)), int(train["epochs"])
+    if not 0 <= frozen <= epochs:
+        raise ValueError(f"train.freeze_encoder_epochs ({frozen}) must be between 0 and train.epochs ({epochs}).")
+    if frozen and encoder == "none":
+        raise ValueError("train.freeze_encoder_epochs needs a pretrained model.encoder; set it to 0 with encoder none.")
+    if float(train.get("finetune_lr_factor", 0.1)) <= 0:
+        raise ValueError("train.finetune_lr_factor must be positive.")
+
+
+def learning_rate(train, steps_per_epoch, factor=1.0, plateau_start=None):
+    """Initial learning rate or schedule, plus the callbacks a schedule needs.
+
+    `factor` scales the whole schedule (lr_max and lr_min) for fine-tuning. A
+    decay schedule is a function of the optimizer's step count, so a new
+    optimizer continues it when its step count starts where the last one ended.
+    The plateau schedule starts at `plateau_start` (default lr_max) times `factor`.
+    """
+    lr_max, lr_min = float(train["lr_max"]) * factor, float(train["lr_min"]) * factor
     total_steps = max(int(train["epochs"]) * steps_per_epoch, 1)
     if train["lr_schedule"] == "cosine":
         return keras.optimizers.schedules.CosineDecay(lr_max, total_steps, alpha=lr_min / lr_max), []
@@ -67,7 +106,7 @@ def learning_rate(train, steps_per_epoch):
         monitor="val_loss", factor=float(train["plateau_factor"]), patience=int(train["plateau_patience"]),
         min_lr=lr_min, verbose=1,
     )
-    return lr_max, [plateau]
+    return (lr_max if plateau_start is None else float(plateau_start) * factor), [plateau]
 
 
 class LearningRateLogger(keras.callbacks.Callback):
@@ -84,6 +123,76 @@ class EpochDVCLiveCallback(DVCLiveCallback):
     def on_epoch_end(self, epoch, logs=None):
         self.live.step = epoch
         super().on_epoch_end(epoch, logs)
+
+
+class CheckpointFromEpoch(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that ignores the epochs before `first_epoch` (a Lovasz warm-up: not comparable)."""
+
+    def __init__(self, *args, first_epoch=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first_epoch = first_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch >= self.first_epoch:
+            super().on_epoch_end(epoch, logs)
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One fit() call: epochs [first, end), the encoder trained or frozen, the rate scaled by lr_factor."""
+
+    first: int
+    end: int
+    train_encoder: bool
+    lr_factor: float
+    backup: str  # BackupAndRestore folder, relative to the work folder
+
+
+def training_phases(train_params):
+    """One phase; with train.freeze_encoder_epochs, decoder-only epochs and then fine-tuning at a lower rate.
+
+    Unfreezing takes effect only at a recompile, which Keras 3 does not allow
+    inside fit(), so each phase is its own fit() call starting at its first
+    epoch, with its own backup folder: a run interrupted while fine-tuning
+    resumes there, one interrupted earlier resumes the frozen phase.
+    """
+    epochs, frozen = int(train_params["epochs"]), int(train_params.get("freeze_encoder_epochs", 0))
+    if frozen == 0:
+        return [Phase(0, epochs, True, 1.0, "backup")]
+    phases = [Phase(0, frozen, False, 1.0, "backup/frozen")]
+    if frozen < epochs:
+        factor = float(train_params.get("finetune_lr_factor", 0.1))
+        phases.append(Phase(frozen, epochs, True, factor, "backup/finetune"))
+    return phases
+
+
+def phases_to_run(phases, work_dir):
+    """The phases left: from the latest one that has a backup (those before it are complete)."""
+    started = [index for index, phase in enumerate(phases) if (Path(work_dir) / phase.backup).exists()]
+    return phases[max(started, default=0):]
+
+
+def make_loss(loss_params):
+    """The BceDiceLoss of train.loss."""
+    return BceDiceLoss(
+        bce_weight=float(loss_params["bce_weight"]), dice_weight=float(loss_params["dice_weight"]),
+        smooth=float(loss_params["smooth"]), lovasz_weight=float(loss_params.get("lovasz_weight", 0.0)),
+        lovasz_from_epoch=int(loss_params.get("lovasz_from_epoch", 0)),
+    )
+
+
+def first_compared_epoch(loss):
+    """Validation losses are comparable from this epoch on: before a Lovasz warm-up ends they lack that term."""
+    return loss.lovasz_from_epoch if loss.lovasz_weight else 0
+
+
+def best_val_loss(history_csv, first_epoch):
+    """Lowest finite validation loss recorded from `first_epoch` on, else None."""
+    if not Path(history_csv).exists():
+        return None
+    history = read_history(history_csv)
+    best = history.loc[history["epoch"] >= first_epoch, "val_loss"].min()
+    return float(best) if math.isfinite(best) else None
 
 
 def get_strategy(name):
@@ -154,50 +263,62 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     work_dir = Path(work_dir)
     resuming = prepare_work_dir(work_dir, fingerprint(params, split_csv))
     history_csv = work_dir / "history.csv"
-    best_so_far = read_history(history_csv)["val_loss"].min() if resuming and history_csv.exists() else None
     if resuming:
         print(f"resuming the interrupted run kept in {work_dir}")
 
     steps_per_epoch = (len(train_images) // batch_size) if several_replicas else math.ceil(len(train_images) / batch_size)
-    lr, schedule_callbacks = learning_rate(train_params, steps_per_epoch)
     with strategy.scope():
-        model = build_unet(
-            int(params["data"]["image_size"]), int(model_params["depth"]), int(model_params["filters"]),
-            float(model_params["batchnorm_momentum"]), float(model_params["dropout"]),
-        )
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss=BceDiceLoss(**{k: float(v) for k, v in train_params["loss"].items()}),
-            metrics=training_metrics(),
-        )
-
-    callbacks = [
-        keras.callbacks.TerminateOnNaN(),
-        *schedule_callbacks,
-        LearningRateLogger(),
-        keras.callbacks.ModelCheckpoint(
-            work_dir / "best.keras", monitor="val_loss", save_best_only=True,
-            initial_value_threshold=best_so_far if best_so_far is not None and math.isfinite(best_so_far) else None,
-        ),
-        keras.callbacks.CSVLogger(history_csv, append=True),
-        keras.callbacks.BackupAndRestore(work_dir / "backup"),
-        EpochDVCLiveCallback(live=Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)),
-        *extra_callbacks,
-    ]
+        model = build_model(params)
+        loss = make_loss(train_params["loss"])
+    has_encoder = (model_params.get("encoder") or "none") != "none"
+    live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)
+    first_epoch = first_compared_epoch(loss)
     patience = int(train_params["early_stopping_patience"])
-    if patience > 0:
-        callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience))
+    phases = training_phases(train_params)
+    plateau_lr = None
+    for phase in phases_to_run(phases, work_dir):
+        lr, schedule_callbacks = learning_rate(train_params, steps_per_epoch, phase.lr_factor, plateau_lr)
+        with strategy.scope():
+            if has_encoder:
+                set_encoder_trainable(model, phase.train_encoder)
+            model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=training_metrics())
+            if phase.first:  # the decay schedule continues where the last phase left it
+                model.optimizer.iterations.assign(phase.first * steps_per_epoch)
+        callbacks = [
+            *([LovaszSchedule(loss)] if loss.lovasz_weight else []),
+            keras.callbacks.TerminateOnNaN(),
+            *schedule_callbacks,
+            LearningRateLogger(),
+            CheckpointFromEpoch(
+                work_dir / "best.keras", monitor="val_loss", save_best_only=True, first_epoch=first_epoch,
+                initial_value_threshold=best_val_loss(history_csv, first_epoch),
+            ),
+            keras.callbacks.CSVLogger(history_csv, append=True),
+            # a phase followed by another keeps its backup: interrupted before the next phase's first
+            # backup, the run resumes from the end of this one
+            keras.callbacks.BackupAndRestore(work_dir / phase.backup, delete_checkpoint=phase is phases[-1]),
+            EpochDVCLiveCallback(live=live),
+            *extra_callbacks,
+        ]
+        if patience > 0:
+            callbacks.append(
+                keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, start_from_epoch=first_epoch)
+            )
+        # BackupAndRestore passes the restored epoch to fit() in this attribute, which Keras never
+        # clears: reset it, or an epoch restored in the frozen phase would override the next start.
+        model._initial_epoch = None
+        model.fit(
+            train_data, validation_data=val_data, initial_epoch=phase.first, epochs=phase.end,
+            callbacks=callbacks,
+            shuffle=False,  # train_data shuffles itself, seeded
+            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar in a terminal, one line per epoch in logs
+        )
+        plateau_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+    return finish(work_dir, model_path, metrics_path, plots_dir, first_epoch)
 
-    model.fit(
-        train_data, validation_data=val_data, epochs=int(train_params["epochs"]), callbacks=callbacks,
-        shuffle=False,  # train_data shuffles itself, seeded
-        verbose=1 if sys.stdout.isatty() else 2,  # a progress bar in a terminal, one line per epoch in logs
-    )
-    return finish(work_dir, model_path, metrics_path, plots_dir)
 
-
-def finish(work_dir, model_path, metrics_path, plots_dir):
-    """Check the run, then move its results into the DVC outputs."""
+def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0):
+    """Check the run, then move its results into the DVC outputs (best epoch from `first_epoch` on)."""
     history = read_history(work_dir / "history.csv")
     bad = history[~np.isfinite(history[["loss", "val_loss"]]).all(axis=1)]
     if len(bad) or not (work_dir / "best.keras").exists():
@@ -207,7 +328,7 @@ def finish(work_dir, model_path, metrics_path, plots_dir):
             f"model stays in {work_dir}/best.keras. Lower train.lr_max or use train.precision=float32, "
             f"then delete {work_dir} and run the stage again."
         )
-    best = history.loc[history["val_loss"].idxmin()]
+    best = history.loc[history.loc[history["epoch"] >= first_epoch, "val_loss"].idxmin()]
     metrics = {"best_epoch": int(best["epoch"]) + 1, "epochs": len(history)}
     metrics.update({key: round(float(best[key]), 5) for key in best.index if key != "epoch"})
     with atomic_file(model_path) as tmp:

@@ -1,0 +1,104 @@
+"""Pretrained-encoder U-Nets and hypercolumns: shapes, skip wiring, preprocessing, weights files, bad input."""
+
+import keras
+import numpy as np
+import pytest
+
+from tumorseg.encoders import ENCODERS, IMAGENET_STDDEV_RGB, build_encoder_unet, build_model
+from tumorseg.model import build_unet
+
+SIZE = 64
+
+
+def images(count=2, size=SIZE):
+    return np.random.default_rng(0).random((count, size, size, 1), dtype=np.float32)
+
+
+def concatenations(model):
+    return [layer for layer in model.layers if isinstance(layer, keras.layers.Concatenate)]
+
+
+@pytest.mark.parametrize("encoder, skips", [("vgg16", 4), ("resnet50", 3), ("efficientnetb0", 3)])
+def test_encoder_unet_predicts_masks_with_skips_from_every_level(encoder, skips):
+    model = build_encoder_unet(SIZE, encoder, depth=4, filters=4, encoder_weights="none")
+    x = images()
+    output = model.predict(x, verbose=0)
+    assert output.shape == (2, SIZE, SIZE, 1) and 0.0 <= output.min() and output.max() <= 1.0
+
+    contracting = model.get_layer("encoder")
+    sizes = sorted({int(shape[1]) for shape in (out.shape for out in contracting.outputs)}, reverse=True)
+    levels = [level for level, name in enumerate(ENCODERS[encoder].feature_layers[:5]) if name]
+    assert sizes == [SIZE // 2**level for level in levels]
+    skip_concatenations = [layer for layer in concatenations(model) if layer.name != "grey_to_rgb"]
+    assert len(skip_concatenations) == skips  # resnet50 and efficientnetb0: no full-resolution map
+
+    preprocessed = keras.Model(model.inputs, model.get_layer("encoder_preprocess").output)(x)
+    expected = ENCODERS[encoder].preprocess_input(np.repeat(x * 255.0, 3, axis=-1))
+    np.testing.assert_allclose(np.asarray(preprocessed), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_hypercolumns_feed_every_decoder_level_to_the_output():
+    plain, columns = build_unet(32, depth=3, filters=2), build_unet(32, depth=3, filters=2, hypercolumns=True)
+    stacked = columns.get_layer("hypercolumns").output
+    assert tuple(stacked.shape) == (None, 32, 32, 2 + 4 + 8)
+    assert columns.get_layer("mask").count_params() == 14 + 1
+    assert columns.count_params() - plain.count_params() == 12
+    assert columns.predict(images(size=32), verbose=0).shape == (2, 32, 32, 1)
+
+
+def test_build_model_follows_params():
+    params = {"data": {"image_size": 32},
+              "model": {"depth": 2, "filters": 4, "batchnorm_momentum": 0.8, "dropout": 0.1, "hypercolumns": True,
+                        "encoder": "vgg16", "encoder_weights": "none"}}
+    model = build_model(params)
+    assert model.name == "vgg16_unet" and model.get_layer("hypercolumns") is not None
+    params["model"].update(encoder="none", hypercolumns=False)
+    assert build_model(params).name == "unet"
+
+
+def test_encoder_model_saves_and_loads_without_custom_code(tmp_path):
+    model = build_encoder_unet(32, "vgg16", depth=2, filters=4, encoder_weights="none")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    np.testing.assert_allclose(loaded.predict(images(size=32), verbose=0), model.predict(images(size=32), verbose=0))
+
+
+def test_weights_file_is_loaded_into_the_encoder(tmp_path):
+    source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
+    normalization = next(layer for layer in source.layers if isinstance(layer, keras.layers.Normalization))
+    # as in the ImageNet file: the RGB standard deviations stored as the variance
+    normalization.adapt_mean.assign([0.485, 0.456, 0.406])
+    normalization.adapt_variance.assign(IMAGENET_STDDEV_RGB)
+    source.save_weights(tmp_path / "efficientnetb0.weights.h5")
+    model = build_encoder_unet(64, "efficientnetb0", depth=2, filters=4,
+                               encoder_weights=str(tmp_path / "efficientnetb0.weights.h5"))
+    encoder = model.get_layer("encoder")
+    np.testing.assert_array_equal(encoder.get_layer("stem_conv").get_weights()[0],
+                                  source.get_layer("stem_conv").get_weights()[0])
+    loaded = next(layer for layer in encoder.layers if isinstance(layer, keras.layers.Normalization))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(loaded.adapt_variance), IMAGENET_STDDEV_RGB**2, rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "image_size, encoder, depth, message",
+    [
+        (64, "vgg19", 4, "model.encoder must be one of"),
+        (64, "resnet50", 6, "downsamples 5 times"),
+        (64, "vgg16", 0, "between 1 and 5"),
+        (16, "vgg16", 2, "too small"),
+        (48, "efficientnetb0", 5, "divisible"),
+    ],
+)
+def test_bad_encoder_settings_are_rejected(image_size, encoder, depth, message):
+    with pytest.raises(ValueError, match=message):
+        build_encoder_unet(image_size, encoder, depth=depth, filters=4, encoder_weights="none")
+
+
+def test_missing_or_foreign_weights_files_are_rejected(tmp_path):
+    with pytest.raises(ValueError, match="not found"):
+        build_encoder_unet(32, "vgg16", depth=2, filters=4, encoder_weights=str(tmp_path / "missing.h5"))
+    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(
+        tmp_path / "vgg16.weights.h5"
+    )
+    with pytest.raises(ValueError, match="does not hold efficientnetb0 no-top weights"):
+        build_encoder_unet(32, "efficientnetb0", depth=2, filters=4, encoder_weights=str(tmp_path / "vgg16.weights.h5"))

@@ -1,0 +1,159 @@
+"""Train-stage options: frozen-encoder phase then fine-tuning (with resume), Lovasz warm-up, bad option values."""
+
+import json
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from tumorseg.split import assign_subsets, write_split
+from tumorseg.train import train, validate_params
+
+PARAMS = yaml.safe_load(open("params.yaml"))
+SIZE = 32
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """36 slices of 32x32 with a bright square tumour, 12 patients split by patient."""
+    root = tmp_path_factory.mktemp("tiny")
+    rng = np.random.default_rng(0)
+    count = 36
+    masks = np.zeros((count, SIZE, SIZE), np.uint8)
+    for i in range(count):
+        row, col = rng.integers(8, 24, 2)
+        masks[i, row - 4:row + 4, col - 4:col + 4] = 1
+    images = rng.random((count, SIZE, SIZE), dtype=np.float32) * 0.3 + 0.6 * masks
+    pids = np.repeat([f"{100 + p}" for p in range(12)], 3)
+    labels = np.repeat(np.arange(12) % 3 + 1, 3).astype(np.uint8)
+    ids = np.arange(1, count + 1, dtype=np.int32)
+    (root / "numpy").mkdir()
+    for name, array in dict(images=images, masks=masks, labels=labels, pids=pids, ids=ids).items():
+        np.save(root / "numpy" / f"{name}.npy", array)
+    write_split(ids, pids, labels, assign_subsets(pids, labels, val=0.25, test=0.25), root / "split.csv")
+    return root
+
+
+def tiny_params(model=None, **train_overrides):
+    params = json.loads(json.dumps(PARAMS))
+    params["data"]["image_size"] = SIZE
+    params["model"].update({"depth": 2, "filters": 4, **(model or {})})
+    params["train"].update({"epochs": 3, "batch_size": 8, "lr_max": 1.0e-3, "lr_min": 1.0e-4, **train_overrides})
+    return params
+
+
+def run(params, data, out, **kwargs):
+    return train(params, data / "numpy", data / "split.csv", out / "model.keras", out / "train.json",
+                 out / "plots", out / "work", **kwargs)
+
+
+VGG = {"encoder": "vgg16", "encoder_weights": "none"}
+
+
+class WatchEncoder(keras.callbacks.Callback):
+    """Per epoch: the epoch, whether the encoder is trainable, whether its first kernel changed."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def kernel(self):
+        return np.array(self.model.get_layer("encoder").get_layer("block1_conv1").get_weights()[0])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.before = self.kernel()
+
+    def on_epoch_end(self, epoch, logs=None):
+        trainable = self.model.get_layer("encoder").trainable
+        self.epochs.append((epoch, trainable, not np.array_equal(self.before, self.kernel())))
+
+
+def test_encoder_is_frozen_then_fine_tuned_at_a_lower_rate(tiny_data, tmp_path):
+    params = tiny_params(VGG, freeze_encoder_epochs=1, finetune_lr_factor=0.1)
+    watch = WatchEncoder()
+    metrics = run(params, tiny_data, tmp_path, extra_callbacks=[watch])
+    assert watch.epochs == [(0, False, False), (1, True, True), (2, True, True)]
+    assert metrics["epochs"] == 3
+    steps = 3  # 18 training slices in batches of 8
+    schedule = keras.optimizers.schedules.CosineDecay(1.0e-3, 3 * steps, alpha=0.1)
+    expected = [float(schedule(steps)), 0.1 * float(schedule(2 * steps)), 0.1 * float(schedule(3 * steps))]
+    lr = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")["learning_rate"]
+    np.testing.assert_allclose(lr, expected, rtol=1e-4)
+
+
+class StopAtEpoch(keras.callbacks.Callback):
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated Ctrl-C after epoch {epoch}")
+
+
+class CountEpochs(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append((epoch, self.model.get_layer("encoder").trainable))
+
+
+@pytest.mark.parametrize(
+    "stop_after, resumed",
+    [(0, [(1, True), (2, True)]), (1, [(2, True)])],
+    ids=["end of the frozen phase", "during fine-tuning"],
+)
+def test_interrupted_fine_tuning_resumes_in_the_right_phase(tiny_data, tmp_path, stop_after, resumed):
+    params = tiny_params(VGG, freeze_encoder_epochs=1)
+    with pytest.raises(KeyboardInterrupt):
+        run(params, tiny_data, tmp_path, extra_callbacks=[StopAtEpoch(stop_after)])
+    counter = CountEpochs()
+    metrics = run(params, tiny_data, tmp_path, extra_callbacks=[counter])
+    assert counter.epochs == resumed
+    assert metrics["epochs"] == 3
+    curve = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
+    assert list(curve["step"]) == [0, 1, 2]
+
+
+def test_lovasz_warm_up_and_model_selection_after_it(tiny_data, tmp_path):
+    params = tiny_params(epochs=3)
+    params["train"]["loss"].update(lovasz_weight=2.0, lovasz_from_epoch=1)
+    metrics = run(params, tiny_data, tmp_path)
+    loss = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")["loss"]
+    assert loss[1] > loss[0]  # the Lovasz term joins at epoch 1
+    assert metrics["best_epoch"] >= 2  # warm-up epochs lack the term: not compared
+    loaded = keras.models.load_model(tmp_path / "model.keras")
+    assert (loaded.loss.lovasz_weight, loaded.loss.lovasz_from_epoch) == (2.0, 1)
+
+
+@pytest.mark.parametrize(
+    "model, train_overrides, loss, message",
+    [
+        ({"encoder": "vgg19"}, {}, {}, "model.encoder must be one of"),
+        ({"encoder": "vgg16", "encoder_weights": "no/such/file.h5"}, {}, {}, "not found"),
+        ({"encoder": "resnet50", "depth": 6}, {}, {}, "downsamples 5 times"),
+        ({"encoder": "vgg16", "encoder_weights": "none"}, {"freeze_encoder_epochs": 9}, {}, "between 0 and"),
+        ({}, {"freeze_encoder_epochs": 1}, {}, "needs a pretrained model.encoder"),
+        ({"encoder": "vgg16"}, {"finetune_lr_factor": 0.0}, {}, "finetune_lr_factor"),
+        ({}, {}, {"lovasz_weight": -1.0}, "must not be negative"),
+        ({}, {}, {"lovasz_weight": 1.0, "lovasz_from_epoch": 3}, "never switches on"),
+        ({}, {"augment": {"contrast": 1.5}}, {}, "contrast"),
+        ({}, {"augment": {"rotation": 270.0}}, {}, "rotation"),
+    ],
+)
+def test_bad_option_values_are_rejected(model, train_overrides, loss, message):
+    params = tiny_params(model, **train_overrides)
+    params["train"]["loss"].update(loss)
+    with pytest.raises(ValueError, match=message):
+        validate_params(params)
+
+
+def test_reference_defaults_pass_validation():
+    validate_params(PARAMS)
+    assert PARAMS["model"]["encoder"] == "none" and PARAMS["model"]["hypercolumns"] is False
+    assert PARAMS["train"]["loss"]["lovasz_weight"] == 0.0 and PARAMS["train"]["freeze_encoder_epochs"] == 0
+    assert PARAMS["train"]["augment"]["contrast"] == 0.0 and PARAMS["train"]["augment"]["rotation"] == 0.0

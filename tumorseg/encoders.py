@@ -1,0 +1,203 @@
+"""U-Nets whose contracting path is a keras.applications network.
+
+Feature maps taken from each encoder, by level (level L is 1/2**L of the input size):
+
+| level | vgg16        | resnet50         | efficientnetb0            |
+|-------|--------------|------------------|---------------------------|
+| 0     | block1_conv2 | -                | -                         |
+| 1     | block2_conv2 | conv1_relu       | block2a_expand_activation |
+| 2     | block3_conv3 | conv2_block3_out | block3a_expand_activation |
+| 3     | block4_conv3 | conv3_block4_out | block4a_expand_activation |
+| 4     | block5_conv3 | conv4_block6_out | block6a_expand_activation |
+| 5     | block5_pool  | conv5_block3_out | top_activation            |
+
+With model.depth d (1 to 5), the map of level d is the bottleneck and the maps
+of levels d-1..0 are the skip connections of the decoder (the reference
+decoder of tumorseg.model); ResNet50 and EfficientNetB0 have no
+full-resolution map, so their last up level has no skip. Layers past level d
+are left out of the model.
+
+The grey [0, 1] input is replicated to 3 channels and scaled to [0, 255] with
+the application's preprocess_input inside the model. Every preprocess_input
+used here is affine per channel, so it is folded into one Rescaling layer
+(plain Keras layers: the saved model loads without custom code).
+"""
+
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+from keras import layers
+
+from tumorseg.model import build_unet, check_image_size, decoder, level_widths, output_head
+
+MIN_IMAGE_SIZE = 32  # keras.applications refuse smaller inputs
+IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
+
+
+@dataclass(frozen=True)
+class Encoder:
+    application: object  # keras.applications constructor
+    preprocess_input: object
+    feature_layers: tuple  # layer name per level 0..5, None where the network has no map at that size
+
+
+ENCODERS = {
+    "vgg16": Encoder(
+        keras.applications.VGG16, keras.applications.vgg16.preprocess_input,
+        ("block1_conv2", "block2_conv2", "block3_conv3", "block4_conv3", "block5_conv3", "block5_pool"),
+    ),
+    "resnet50": Encoder(
+        keras.applications.ResNet50, keras.applications.resnet50.preprocess_input,
+        (None, "conv1_relu", "conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"),
+    ),
+    "efficientnetb0": Encoder(
+        keras.applications.EfficientNetB0, keras.applications.efficientnet.preprocess_input,
+        (None, "block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
+         "block6a_expand_activation", "top_activation"),
+    ),
+}
+ENCODER_NAMES = ("none", *ENCODERS)
+
+
+def weights_argument(encoder_weights):
+    """model.encoder_weights as keras.applications takes it: 'imagenet', None, or an existing file path."""
+    if encoder_weights is None or str(encoder_weights).lower() == "none":
+        return None
+    if encoder_weights == "imagenet":
+        return "imagenet"
+    path = Path(encoder_weights)
+    if not path.is_file():
+        raise ValueError(
+            f"model.encoder_weights: weights file {path} not found; give imagenet, none, or the path of "
+            "the encoder's no-top weights file (as Keras stores it in ~/.keras/models/, or saved with save_weights)."
+        )
+    return str(path)
+
+
+def check_encoder(encoder, encoder_weights, image_size, depth):
+    """Raise ValueError for an unknown encoder, a depth or image size it cannot serve, or a missing weights file."""
+    if encoder not in ENCODER_NAMES:
+        raise ValueError(f"model.encoder must be one of {', '.join(ENCODER_NAMES)}, got {encoder!r}.")
+    if encoder == "none":
+        check_image_size(image_size, depth)
+        return
+    stages = len(ENCODERS[encoder].feature_layers) - 1
+    if not 1 <= depth <= stages:
+        raise ValueError(
+            f"model.depth ({depth}) must be between 1 and {stages} with model.encoder {encoder}: "
+            f"{encoder} downsamples {stages} times."
+        )
+    check_image_size(image_size, depth)
+    if image_size < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"data.image_size ({image_size}) is too small for model.encoder {encoder}: "
+            f"keras.applications need at least {MIN_IMAGE_SIZE}."
+        )
+    weights_argument(encoder_weights)
+
+
+def grey_to_encoder_input(encoder, x):
+    """Grey [0, 1] images -> 3 equal channels in [0, 255] after the application's preprocess_input."""
+    preprocess = ENCODERS[encoder].preprocess_input
+    black = np.asarray(preprocess(np.zeros((1, 1, 1, 3), np.float32)), np.float32).reshape(3)
+    white = np.asarray(preprocess(np.full((1, 1, 1, 3), 255.0, np.float32)), np.float32).reshape(3)
+    x = layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    return layers.Rescaling(scale=(white - black).tolist(), offset=black.tolist(), name="encoder_preprocess")(x)
+
+
+def load_weights_file(backbone, path, encoder):
+    """Load a weights file into the application, or raise ValueError if it is not for this architecture."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            backbone.load_weights(path)
+        except Exception as error:  # Keras raises ValueError, KeyError or OSError for a foreign file
+            message = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise ValueError(
+                f"model.encoder_weights: {path} does not hold {encoder} no-top weights ({message})."
+            ) from error
+    skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "not be loaded" in str(w.message)]
+    if skipped:
+        raise ValueError(f"model.encoder_weights: {path} does not hold {encoder} no-top weights ({skipped[0]}).")
+
+
+def match_imagenet_normalization(backbone):
+    """EfficientNet: give a file's ImageNet weights the input normalisation weights='imagenet' gives.
+
+    The ImageNet file stores the RGB standard deviations as the variance of the
+    stem Normalization layer; keras.applications corrects that with an extra
+    Rescaling only when weights='imagenet', not for a file path. When the
+    loaded variance is that uncorrected one, square it instead.
+    """
+    normalization = next(layer for layer in backbone.layers if isinstance(layer, layers.Normalization))
+    variance = keras.ops.convert_to_numpy(normalization.adapt_variance)
+    if np.allclose(variance, IMAGENET_STDDEV_RGB, atol=1e-4):
+        normalization.adapt_variance.assign(IMAGENET_STDDEV_RGB**2)
+        normalization.finalize_state()
+
+
+def load_backbone(encoder, encoder_weights, image_size):
+    """The keras.applications network without its classifier, with the weights asked for."""
+    weights = weights_argument(encoder_weights)
+    application = ENCODERS[encoder].application
+    shape = (image_size, image_size, 3)
+    if weights is None:
+        return application(include_top=False, weights=None, input_shape=shape)
+    if weights == "imagenet":
+        try:
+            return application(include_top=False, weights="imagenet", input_shape=shape)
+        except Exception as error:  # no network: keras.utils.get_file raises a plain Exception
+            raise ValueError(
+                f"model.encoder_weights: the ImageNet weights of {encoder} are not in Keras's cache "
+                f"(~/.keras/models/) and could not be downloaded ({error}). Copy the no-top file there from a "
+                "machine with network, or set model.encoder_weights to its path."
+            ) from error
+    backbone = application(include_top=False, weights=None, input_shape=shape)
+    load_weights_file(backbone, weights, encoder)
+    if encoder == "efficientnetb0":
+        match_imagenet_normalization(backbone)
+    return backbone
+
+
+def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1,
+                       hypercolumns=False, encoder_weights="imagenet"):
+    """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder."""
+    check_encoder(encoder, encoder_weights, image_size, depth)
+    backbone = load_backbone(encoder, encoder_weights, image_size)
+    levels = [level for level, name in enumerate(ENCODERS[encoder].feature_layers[: depth + 1]) if name]
+    names = [ENCODERS[encoder].feature_layers[level] for level in levels]
+    contracting = keras.Model(backbone.inputs, [backbone.get_layer(name).output for name in names], name="encoder")
+    inputs = keras.Input((image_size, image_size, 1), name="image")
+    maps = contracting(grey_to_encoder_input(encoder, inputs))
+    maps = dict(zip(levels, maps if isinstance(maps, (list, tuple)) else [maps]))
+    for level, feature in maps.items():
+        if feature.shape[1] != image_size // 2**level:
+            raise ValueError(
+                f"model.encoder {encoder}: its level-{level} map is {feature.shape[1]} pixels wide, not "
+                f"{image_size // 2**level}; use a data.image_size divisible by 32."
+            )
+    skips = [maps.get(level) for level in range(depth)]
+    features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout)
+    return keras.Model(inputs, output_head(features, hypercolumns), name=f"{encoder}_unet")
+
+
+def build_model(params):
+    """The model params['model'] describes, for params['data']['image_size'] images."""
+    model = params["model"]
+    image_size, encoder = int(params["data"]["image_size"]), model.get("encoder") or "none"
+    settings = dict(
+        depth=int(model["depth"]), filters=int(model["filters"]),
+        batchnorm_momentum=float(model["batchnorm_momentum"]), dropout=float(model["dropout"]),
+        hypercolumns=bool(model.get("hypercolumns", False)),
+    )
+    if encoder == "none":
+        return build_unet(image_size, **settings)
+    return build_encoder_unet(image_size, encoder, encoder_weights=model.get("encoder_weights", "imagenet"), **settings)
+
+
+def set_encoder_trainable(model, trainable):
+    """Freeze or unfreeze the pretrained contracting path (takes effect at the next compile)."""
+    model.get_layer("encoder").trainable = trainable
