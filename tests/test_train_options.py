@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tumorseg.split import assign_subsets, write_split
+from tests.tiny_data import write_tiny_dataset
 from tumorseg.train import train, validate_params
 
 PARAMS = yaml.safe_load(open("params.yaml"))
@@ -18,22 +18,7 @@ SIZE = 32
 @pytest.fixture(scope="module")
 def tiny_data(tmp_path_factory):
     """36 slices of 32x32 with a bright square tumour, 12 patients split by patient."""
-    root = tmp_path_factory.mktemp("tiny")
-    rng = np.random.default_rng(0)
-    count = 36
-    masks = np.zeros((count, SIZE, SIZE), np.uint8)
-    for i in range(count):
-        row, col = rng.integers(8, 24, 2)
-        masks[i, row - 4:row + 4, col - 4:col + 4] = 1
-    images = rng.random((count, SIZE, SIZE), dtype=np.float32) * 0.3 + 0.6 * masks
-    pids = np.repeat([f"{100 + p}" for p in range(12)], 3)
-    labels = np.repeat(np.arange(12) % 3 + 1, 3).astype(np.uint8)
-    ids = np.arange(1, count + 1, dtype=np.int32)
-    (root / "numpy").mkdir()
-    for name, array in dict(images=images, masks=masks, labels=labels, pids=pids, ids=ids).items():
-        np.save(root / "numpy" / f"{name}.npy", array)
-    write_split(ids, pids, labels, assign_subsets(pids, labels, val=0.25, test=0.25), root / "split.csv")
-    return root
+    return write_tiny_dataset(tmp_path_factory.mktemp("tiny"), SIZE)
 
 
 def tiny_params(model=None, **train_overrides):

@@ -1,0 +1,27 @@
+"""A tiny dataset written the way the pipeline stores it: data/numpy arrays and a patient-level split."""
+
+from pathlib import Path
+
+import numpy as np
+
+from tumorseg.split import assign_subsets, write_split
+
+
+def write_tiny_dataset(root, size=32, patients=12, slices_per_patient=3):
+    """Slices with a bright 8x8 square tumour on noise; writes root/numpy/*.npy and root/split.csv."""
+    root = Path(root)
+    rng = np.random.default_rng(0)
+    count = patients * slices_per_patient
+    masks = np.zeros((count, size, size), np.uint8)
+    for i in range(count):
+        row, col = rng.integers(8, size - 8, 2)
+        masks[i, row - 4 : row + 4, col - 4 : col + 4] = 1
+    images = rng.random((count, size, size), dtype=np.float32) * 0.3 + 0.6 * masks
+    pids = np.repeat([f"{100 + p}" for p in range(patients)], slices_per_patient)
+    labels = np.repeat(np.arange(patients) % 3 + 1, slices_per_patient).astype(np.uint8)
+    ids = np.arange(1, count + 1, dtype=np.int32)
+    (root / "numpy").mkdir(parents=True, exist_ok=True)
+    for name, array in dict(images=images, masks=masks, labels=labels, pids=pids, ids=ids).items():
+        np.save(root / "numpy" / f"{name}.npy", array)
+    write_split(ids, pids, labels, assign_subsets(pids, labels, val=0.25, test=0.25), root / "split.csv")
+    return root
