@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from tests.helpers import identity_model
 from tumorseg.data import InputError
 from tumorseg.evaluate import evaluate
 from tumorseg.matfile import Slice, write_slice
@@ -28,16 +29,6 @@ PARAMS = {
     "seed": 42,
     "evaluate": {"threshold_min": 0.05, "threshold_max": 0.95, "threshold_step": 0.05, "bootstrap": 200},
 }
-
-
-def identity_model(path, size=SIZE):
-    import keras
-
-    model = keras.Sequential(
-        [keras.Input((size, size, 1)), keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones")]
-    )
-    model.save(path)
-    return path
 
 
 def make_dataset(root, size=SIZE):
@@ -82,7 +73,7 @@ def make_dataset(root, size=SIZE):
 def dataset(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     numpy_dir, split_csv, raw_dir = make_dataset(root)
-    model_path = identity_model(root / "model.keras")
+    model_path = identity_model(root / "model.keras", SIZE)
     return {"root": root, "model": model_path, "numpy": numpy_dir, "split": split_csv, "raw": raw_dir}
 
 

@@ -3,6 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from tests.helpers import identity_model
 from tumorseg import LABEL_NAMES
 from tumorseg.render import (
     DPI,
@@ -62,21 +63,11 @@ def make_dataset(root, size=SIZE, test_slices=TEST_SLICES):
     return numpy_dir, split_csv
 
 
-def identity_model(path, size=SIZE):
-    import keras
-
-    model = keras.Sequential(
-        [keras.Input((size, size, 1)), keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones")]
-    )
-    model.save(path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def rendered(tmp_path_factory):
     root = tmp_path_factory.mktemp("render")
     numpy_dir, split_csv = make_dataset(root)
-    model_path = identity_model(root / "model.keras")
+    model_path = identity_model(root / "model.keras", SIZE)
     out_dir = root / "samples"
     written = render_samples(model_path, numpy_dir, split_csv, PARAMS, out_dir, threshold=0.5)
     return out_dir, written
@@ -113,7 +104,7 @@ def test_pngs_are_valid_and_sized(rendered):
 def test_rendering_is_reproducible(rendered, tmp_path):
     out_dir, written = rendered
     numpy_dir, split_csv = make_dataset(tmp_path)
-    again = render_samples(identity_model(tmp_path / "model.keras"), numpy_dir, split_csv, PARAMS,
+    again = render_samples(identity_model(tmp_path / "model.keras", SIZE), numpy_dir, split_csv, PARAMS,
                            tmp_path / "samples")
     assert sorted(again) == sorted(written)
 

@@ -14,7 +14,7 @@ SCRIPT = textwrap.dedent(
     import tensorflow as tf, yaml
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tests.tiny_data import write_tiny_dataset
+    from tests.helpers import write_tiny_dataset
     from tumorseg.train import get_strategy, train
 
     out = sys.argv[1]

@@ -7,6 +7,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from tests.helpers import StopAtEpoch
 from tumorseg.convert import mat_to_numpy
 from tumorseg.split import assign_subsets, write_split
 from tumorseg.synthetic import write_dataset
@@ -92,11 +93,6 @@ def test_plateau_schedule_is_bounded_by_lr_min():
     assert isinstance(callbacks[0], keras.callbacks.ReduceLROnPlateau) and callbacks[0].min_lr == 2.0e-4
 
 
-class StopAfterFirstEpoch(keras.callbacks.Callback):
-    def on_epoch_end(self, epoch, logs=None):
-        raise KeyboardInterrupt("simulated Ctrl-C after epoch 1")
-
-
 class CountEpochs(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
@@ -110,7 +106,7 @@ def test_interrupted_run_resumes_where_it_stopped(synthetic_data, tmp_path):
     params = small_params(epochs=3)
     params["model"]["filters"] = 4
     with pytest.raises(KeyboardInterrupt):
-        run(params, synthetic_data, tmp_path, extra_callbacks=[StopAfterFirstEpoch()])
+        run(params, synthetic_data, tmp_path, extra_callbacks=[StopAtEpoch(0)])
     assert not (tmp_path / "model.keras").exists() and not (tmp_path / "train.json").exists()
     counter = CountEpochs()
     metrics = run(params, synthetic_data, tmp_path, extra_callbacks=[counter])
@@ -124,7 +120,7 @@ def test_changed_params_do_not_resume_an_old_run(synthetic_data, tmp_path):
     params = small_params(epochs=2)
     params["model"]["filters"] = 4
     with pytest.raises(KeyboardInterrupt):
-        run(params, synthetic_data, tmp_path, extra_callbacks=[StopAfterFirstEpoch()])
+        run(params, synthetic_data, tmp_path, extra_callbacks=[StopAtEpoch(0)])
     params["train"]["lr_max"] = 1.0e-3
     counter = CountEpochs()
     run(params, synthetic_data, tmp_path, extra_callbacks=[counter])

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.tiny_data import write_tiny_dataset
+from tests.helpers import StopAtEpoch, write_tiny_dataset
 from tumorseg.train import train, validate_params
 
 PARAMS = yaml.safe_load(open("params.yaml"))
@@ -66,16 +66,6 @@ def test_encoder_is_frozen_then_fine_tuned_at_a_lower_rate(tiny_data, tmp_path):
     expected = [float(schedule(steps)), 0.1 * float(schedule(2 * steps)), 0.1 * float(schedule(3 * steps))]
     lr = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")["learning_rate"]
     np.testing.assert_allclose(lr, expected, rtol=1e-4)
-
-
-class StopAtEpoch(keras.callbacks.Callback):
-    def __init__(self, epoch):
-        super().__init__()
-        self.epoch = epoch
-
-    def on_epoch_end(self, epoch, logs=None):
-        if epoch == self.epoch:
-            raise KeyboardInterrupt(f"simulated Ctrl-C after epoch {epoch}")
 
 
 class CountEpochs(keras.callbacks.Callback):

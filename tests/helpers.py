@@ -1,7 +1,8 @@
-"""A tiny dataset written the way the pipeline stores it: data/numpy arrays and a patient-level split."""
+"""Small pieces shared by tests: a tiny dataset in the pipeline's layout, a fixed model, a simulated interruption."""
 
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from tumorseg.split import assign_subsets, write_split
@@ -25,3 +26,24 @@ def write_tiny_dataset(root, size=32, patients=12, slices_per_patient=3):
         np.save(root / "numpy" / f"{name}.npy", array)
     write_split(ids, pids, labels, assign_subsets(pids, labels, val=0.25, test=0.25), root / "split.csv")
     return root
+
+
+def identity_model(path, size):
+    """A saved model whose output equals its input (a 1x1 convolution with weight 1)."""
+    model = keras.Sequential(
+        [keras.Input((size, size, 1)), keras.layers.Conv2D(1, 1, use_bias=False, kernel_initializer="ones")]
+    )
+    model.save(path)
+    return path
+
+
+class StopAtEpoch(keras.callbacks.Callback):
+    """Raises KeyboardInterrupt at the end of epoch `epoch` (0-based), like Ctrl-C."""
+
+    def __init__(self, epoch):
+        super().__init__()
+        self.epoch = epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.epoch:
+            raise KeyboardInterrupt(f"simulated Ctrl-C after epoch {epoch}")
