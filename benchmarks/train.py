@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from tumorseg.dataset import make_dataset  # noqa: E402
+from tumorseg.hardware import cpu_flags, cpu_summary  # noqa: E402
 from tumorseg.inference import load_model  # noqa: E402
 from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
 from tumorseg.model import build_unet  # noqa: E402
@@ -95,7 +96,8 @@ def main():
 
     command = "python benchmarks/train.py " + " ".join(sys.argv[1:])
     print(f"command: {command.strip()}")
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_summary(cpu_flags())}, "
+          f"Python {platform.python_version()}, "
           f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"config: {args.size}x{args.size}, depth {args.depth}, {args.filters} base filters "
           f"({model.count_params():,} parameters), batch {args.batch}, {args.precision}")

@@ -25,6 +25,7 @@ from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.dataset import make_dataset
 from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
+from tumorseg.hardware import cpu_flags, precision_warning
 from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
 from tumorseg.render import training_curves_figure
 
@@ -238,6 +239,10 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
     keras.mixed_precision.set_global_policy(train_params["precision"])
+    has_gpu = bool(tf.config.list_physical_devices("GPU"))
+    warning = precision_warning(train_params["precision"], cpu_flags(), has_gpu)
+    if warning:
+        print(f"warning: {warning}", file=sys.stderr)
 
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("train", "val"))
