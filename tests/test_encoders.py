@@ -63,6 +63,14 @@ def test_encoder_model_saves_and_loads_without_custom_code(tmp_path):
     np.testing.assert_allclose(loaded.predict(images(size=32), verbose=0), model.predict(images(size=32), verbose=0))
 
 
+def test_encoder_batch_norms_use_the_model_momentum(tmp_path):
+    model = build_encoder_unet(32, "efficientnetb0", depth=2, filters=4, batchnorm_momentum=0.7, encoder_weights="none")
+    model.save(tmp_path / "model.keras")
+    loaded = keras.models.load_model(tmp_path / "model.keras", compile=False)
+    norms = [layer for layer in loaded.get_layer("encoder").layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) >= 5 and {layer.momentum for layer in norms} == {0.7}
+
+
 def test_weights_file_is_loaded_into_the_encoder(tmp_path):
     source = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3))
     normalization = next(layer for layer in source.layers if isinstance(layer, keras.layers.Normalization))

@@ -162,11 +162,26 @@ def load_backbone(encoder, encoder_weights, image_size):
     return backbone
 
 
+def set_batchnorm_momentum(backbone, momentum):
+    """Give the encoder's batch norms the decoder's momentum.
+
+    keras.applications use 0.99, tuned for ImageNet's millions of steps. On a few
+    hundred steps the moving statistics stay near their start (initial values or
+    ImageNet's), so the model predicts well with batch statistics yet nothing in
+    inference: measured with a randomly initialised EfficientNetB0 on the
+    synthetic set, validation Dice 0.00 at 0.99 and 0.94 at 0.8 after 15 epochs.
+    """
+    for layer in backbone.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = momentum
+
+
 def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1,
                        hypercolumns=False, encoder_weights="imagenet"):
     """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder."""
     check_encoder(encoder, encoder_weights, image_size, depth)
     backbone = load_backbone(encoder, encoder_weights, image_size)
+    set_batchnorm_momentum(backbone, batchnorm_momentum)
     levels = [level for level, name in enumerate(ENCODERS[encoder].feature_layers[: depth + 1]) if name]
     names = [ENCODERS[encoder].feature_layers[level] for level in levels]
     contracting = keras.Model(backbone.inputs, [backbone.get_layer(name).output for name in names], name="encoder")
