@@ -1,10 +1,20 @@
-"""train.strategy=mirrored on two logical CPU devices (a subprocess: devices must be set before TensorFlow starts)."""
+"""Distribution strategies, each in subprocesses (devices and clusters must be set before TensorFlow starts):
+mirrored on two logical CPU devices, multiworker as two worker processes on 127.0.0.1."""
 
 import json
+import os
+import socket
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from tests.helpers import write_tiny_dataset
+from tumorseg.multiworker import cluster_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,3 +49,120 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary == {"replicas": 2, "epochs": 2}
     assert (tmp_path / "model.keras").exists() and (tmp_path / "train.json").exists()
+
+
+WORKER_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import keras, yaml
+    from tests.helpers import StopAtEpoch
+    from tumorseg.train import train
+
+    data, out, strategy, stop_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+
+    class LastLogs(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            self.logs = {key: float(value) for key, value in logs.items()}
+
+    params = yaml.safe_load(open("params.yaml"))
+    params["data"]["image_size"] = 32
+    params["model"].update(depth=2, filters=4)
+    params["train"].update(epochs=2, batch_size=4, strategy=strategy)
+    last = LastLogs()
+    callbacks = [last] + ([StopAtEpoch(stop_after)] if stop_after >= 0 else [])
+    metrics = train(params, f"{data}/numpy", f"{data}/split.csv", f"{out}/model.keras", f"{out}/train.json",
+                    f"{out}/plots", f"{out}/work", extra_callbacks=callbacks)
+    print(json.dumps({"epochs": metrics["epochs"], "loss": last.logs["loss"], "val_loss": last.logs["val_loss"]}))
+    """
+)
+
+
+def free_ports(count):
+    sockets = [socket.socket() for _ in range(count)]
+    for sock in sockets:
+        sock.bind(("127.0.0.1", 0))
+    ports = [sock.getsockname()[1] for sock in sockets]
+    for sock in sockets:
+        sock.close()
+    return ports
+
+
+def start_training(data, out, strategy, tf_config=None, stop_after=-1):
+    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+    env.update({"CUDA_VISIBLE_DEVICES": "-1", **({"TF_CONFIG": json.dumps(tf_config)} if tf_config else {})})
+    return subprocess.Popen(
+        [sys.executable, "-c", WORKER_SCRIPT, str(data), str(out), strategy, str(stop_after)],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def run_cluster(data, root, stop_after=-1):
+    """Two workers on 127.0.0.1, each with its own output folder (as on two machines): their outputs."""
+    cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
+    workers = [
+        start_training(data, root / f"worker{index}", "multiworker",
+                       {"cluster": cluster, "task": {"type": "worker", "index": index}}, stop_after)
+        for index in range(2)
+    ]
+    return [worker.communicate(timeout=300) + (worker.returncode,) for worker in workers]
+
+
+def last_json(stdout):
+    return json.loads(stdout.strip().splitlines()[-1])
+
+
+def test_multiworker_trains_like_one_process_and_only_the_chief_writes(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", size=32, patients=16)  # 24 train, 12 val slices: full batches of 4
+    single = start_training(data, tmp_path / "single", "default")
+    stdout, stderr = single.communicate(timeout=300)
+    assert single.returncode == 0, stderr[-3000:]
+    reference = last_json(stdout)
+
+    results = run_cluster(data, tmp_path)
+    for stdout, stderr, returncode in results:
+        assert returncode == 0, stderr[-3000:]
+    chief, other = (last_json(stdout) for stdout, _, _ in results)
+    assert chief == other and chief["epochs"] == 2  # one synchronous training seen from both workers
+    assert chief["loss"] == pytest.approx(reference["loss"], rel=0.02)
+    assert chief["val_loss"] == pytest.approx(reference["val_loss"], rel=0.02)
+
+    chief_dir, other_dir = tmp_path / "worker0", tmp_path / "worker1"
+    assert (chief_dir / "train.json").exists() and (chief_dir / "plots").is_dir()
+    model = keras.models.load_model(chief_dir / "model.keras", compile=False)
+    images = np.load(data / "numpy" / "images.npy")[:2, :, :, None]
+    assert model.predict(images, verbose=0).shape == (2, 32, 32, 1)
+    assert not other_dir.exists() or list(other_dir.iterdir()) == []  # its scratch folder is removed
+
+
+def test_interrupted_workers_resume_from_their_own_backups(tmp_path):
+    data = write_tiny_dataset(tmp_path / "data", size=32, patients=16)
+    for _, stderr, returncode in run_cluster(data, tmp_path, stop_after=0):
+        assert returncode != 0 and "simulated Ctrl-C after epoch 0" in stderr
+    assert (tmp_path / "worker0" / "work").is_dir() and (tmp_path / "worker1" / "work-worker1").is_dir()
+
+    results = run_cluster(data, tmp_path)
+    for stdout, stderr, returncode in results:
+        assert returncode == 0, stderr[-3000:]
+        assert "resuming the interrupted run" in stdout and last_json(stdout)["epochs"] == 2
+    assert (tmp_path / "worker0" / "model.keras").exists() and not (tmp_path / "worker1" / "work-worker1").exists()
+
+
+@pytest.mark.parametrize("tf_config, message", [
+    (None, "reads the cluster from the TF_CONFIG"),
+    ("{not json", "not a valid cluster description"),
+    ('{"cluster": {"worker": ["a:1"]}}', "not a valid cluster description"),
+    ('{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}', "not ['ps']"),
+    ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', "is not in the cluster"),
+])
+def test_bad_cluster_descriptions_are_rejected(monkeypatch, tf_config, message):
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        cluster_task(tf_config or "")
+
+
+def test_the_chief_is_the_chief_task_or_else_worker_zero():
+    workers = '{"cluster": {"worker": ["a:1", "b:1"]%s}, "task": {"type": "%s", "index": %d}}'
+    assert cluster_task(workers % ("", "worker", 0)).chief
+    assert not cluster_task(workers % ("", "worker", 1)).chief
+    assert not cluster_task(workers % (', "chief": ["c:1"]', "worker", 0)).chief
+    assert cluster_task(workers % (', "chief": ["c:1"]', "chief", 0)).chief

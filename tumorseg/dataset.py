@@ -89,7 +89,9 @@ def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0
     Training data is shuffled with the seed (a new order every epoch) and
     augmented; validation data is neither. `drop_remainder` keeps every batch
     full, which training on several replicas needs (a replica must not get
-    an empty share of the last batch).
+    an empty share of the last batch). Under a multi-worker strategy every
+    worker builds the same batches and keeps its share of each (data
+    sharding: the arrays are in memory, there are no files to divide).
     """
     images = np.asarray(images, dtype=np.float32)[..., None]
     masks = np.asarray(masks, dtype=np.float32)[..., None]
@@ -102,4 +104,7 @@ def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    dataset = dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(tf.data.AUTOTUNE)
+    return dataset.with_options(options)

@@ -27,11 +27,12 @@ from tumorseg.dataset import make_dataset
 from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
 from tumorseg.hardware import cpu_flags, precision_warning
 from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
+from tumorseg.multiworker import allow_fit, cluster_task
 from tumorseg.render import training_curves_figure
 
 SCHEDULES = ("cosine", "exponential", "plateau")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
-STRATEGIES = ("default", "mirrored")
+STRATEGIES = ("default", "mirrored", "multiworker")
 
 
 class TrainingError(RuntimeError):
@@ -197,10 +198,13 @@ def best_val_loss(history_csv, first_epoch):
 
 
 def get_strategy(name):
-    """One device, or MirroredStrategy over every GPU (every logical CPU device when there is no GPU)."""
+    """One device; MirroredStrategy over every GPU (every logical CPU device when there is no GPU); or
+    MultiWorkerMirroredStrategy over the machines TF_CONFIG lists."""
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
+    if name == "multiworker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
 
 
@@ -235,6 +239,14 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
           extra_callbacks=()):
     validate_params(params)
     train_params, model_params = params["train"], params["model"]
+    task = cluster_task() if train_params["strategy"] == "multiworker" else None
+    chief = task is None or task.chief
+    if not chief:  # the chief writes the outputs and the DVCLive curves; this worker's go to its scratch folder
+        scratch = task.scratch_dir(work_dir)
+        model_path, metrics_path, plots_dir = scratch / "model.keras", scratch / "train.json", scratch / "plots"
+        work_dir = scratch / "work"
+    # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything
+    strategy = get_strategy(train_params["strategy"])
     seed = int(params["seed"])
     keras.utils.set_random_seed(seed)
     tf.config.experimental.enable_op_determinism()
@@ -251,11 +263,10 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     train_images, train_masks = arrays["images"][train_rows], arrays["masks"][train_rows]
     val_images, val_masks = arrays["images"][val_rows], arrays["masks"][val_rows]
     batch_size = int(train_params["batch_size"])
-    strategy = get_strategy(train_params["strategy"])
     several_replicas = strategy.num_replicas_in_sync > 1
     if several_replicas and min(len(train_images), len(val_images)) < batch_size:
         raise ValueError(
-            f"train.strategy=mirrored uses full batches only: the train ({len(train_images)}) and val "
+            f"train.strategy={train_params['strategy']} uses full batches only: the train ({len(train_images)}) and val "
             f"({len(val_images)}) subsets must each hold at least train.batch_size ({batch_size}) slices."
         )
     train_data = make_dataset(train_images, train_masks, batch_size, True, train_params["augment"], seed,
@@ -276,7 +287,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
         model = build_model(params)
         loss = make_loss(train_params["loss"])
     has_encoder = (model_params.get("encoder") or "none") != "none"
-    live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)
+    live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False) if chief else None
     first_epoch = first_compared_epoch(loss)
     patience = int(train_params["early_stopping_patience"])
     phases = training_phases(train_params)
@@ -287,6 +298,8 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
             if has_encoder:
                 set_encoder_trainable(model, phase.train_encoder)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=training_metrics())
+            if task:
+                allow_fit(model)
             if phase.first:  # the decay schedule continues where the last phase left it
                 model.optimizer.iterations.assign(phase.first * steps_per_epoch)
         callbacks = [
@@ -302,7 +315,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
             # a phase followed by another keeps its backup: interrupted before the next phase's first
             # backup, the run resumes from the end of this one
             keras.callbacks.BackupAndRestore(work_dir / phase.backup, delete_checkpoint=phase is phases[-1]),
-            EpochDVCLiveCallback(live=live),
+            *([EpochDVCLiveCallback(live=live)] if live else []),
             *extra_callbacks,
         ]
         if patience > 0:
@@ -312,14 +325,18 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
         # BackupAndRestore passes the restored epoch to fit() in this attribute, which Keras never
         # clears: reset it, or an epoch restored in the frozen phase would override the next start.
         model._initial_epoch = None
-        model.fit(
-            train_data, validation_data=val_data, initial_epoch=phase.first, epochs=phase.end,
-            callbacks=callbacks,
-            shuffle=False,  # train_data shuffles itself, seeded
-            verbose=1 if sys.stdout.isatty() else 2,  # a progress bar in a terminal, one line per epoch in logs
-        )
+        with strategy.scope():
+            model.fit(
+                train_data, validation_data=val_data, initial_epoch=phase.first, epochs=phase.end,
+                callbacks=callbacks,
+                shuffle=False,  # train_data shuffles itself, seeded
+                verbose=1 if sys.stdout.isatty() else 2,  # a progress bar in a terminal, one line per epoch in logs
+            )
         plateau_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    return finish(work_dir, model_path, metrics_path, plots_dir, first_epoch)
+    metrics = finish(work_dir, model_path, metrics_path, plots_dir, first_epoch)
+    if not chief:
+        shutil.rmtree(scratch)
+    return metrics
 
 
 def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0):
@@ -340,7 +357,8 @@ def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0):
         shutil.copyfile(work_dir / "best.keras", tmp)
     write_json(metrics_path, metrics)
     with atomic_dir(plots_dir) as tmp:
-        shutil.copytree(work_dir / "dvclive" / "plots", tmp, dirs_exist_ok=True)
+        if (work_dir / "dvclive").is_dir():  # not on multi-worker workers other than the chief
+            shutil.copytree(work_dir / "dvclive" / "plots", tmp, dirs_exist_ok=True)
         training_curves_figure(history).savefig(tmp / "curves.png")
     shutil.rmtree(work_dir)
     print(f"best epoch {metrics['best_epoch']}: val_loss {metrics['val_loss']}, val_dice {metrics.get('val_dice')}")
