@@ -47,16 +47,18 @@ def phantom_batch(count, size, seed=0):
 
 
 def time_training(model, images, masks, batch, steps, premade=False):
-    """Training slices/s through the input pipeline, or on one pre-made batch held in memory."""
+    """Training slices/s through the input pipeline, or on one pre-made batch held in memory, and the
+    number of cores kept busy on average (CPU time of all of this process's threads over wall time)."""
     if premade:
         batch_tensors = (images[:batch, ..., None], masks[:batch, ..., None].astype(np.float32))
         data = tf.data.Dataset.from_tensors(batch_tensors).repeat()
     else:
         data = make_dataset(images, masks, batch, training=True, augment={"hflip": True}, seed=0).repeat()
     model.fit(data, steps_per_epoch=WARMUP_STEPS, epochs=1, shuffle=False, verbose=0)
-    start = time.perf_counter()
+    start, start_cpu = time.perf_counter(), time.process_time()
     model.fit(data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
-    return steps * batch / (time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return steps * batch / seconds, (time.process_time() - start_cpu) / seconds
 
 
 def time_prediction(model_path, images, batch, steps):
@@ -88,8 +90,8 @@ def main():
     images, masks = phantom_batch(args.batch * (args.steps + WARMUP_STEPS), args.size)
     model = build_unet(args.size, args.depth, args.filters)
     model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
-    train_rate = time_training(model, images, masks, args.batch, args.steps)
-    premade_rate = time_training(model, images, masks, args.batch, args.steps, premade=True) if args.compare_feed else None
+    train_rate, busy_cores = time_training(model, images, masks, args.batch, args.steps)
+    premade_rate = time_training(model, images, masks, args.batch, args.steps, premade=True)[0] if args.compare_feed else None
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "model.keras")
         predict_rate = time_prediction(Path(tmp) / "model.keras", images, args.batch, args.steps)
@@ -101,7 +103,8 @@ def main():
           f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
     print(f"config: {args.size}x{args.size}, depth {args.depth}, {args.filters} base filters "
           f"({model.count_params():,} parameters), batch {args.batch}, {args.precision}")
-    print(f"train: {train_rate:.2f} slices/s ({args.steps} steps, tf.data pipeline with augmentation)")
+    print(f"train: {train_rate:.2f} slices/s ({args.steps} steps, tf.data pipeline with augmentation; "
+          f"{busy_cores:.1f} of {os.cpu_count()} cores busy on average)")
     if premade_rate:
         print(f"train on a pre-made batch: {premade_rate:.2f} slices/s (input pipeline at "
               f"{100 * train_rate / premade_rate:.0f}% of that speed)")

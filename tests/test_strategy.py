@@ -3,6 +3,8 @@ mirrored on two logical CPU devices, multiworker as two worker processes on 127.
 
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -61,7 +63,10 @@ WORKER_SCRIPT = textwrap.dedent(
     data, out, strategy, stop_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
     class LastLogs(keras.callbacks.Callback):
+        epochs_run = []
+
         def on_epoch_end(self, epoch, logs=None):
+            self.epochs_run.append(epoch)
             self.logs = {key: float(value) for key, value in logs.items()}
 
     params = yaml.safe_load(open("params.yaml"))
@@ -72,7 +77,8 @@ WORKER_SCRIPT = textwrap.dedent(
     callbacks = [last] + ([StopAtEpoch(stop_after)] if stop_after >= 0 else [])
     metrics = train(params, f"{data}/numpy", f"{data}/split.csv", f"{out}/model.keras", f"{out}/train.json",
                     f"{out}/plots", f"{out}/work", extra_callbacks=callbacks)
-    print(json.dumps({"epochs": metrics["epochs"], "loss": last.logs["loss"], "val_loss": last.logs["val_loss"]}))
+    print(json.dumps({"epochs": metrics["epochs"], "epochs_run": last.epochs_run, "loss": last.logs["loss"],
+                      "val_loss": last.logs["val_loss"]}))
     """
 )
 
@@ -87,24 +93,37 @@ def free_ports(count):
     return ports
 
 
-def start_training(data, out, strategy, tf_config=None, stop_after=-1):
-    env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
-    env.update({"CUDA_VISIBLE_DEVICES": "-1", **({"TF_CONFIG": json.dumps(tf_config)} if tf_config else {})})
-    return subprocess.Popen(
-        [sys.executable, "-c", WORKER_SCRIPT, str(data), str(out), strategy, str(stop_after)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
+def run_training(data, outs, tf_configs, stop_after=-1):
+    """Train in one process per output folder (at once, as on several machines): (stdout, stderr, exit code) of each.
+
+    Logs go to files beside each output folder, so a chatty process cannot block on a full pipe."""
+    processes = []
+    for out, tf_config in zip(outs, tf_configs):
+        env = {key: value for key, value in os.environ.items() if key != "TF_CONFIG"}
+        env.update({"CUDA_VISIBLE_DEVICES": "-1", **({"TF_CONFIG": json.dumps(tf_config)} if tf_config else {})})
+        strategy = "multiworker" if tf_config else "default"
+        logs = out.with_name(f"{out.name}.stdout"), out.with_name(f"{out.name}.stderr")
+        with open(logs[0], "w") as stdout, open(logs[1], "w") as stderr:
+            process = subprocess.Popen(
+                [sys.executable, "-c", WORKER_SCRIPT, str(data), str(out), strategy, str(stop_after)],
+                cwd=REPO, env=env, stdout=stdout, stderr=stderr,
+            )
+        processes.append((process, logs))
+    try:
+        for process, _ in processes:
+            process.wait(timeout=300)
+    finally:
+        for process, _ in processes:
+            if process.poll() is None:
+                process.kill()
+    return [(logs[0].read_text(), logs[1].read_text(), process.returncode) for process, logs in processes]
 
 
 def run_cluster(data, root, stop_after=-1):
     """Two workers on 127.0.0.1, each with its own output folder (as on two machines): their outputs."""
     cluster = {"worker": [f"127.0.0.1:{port}" for port in free_ports(2)]}
-    workers = [
-        start_training(data, root / f"worker{index}", "multiworker",
-                       {"cluster": cluster, "task": {"type": "worker", "index": index}}, stop_after)
-        for index in range(2)
-    ]
-    return [worker.communicate(timeout=300) + (worker.returncode,) for worker in workers]
+    tf_configs = [{"cluster": cluster, "task": {"type": "worker", "index": index}} for index in range(2)]
+    return run_training(data, [root / "worker0", root / "worker1"], tf_configs, stop_after)
 
 
 def last_json(stdout):
@@ -113,9 +132,8 @@ def last_json(stdout):
 
 def test_multiworker_trains_like_one_process_and_only_the_chief_writes(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", size=32, patients=16)  # 24 train, 12 val slices: full batches of 4
-    single = start_training(data, tmp_path / "single", "default")
-    stdout, stderr = single.communicate(timeout=300)
-    assert single.returncode == 0, stderr[-3000:]
+    [(stdout, stderr, returncode)] = run_training(data, [tmp_path / "single"], [None])
+    assert returncode == 0, stderr[-3000:]
     reference = last_json(stdout)
 
     results = run_cluster(data, tmp_path)
@@ -138,12 +156,20 @@ def test_interrupted_workers_resume_from_their_own_backups(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", size=32, patients=16)
     for _, stderr, returncode in run_cluster(data, tmp_path, stop_after=0):
         assert returncode != 0 and "simulated Ctrl-C after epoch 0" in stderr
-    assert (tmp_path / "worker0" / "work").is_dir() and (tmp_path / "worker1" / "work-worker1").is_dir()
+    backup = tmp_path / "worker1" / "work-worker1"
+    assert (tmp_path / "worker0" / "work").is_dir() and backup.is_dir()
+
+    backup.rename(tmp_path / "kept")  # worker 1 lost its backup: both refuse to start from different epochs
+    for _, stderr, returncode in run_cluster(data, tmp_path):
+        assert returncode != 0 and "resume from different epochs ([1, -1]" in stderr
+    shutil.rmtree(backup)
+    (tmp_path / "kept").rename(backup)
 
     results = run_cluster(data, tmp_path)
     for stdout, stderr, returncode in results:
         assert returncode == 0, stderr[-3000:]
-        assert "resuming the interrupted run" in stdout and last_json(stdout)["epochs"] == 2
+        assert "resuming the interrupted run" in stdout
+        assert last_json(stdout)["epochs"] == 2 and last_json(stdout)["epochs_run"] == [1]
     assert (tmp_path / "worker0" / "model.keras").exists() and not (tmp_path / "worker1" / "work-worker1").exists()
 
 
@@ -156,8 +182,10 @@ def test_interrupted_workers_resume_from_their_own_backups(tmp_path):
 ])
 def test_bad_cluster_descriptions_are_rejected(monkeypatch, tf_config, message):
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    with pytest.raises(ValueError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        cluster_task(tf_config or "")
+    if tf_config:
+        monkeypatch.setenv("TF_CONFIG", tf_config)
+    with pytest.raises(ValueError, match=re.escape(message)):
+        cluster_task()
 
 
 def test_the_chief_is_the_chief_task_or_else_worker_zero():

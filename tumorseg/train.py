@@ -27,7 +27,7 @@ from tumorseg.dataset import make_dataset
 from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
 from tumorseg.hardware import cpu_flags, precision_warning
 from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
-from tumorseg.multiworker import allow_fit, cluster_task
+from tumorseg.multiworker import allow_fit, check_workers_agree, cluster_task
 from tumorseg.render import training_curves_figure
 
 SCHEDULES = ("cosine", "exponential", "plateau")
@@ -216,6 +216,21 @@ def fingerprint(params, split_csv):
     return digest.hexdigest()
 
 
+def data_digest(*arrays):
+    """Identifies the arrays a run trains on."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array))
+    return digest.hexdigest()
+
+
+def backup_epoch(work_dir):
+    """The epoch that the run kept in `work_dir` resumes from (-1: none)."""
+    paths = Path(work_dir).glob("backup/**/training_metadata.json")
+    return max((int(json.loads(path.read_text())["epoch"]) for path in paths), default=-1)
+
+
 def prepare_work_dir(work_dir, run_id):
     """Keep the work folder of an interrupted run with the same id; start afresh otherwise."""
     work_dir = Path(work_dir)
@@ -241,8 +256,8 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     train_params, model_params = params["train"], params["model"]
     task = cluster_task() if train_params["strategy"] == "multiworker" else None
     chief = task is None or task.chief
-    if not chief:  # the chief writes the outputs and the DVCLive curves; this worker's go to its scratch folder
-        scratch = task.scratch_dir(work_dir)
+    scratch = None if chief else task.scratch_dir(work_dir)
+    if scratch:  # the chief writes the outputs and the DVCLive curves; this worker's go to its scratch folder
         model_path, metrics_path, plots_dir = scratch / "model.keras", scratch / "train.json", scratch / "plots"
         work_dir = scratch / "work"
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything
@@ -263,7 +278,13 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     train_images, train_masks = arrays["images"][train_rows], arrays["masks"][train_rows]
     val_images, val_masks = arrays["images"][val_rows], arrays["masks"][val_rows]
     batch_size = int(train_params["batch_size"])
-    several_replicas = strategy.num_replicas_in_sync > 1
+    replicas = strategy.num_replicas_in_sync
+    several_replicas = replicas > 1
+    if batch_size % replicas:
+        raise ValueError(
+            f"train.strategy={train_params['strategy']} splits every batch equally across {replicas} replicas: "
+            f"set train.batch_size ({batch_size}) to a multiple of {replicas}."
+        )
     if several_replicas and min(len(train_images), len(val_images)) < batch_size:
         raise ValueError(
             f"train.strategy={train_params['strategy']} uses full batches only: the train ({len(train_images)}) and val "
@@ -277,10 +298,14 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     print(f"train: {len(train_images)} slices, val: {len(val_images)} slices")
 
     work_dir = Path(work_dir)
-    resuming = prepare_work_dir(work_dir, fingerprint(params, split_csv))
+    run_id = fingerprint(params, split_csv)
+    resuming = prepare_work_dir(work_dir, run_id)
     history_csv = work_dir / "history.csv"
     if resuming:
         print(f"resuming the interrupted run kept in {work_dir}")
+    if task:
+        run_state = run_id + data_digest(train_images, train_masks, val_images, val_masks)
+        check_workers_agree(strategy, run_state, backup_epoch(work_dir))
 
     steps_per_epoch = (len(train_images) // batch_size) if several_replicas else math.ceil(len(train_images) / batch_size)
     with strategy.scope():
@@ -333,13 +358,13 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
                 verbose=1 if sys.stdout.isatty() else 2,  # a progress bar in a terminal, one line per epoch in logs
             )
         plateau_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    metrics = finish(work_dir, model_path, metrics_path, plots_dir, first_epoch)
-    if not chief:
+    metrics = finish(work_dir, model_path, metrics_path, plots_dir, first_epoch, with_dvclive_plots=chief)
+    if scratch:
         shutil.rmtree(scratch)
     return metrics
 
 
-def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0):
+def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, with_dvclive_plots=True):
     """Check the run, then move its results into the DVC outputs (best epoch from `first_epoch` on)."""
     history = read_history(work_dir / "history.csv")
     bad = history[~np.isfinite(history[["loss", "val_loss"]]).all(axis=1)]
@@ -357,7 +382,7 @@ def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0):
         shutil.copyfile(work_dir / "best.keras", tmp)
     write_json(metrics_path, metrics)
     with atomic_dir(plots_dir) as tmp:
-        if (work_dir / "dvclive").is_dir():  # not on multi-worker workers other than the chief
+        if with_dvclive_plots:
             shutil.copytree(work_dir / "dvclive" / "plots", tmp, dirs_exist_ok=True)
         training_curves_figure(history).savefig(tmp / "curves.png")
     shutil.rmtree(work_dir)
