@@ -63,7 +63,9 @@ WORKER_SCRIPT = textwrap.dedent(
     data, out, strategy, stop_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
     class LastLogs(keras.callbacks.Callback):
-        epochs_run = []
+        def __init__(self):
+            super().__init__()
+            self.epochs_run = []
 
         def on_epoch_end(self, epoch, logs=None):
             self.epochs_run.append(epoch)
