@@ -100,20 +100,28 @@ def test_eval_json_keys_and_values(evaluated):
     out, result = evaluated
     written = json.loads((out / "metrics" / "eval.json").read_text())
     assert written == result
-    expected = {
-        "iou", "dice", "iou_pooled", "dice_pooled", "threshold", "val_iou", "test_images", "test_patients",
-        "dice_ci_low", "dice_ci_high", "dice_native",
-    } | {f"{name}_{key}" for name in ("meningioma", "glioma", "pituitary") for key in ("iou", "dice", "n")}
-    assert set(written) == expected
+    scores = {"dice", "dice_native", "dice_ci_low", "dice_ci_high", "dice_native_ci_low", "dice_native_ci_high"}
+    counts = {"test_images", "test_patients", "failures"}
+    classes = ("meningioma", "glioma", "pituitary")
+    expected = (
+        {"iou", "iou_pooled", "dice_pooled", "threshold", "val_iou", "postprocess_min_fraction"} | scores | counts
+        | {f"{name}_{key}" for name in classes for key in ("iou", "n", "failures", *scores)}
+    )
+    assert set(written) == expected | {"postprocess", "tta"}
+    assert (written["postprocess"], written["postprocess_min_fraction"], written["tta"]) == ("none", 0.0, "none")
     assert all(not isinstance(value, dict) for value in written.values())
     assert written["test_images"] == 7 and written["test_patients"] == 3
     assert (written["meningioma_n"], written["glioma_n"], written["pituitary_n"]) == (2, 3, 2)
-    for key in expected - {"test_images", "test_patients", "meningioma_n", "glioma_n", "pituitary_n"}:
+    assert written["failures"] == 0
+    for key in expected - counts - {f"{name}_{key}" for name in classes for key in ("n", "failures")}:
         assert 0.0 <= written[key] <= 1.0, key
     # at 0.30 every test distractor block is a false positive: 16 / (16 + 2 or 4)
     assert written["iou"] < 1.0
     assert written["dice_ci_low"] <= written["dice"] <= written["dice_ci_high"]
     assert written["dice_native"] == pytest.approx(written["dice"], abs=1e-3)
+    assert written["dice_native_ci_low"] <= written["dice_native"] <= written["dice_native_ci_high"]
+    # one patient per test class: its interval is the single value
+    assert written["pituitary_dice_ci_low"] == written["pituitary_dice_ci_high"] == written["pituitary_dice"]
     assert written["meningioma_iou"] == pytest.approx((16 / 18 + 16 / 20) / 2, abs=1e-4)
 
 
@@ -127,9 +135,41 @@ def test_per_image_and_per_class_tables(evaluated):
     assert set(per_image["pred_pixels"]) == {18, 20}
     assert per_image["dice"].mean() == pytest.approx(result["dice"], abs=1e-4)
     per_class = pd.read_csv(out / "plots" / "eval" / "per_class.csv")
-    assert list(per_class.columns) == ["class", "dice", "iou", "n"]
+    assert list(per_class.columns) == [
+        "class", "dice", "iou", "dice_native", "n", "failures",
+        "dice_ci_low", "dice_ci_high", "dice_native_ci_low", "dice_native_ci_high",
+    ]
     assert per_class["class"].tolist() == ["meningioma", "glioma", "pituitary"]
     assert per_class["n"].tolist() == [2, 3, 2]
+
+
+def test_largest_component_removes_the_distractors(dataset, tmp_path):
+    params = copy.deepcopy(PARAMS)
+    params["evaluate"]["postprocess"] = "largest"
+    result = evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], params,
+                      tmp_path / "eval.json", tmp_path / "plots")
+    # the same threshold as without post-processing, and every distractor block (2 or 4 pixels) is gone
+    assert (result["threshold"], result["postprocess"]) == (0.3, "largest")
+    assert result["iou"] == result["dice"] == result["dice_native"] == 1.0
+
+
+def test_auto_postprocess_keeps_none_on_a_validation_tie(evaluated, dataset, tmp_path):
+    params = copy.deepcopy(PARAMS)
+    params["evaluate"]["postprocess"] = "auto"
+    result = evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], params,
+                      tmp_path / "eval.json", tmp_path / "plots")
+    # validation IoU is already 1.0 without post-processing: nothing else can beat it
+    assert result == evaluated[1]
+
+
+@pytest.mark.parametrize("key, value", [("postprocess", "biggest"), ("tta", "rotate")])
+def test_bad_postprocess_or_tta_setting_raises(dataset, tmp_path, key, value):
+    params = copy.deepcopy(PARAMS)
+    params["evaluate"][key] = value
+    with pytest.raises(InputError, match=f"evaluate.{key}"):
+        evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], params,
+                 tmp_path / "eval.json", tmp_path / "plots")
+    assert not (tmp_path / "eval.json").exists()
 
 
 def _run(dataset, tmp_path, **changes):

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from tumorseg.data import read_split
-from tumorseg.split import assign_subsets, summary, write_split
+from tumorseg.split import assign_subsets, patient_family, summary, write_split
 
 
 def dataset(patients=40, slices=5, seed=0):
@@ -47,6 +47,35 @@ def test_folds_cover_every_patient_once_as_test():
         assert set(labels[subsets == "test"]) == {1, 2, 3}
         tested.extend(test)
     assert sorted(tested) == sorted(set(pids))
+
+
+@pytest.mark.parametrize(
+    "pid, family",
+    [("MR051644", "MR051644"), ("MR051644B", "MR051644"), ("MR051644C", "MR051644"), ("100360", "100360"),
+     ("100360AB", "100360"), ("fold1-glioma", "fold1-glioma"), ("B12", "B12"), (" MR7B ", "MR7")],
+)
+def test_patient_family_drops_a_letter_suffix_after_digits(pid, family):
+    assert patient_family(pid) == family
+
+
+def families_dataset(patients=40, slices=3, seed=0):
+    """Patients with further scans under suffixed IDs (MR1000, MR1000B, MR1000C), as in the real data."""
+    rng = np.random.default_rng(seed)
+    pids, labels = [], []
+    for patient, label in enumerate(rng.permutation(np.arange(patients) % 3 + 1)):
+        for suffix in ["", "B", "C"][: 1 + patient % 3]:
+            pids += [f"MR{1000 + patient}{suffix}"] * slices
+            labels += [label] * slices
+    return np.array(pids), np.array(labels)
+
+
+@pytest.mark.parametrize("mode", [dict(), *(dict(folds=5, fold=k) for k in range(5))])
+def test_a_patient_family_never_spans_two_subsets(mode):
+    pids, labels = families_dataset()
+    subsets = assign_subsets(pids, labels, seed=42, **mode)
+    families = pd.DataFrame({"family": [pid.rstrip("BC") for pid in pids], "subset": subsets})
+    assert (families.groupby("family")["subset"].nunique() == 1).all()
+    assert set(subsets) == {"train", "val", "test"}
 
 
 def test_too_few_patients_is_a_clear_error():

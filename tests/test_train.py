@@ -11,7 +11,7 @@ from tests.helpers import StopAtEpoch
 from tumorseg.convert import mat_to_numpy
 from tumorseg.split import assign_subsets, write_split
 from tumorseg.synthetic import write_dataset
-from tumorseg.train import learning_rate, train, validate_params
+from tumorseg.train import learning_rate, oversampled, train, validate_params
 
 PARAMS = yaml.safe_load(open("params.yaml"))
 
@@ -56,7 +56,7 @@ def validation_dice(model_path, data):
 
 
 def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
-    params = small_params()
+    params = small_params(monitor="val_dice")
     untrained = tmp_path / "untrained.keras"
     keras.utils.set_random_seed(0)
     from tumorseg.model import build_unet
@@ -70,6 +70,9 @@ def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
     assert saved == metrics and saved["epochs"] == 8 and 1 <= saved["best_epoch"] <= 8
     curve = pd.read_csv(tmp_path / "plots" / "metrics" / "eval" / "dice.tsv", sep="\t")
     assert list(curve["step"]) == list(range(8))
+    # the kept epoch is the one of the best validation Dice (train.monitor)
+    assert curve["dice"].idxmax() == saved["best_epoch"] - 1
+    assert saved["val_dice"] == pytest.approx(curve["dice"].max(), abs=1e-5)
     lr = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")["learning_rate"]
     assert lr.is_monotonic_decreasing and lr.iloc[-1] == pytest.approx(3.0e-4, rel=1e-3)
     assert not (tmp_path / "work").exists()
@@ -156,6 +159,9 @@ def test_mixed_precision_model_predicts_in_float32(synthetic_data, tmp_path, pre
         ("train", "precision", "float8", "precision"),
         ("train", "strategy", "tpu", "strategy"),
         ("data", "image_size", 100, "divisible"),
+        ("train", "monitor", "val_iou", "monitor"),
+        ("train", "oversample", {"glioma": 1.5}, "whole number"),
+        ("train", "oversample", {"gliomas": 2}, "unknown class 'gliomas'"),
     ],
 )
 def test_bad_params_are_rejected(section, key, value, message):
@@ -163,6 +169,13 @@ def test_bad_params_are_rejected(section, key, value, message):
     params[section][key] = value
     with pytest.raises(ValueError, match=message):
         validate_params(params)
+
+
+def test_oversampling_repeats_the_named_classes():
+    positions, labels = np.array([10, 11, 12, 13]), np.array([1, 2, 3, 2])
+    assert oversampled(positions, labels, {}).tolist() == [10, 11, 12, 13]
+    assert oversampled(positions, labels, {"glioma": 3}).tolist() == [10, 11, 11, 11, 12, 13, 13, 13]
+    assert oversampled(positions, labels, {"glioma": 2, "meningioma": 2}).tolist() == [10, 10, 11, 11, 12, 13, 13]
 
 
 @pytest.mark.parametrize("weights, message", [((-1.0, 1.0), "negative"), ((0.0, 0.0), "both 0")])

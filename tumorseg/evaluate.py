@@ -1,8 +1,10 @@
 """Score the trained model: choose the threshold on validation, report test.
 
-The threshold is tuned on the validation patients only and then applied
-unchanged to the test patients. Outputs: a flat metrics JSON (for
-`dvc metrics`) and a folder of CSV tables (for `dvc plots`).
+The threshold and the post-processing (tumorseg.postprocess) are tuned on
+the validation patients only and then applied unchanged to the test
+patients; with evaluate.tta the probabilities are averaged over flips
+first. Outputs: a flat metrics JSON (for `dvc metrics`) and a folder of CSV
+tables (for `dvc plots`).
 """
 
 from pathlib import Path
@@ -13,11 +15,14 @@ import pandas as pd
 from tumorseg import LABEL_NAMES, metrics
 from tumorseg.atomic import atomic_dir, write_json
 from tumorseg.data import InputError, load_arrays, read_split, subset_positions
-from tumorseg.inference import DEFAULT_BATCH_SIZE, check_model_input, load_model, predict_probabilities
+from tumorseg.inference import DEFAULT_BATCH_SIZE, check_model_input, check_tta, load_model, predict_probabilities
 from tumorseg.matfile import read_slice
+from tumorseg.postprocess import PostProcess, candidates
 from tumorseg.preprocess import resize_probabilities
+from tumorseg.split import patient_families
 
 DECIMALS = 4
+FAILURE_DICE = 0.1  # a test slice below this Dice counts as a failure (tumour missed or wrong region)
 
 
 # ----------------------------------------------------------------- inputs
@@ -36,18 +41,35 @@ def check_raw_files(raw_dir, ids):
 # ------------------------------------------------------------- prediction
 
 
-def native_dice(probs, ids, raw_dir, threshold):
+def native_dice(probs, ids, raw_dir, threshold, postprocess=PostProcess()):
     """Dice at each raw slice's own resolution against its original tumorMask.
 
-    The probability map is resized bilinearly to the raw slice's size, then thresholded.
+    The probability map is resized bilinearly to the raw slice's size, then thresholded and post-processed.
     """
     scores = np.empty(len(ids))
     for i, (prob, slice_id) in enumerate(zip(probs, ids)):
         truth = read_slice(Path(raw_dir) / f"{int(slice_id)}.mat", with_border=False).mask
         native = prob if prob.shape == truth.shape else resize_probabilities(prob, truth.shape)
-        pred = metrics.binarize(native, threshold)
+        pred = postprocess.apply(metrics.binarize(native, threshold))
         scores[i] = metrics.dice_per_image(truth[None], pred[None])[0]
     return scores
+
+
+def choose_on_validation(truth, probs, thresholds, postprocess_choice):
+    """The (threshold, post-processing) pair with the best mean validation IoU, and its sweep.
+
+    Every candidate post-processing is swept over every threshold; ties go to
+    the earlier candidate ("none" first), then as metrics.choose_threshold.
+    Returns (threshold, postprocess, val_iou, sweep of the chosen candidate).
+    """
+    best = None
+    for postprocess in candidates(postprocess_choice):
+        sweep = metrics.threshold_sweep(truth, probs, thresholds, postprocess.apply)
+        threshold = metrics.choose_threshold(sweep["threshold"], sweep["iou"])
+        val_iou = float(sweep["iou"][np.argmin(np.abs(sweep["threshold"] - threshold))])
+        if best is None or val_iou > best[2] + metrics.TIE_TOLERANCE:
+            best = (threshold, postprocess, val_iou, sweep)
+    return best
 
 
 # ---------------------------------------------------------------- reports
@@ -77,8 +99,24 @@ def per_image_table(ids, pids, labels, truth, pred, native):
     )
 
 
-def per_class_table(per_image):
-    """Mean Dice and IoU and slice count of each class (all classes listed)."""
+def confidence_intervals(part, resamples, seed):
+    """95% patient-bootstrap intervals of mean Dice and native-resolution Dice of a per-image table.
+
+    Patients are resampled by family (tumorseg.split.patient_family): a
+    patient's further scans are not independent of the first.
+    """
+    if not len(part):
+        return {}
+    families = patient_families(part["pid"])
+    found = {}
+    for column in ("dice", "dice_native"):
+        low, high = metrics.bootstrap_ci(part[column].to_numpy(), families, resamples, seed)
+        found[f"{column}_ci_low"], found[f"{column}_ci_high"] = low, high
+    return found
+
+
+def per_class_table(per_image, resamples, seed):
+    """Per class (all classes listed): slice count, mean Dice, IoU, native Dice, their CIs, failures."""
     rows = []
     for label, name in LABEL_NAMES.items():
         part = per_image[per_image["label"] == label]
@@ -87,31 +125,40 @@ def per_class_table(per_image):
                 "class": name,
                 "dice": part["dice"].mean() if len(part) else np.nan,
                 "iou": part["iou"].mean() if len(part) else np.nan,
+                "dice_native": part["dice_native"].mean() if len(part) else np.nan,
                 "n": int(len(part)),
+                "failures": int((part["dice"] < FAILURE_DICE).sum()),
+                **confidence_intervals(part, resamples, seed),
             }
         )
-    return pd.DataFrame(rows, columns=["class", "dice", "iou", "n"])
+    columns = ["class", "dice", "iou", "dice_native", "n", "failures",
+               "dice_ci_low", "dice_ci_high", "dice_native_ci_low", "dice_native_ci_high"]
+    return pd.DataFrame(rows, columns=columns)
 
 
-def summary_metrics(per_image, per_class, truth, pred, threshold, val_iou, ci):
-    """The flat dict written to the metrics JSON."""
+def summary_metrics(per_image, per_class, truth, pred, chosen, ci):
+    """The flat dict written to the metrics JSON; `chosen` = (threshold, postprocess, val_iou, tta)."""
+    threshold, postprocess, val_iou, tta = chosen
     result = {
         "iou": _round(per_image["iou"].mean()),
         "dice": _round(per_image["dice"].mean()),
         "iou_pooled": _round(metrics.iou_pooled(truth, pred)),
         "dice_pooled": _round(metrics.dice_pooled(truth, pred)),
-        "dice_ci_low": _round(ci[0]),
-        "dice_ci_high": _round(ci[1]),
         "dice_native": _round(per_image["dice_native"].mean()),
+        **{key: _round(value) for key, value in ci.items()},
+        "failures": int((per_image["dice"] < FAILURE_DICE).sum()),
         "threshold": _round(threshold),
+        "postprocess": postprocess.method,
+        "postprocess_min_fraction": postprocess.min_fraction,
+        "tta": tta,
         "val_iou": _round(val_iou),
         "test_images": int(len(per_image)),
         "test_patients": int(per_image["pid"].nunique()),
     }
-    for row in per_class.itertuples(index=False):
-        result[f"{row[0]}_iou"] = _round(row.iou)
-        result[f"{row[0]}_dice"] = _round(row.dice)
-        result[f"{row[0]}_n"] = int(row.n)
+    for row in per_class.to_dict("records"):
+        name = row.pop("class")
+        for key, value in row.items():
+            result[f"{name}_{key}"] = int(value) if key in ("n", "failures") else _round(value)
     return result
 
 
@@ -122,14 +169,20 @@ def _fmt(value):
 
 def format_summary(result, per_class):
     """A few lines for stdout: threshold, test Dice with its CI, per class."""
+    postprocess = str(PostProcess(result["postprocess"], result["postprocess_min_fraction"]))
     lines = [
-        f"threshold {result['threshold']:g} (chosen on validation, mean IoU {_fmt(result['val_iou'])})",
+        f"threshold {result['threshold']:g}, post-processing {postprocess} (chosen on validation, mean IoU "
+        f"{_fmt(result['val_iou'])}); test-time augmentation {result['tta']}",
         f"test Dice {_fmt(result['dice'])} [95% CI {_fmt(result['dice_ci_low'])}, {_fmt(result['dice_ci_high'])}]"
-        f"  IoU {_fmt(result['iou'])}  native-resolution Dice {_fmt(result['dice_native'])}"
+        f"  native-resolution Dice {_fmt(result['dice_native'])} [95% CI {_fmt(result['dice_native_ci_low'])}, "
+        f"{_fmt(result['dice_native_ci_high'])}]  IoU {_fmt(result['iou'])}"
         f"  ({result['test_images']} slices, {result['test_patients']} patients)",
     ]
     for row in per_class.itertuples(index=False):
-        lines.append(f"  {row[0]:<11} Dice {_fmt(row.dice)}  IoU {_fmt(row.iou)}  n={row.n}")
+        lines.append(
+            f"  {row[0]:<11} Dice {_fmt(row.dice)} [{_fmt(row.dice_ci_low)}, {_fmt(row.dice_ci_high)}]"
+            f"  native {_fmt(row.dice_native)}  IoU {_fmt(row.iou)}  n={row.n}  Dice < {FAILURE_DICE:g}: {row.failures}"
+        )
     return "\n".join(lines)
 
 
@@ -149,6 +202,12 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
     if resamples < 1:
         raise InputError(f"evaluate.bootstrap must be >= 1, found {resamples}.")
     batch_size = int(settings.get("batch_size", DEFAULT_BATCH_SIZE))
+    tta = check_tta(settings.get("tta", "none"))
+    postprocess_choice = settings.get("postprocess", "none")
+    try:
+        candidates(postprocess_choice)  # a bad value fails before any work
+    except ValueError as error:
+        raise InputError(str(error)) from error
 
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("val", "test"))
@@ -161,24 +220,20 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
 
     masks = arrays["masks"]
     val_truth = np.asarray(masks[val]) > 0
-    sweep = metrics.threshold_sweep(
-        val_truth, predict_probabilities(model, arrays["images"], val, batch_size), thresholds
-    )
-    threshold = metrics.choose_threshold(sweep["threshold"], sweep["iou"])
-    val_iou = float(sweep["iou"][np.argmin(np.abs(sweep["threshold"] - threshold))])
+    val_probs = predict_probabilities(model, arrays["images"], val, batch_size, tta)
+    threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_probs, thresholds, postprocess_choice)
 
-    test_probs = predict_probabilities(model, arrays["images"], test, batch_size)
+    test_probs = predict_probabilities(model, arrays["images"], test, batch_size, tta)
     test_truth = np.asarray(masks[test]) > 0
-    test_pred = metrics.binarize(test_probs, threshold)
+    test_pred = postprocess.apply(metrics.binarize(test_probs, threshold))
     pids = np.asarray(arrays["pids"])[test]
     per_image = per_image_table(
         test_ids, pids, np.asarray(arrays["labels"])[test], test_truth, test_pred,
-        native_dice(test_probs, test_ids, raw_dir, threshold),
+        native_dice(test_probs, test_ids, raw_dir, threshold, postprocess),
     )
-    per_class = per_class_table(per_image)
-    dice = metrics.dice_per_image(test_truth, test_pred)
-    ci = metrics.bootstrap_ci(dice, pids.astype(str), resamples, params["seed"])
-    result = summary_metrics(per_image, per_class, test_truth, test_pred, threshold, val_iou, ci)
+    per_class = per_class_table(per_image, resamples, params["seed"])
+    ci = confidence_intervals(per_image, resamples, params["seed"])
+    result = summary_metrics(per_image, per_class, test_truth, test_pred, (threshold, postprocess, val_iou, tta), ci)
 
     sweep_table = pd.DataFrame(
         {"threshold": sweep["threshold"], "iou": np.round(sweep["iou"], DECIMALS),

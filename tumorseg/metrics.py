@@ -82,8 +82,8 @@ def threshold_grid(minimum, maximum, step):
     return np.round(minimum + step * np.arange(count), 6)
 
 
-def threshold_sweep(truth, probs, thresholds):
-    """Mean per-image IoU and Dice at each threshold.
+def threshold_sweep(truth, probs, thresholds, postprocess=None):
+    """Mean per-image IoU and Dice at each threshold, each mask passed through `postprocess` if given.
 
     Returns {"threshold": (T,), "iou": (T,), "dice": (T,)}.
     """
@@ -92,6 +92,8 @@ def threshold_sweep(truth, probs, thresholds):
     dices = np.empty(len(thresholds))
     for i, threshold in enumerate(thresholds):
         pred = binarize(probs, threshold)
+        if postprocess is not None:
+            pred = postprocess(pred)
         ious[i] = iou_per_image(truth, pred).mean()
         dices[i] = dice_per_image(truth, pred).mean()
     return {"threshold": thresholds, "iou": ious, "dice": dices}

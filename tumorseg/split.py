@@ -1,11 +1,17 @@
 """Patient-level split: no patient's slices in two subsets, stratified by class.
 
+Patients are grouped by family first: figshare gives a patient's further
+scans IDs with a letter suffix (MR051644, MR051644B, MR051644C), and all of
+a family's slices go to one subset (see patient_family).
+
 Two modes, both seeded:
 - holdout (split.fold is null): patients go to train / val / test by the
   fractions in params, stratified by each patient's tumor class;
 - k-fold (split.fold = k): StratifiedGroupKFold over patients; fold k is the
   test set and val is drawn from the remaining patients by split.val.
 """
+
+import re
 
 import numpy as np
 import pandas as pd
@@ -17,9 +23,26 @@ from tumorseg.atomic import atomic_file
 SUBSETS = ("train", "val", "test")
 
 
+FAMILY_SUFFIX = re.compile(r"(?<=\d)[A-Za-z]+$")
+
+
+def patient_family(pid):
+    """The patient a PID belongs to: the PID without a letter suffix after its digits.
+
+    `MR051644B` and `MR051644C` are further scans of `MR051644`; IDs without
+    such a suffix (`100360`, `fold1-glioma`) are their own family.
+    """
+    return FAMILY_SUFFIX.sub("", str(pid).strip())
+
+
+def patient_families(pids):
+    """patient_family of each PID, as an array."""
+    return np.array([patient_family(pid) for pid in np.asarray(pids)])
+
+
 def patient_table(pids, labels):
-    """One row per patient with its most frequent label."""
-    slices = pd.DataFrame({"pid": pids, "label": labels})
+    """One row per patient family ("pid" holds the family) with its most frequent label."""
+    slices = pd.DataFrame({"pid": patient_families(pids), "label": labels})
     return slices.groupby("pid")["label"].agg(lambda x: x.mode().iloc[0]).reset_index()
 
 
@@ -40,7 +63,7 @@ def _split_patients(patients, fraction, seed, what):
 
 
 def assign_subsets(pids, labels, val=0.15, test=0.15, folds=5, fold=None, seed=42):
-    """Return an array of subset names (train/val/test), one per slice."""
+    """Return an array of subset names (train/val/test), one per slice; a patient family stays together."""
     pids = np.asarray(pids)
     labels = np.asarray(labels)
     for name, value in (("split.val", val), ("split.test", test)):
@@ -68,7 +91,7 @@ def assign_subsets(pids, labels, val=0.15, test=0.15, folds=5, fold=None, seed=4
     subset_of = {pid: "train" for pid in train_patients["pid"]}
     subset_of.update({pid: "val" for pid in val_patients["pid"]})
     subset_of.update({pid: "test" for pid in test_patients["pid"]})
-    return np.array([subset_of[pid] for pid in pids])
+    return np.array([subset_of[family] for family in patient_families(pids)])
 
 
 def write_split(ids, pids, labels, subsets, path):

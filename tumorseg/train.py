@@ -1,4 +1,4 @@
-"""train stage: fit the U-Net, keep the best model by validation loss.
+"""train stage: fit the U-Net, keep the best model by train.monitor (validation Dice or loss).
 
 Training state lives in a work folder (default checkpoints/train/, not a DVC
 output) so an interrupted run resumes from its last completed epoch when the
@@ -21,6 +21,7 @@ import tensorflow as tf
 from dvclive import Live
 from dvclive.keras import DVCLiveCallback
 
+from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.dataset import make_dataset
@@ -33,6 +34,7 @@ from tumorseg.render import training_curves_figure
 SCHEDULES = ("cosine", "exponential", "plateau")
 PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")
 STRATEGIES = ("default", "mirrored", "multiworker")
+MONITOR_MODES = {"val_dice": "max", "val_loss": "min"}  # train.monitor -> better when higher / lower
 
 
 class TrainingError(RuntimeError):
@@ -45,13 +47,15 @@ def validate_params(params):
     lr_max, lr_min = float(train["lr_max"]), float(train["lr_min"])
     if not 0 < lr_min <= lr_max:
         raise ValueError(f"train.lr_min ({lr_min}) must be positive and at most train.lr_max ({lr_max}).")
-    for key, allowed in (("lr_schedule", SCHEDULES), ("precision", PRECISIONS), ("strategy", STRATEGIES)):
+    for key, allowed in (("lr_schedule", SCHEDULES), ("precision", PRECISIONS), ("strategy", STRATEGIES),
+                         ("monitor", tuple(MONITOR_MODES))):
         if train[key] not in allowed:
             raise ValueError(f"train.{key} must be one of {', '.join(allowed)}, got {train[key]!r}.")
     if int(train["epochs"]) < 1 or int(train["batch_size"]) < 1:
         raise ValueError("train.epochs and train.batch_size must be at least 1.")
     validate_loss(train["loss"], int(train["epochs"]))
     validate_augment(train.get("augment") or {})
+    validate_oversample(train.get("oversample") or {})
     encoder = model.get("encoder") or "none"
     check_encoder(encoder, model.get("encoder_weights", "imagenet"), int(params["data"]["image_size"]),
                   int(model["depth"]))
@@ -80,6 +84,27 @@ def validate_augment(augment):
         raise ValueError(f"train.augment.rotation ({augment['rotation']}) must be in [0, 180] degrees.")
 
 
+def validate_oversample(oversample):
+    names = set(LABEL_NAMES.values())
+    for name, factor in oversample.items():
+        if name not in names:
+            raise ValueError(f"train.oversample: unknown class {name!r}; use one of {', '.join(sorted(names))}.")
+        if isinstance(factor, bool) or not isinstance(factor, int) or factor < 1:
+            raise ValueError(f"train.oversample.{name} must be a whole number >= 1 (times per epoch), got {factor!r}.")
+
+
+def oversampled(positions, labels, oversample):
+    """`positions` with those of each class in `oversample` repeated that many times (per epoch).
+
+    `labels` are the class labels of `positions`; classes not named appear once.
+    """
+    label_of = {name: label for label, name in LABEL_NAMES.items()}
+    times = np.ones(len(positions), dtype=np.int64)
+    for name, factor in (oversample or {}).items():
+        times[np.asarray(labels) == label_of[name]] = int(factor)
+    return np.repeat(np.asarray(positions), times)
+
+
 def validate_fine_tuning(train, encoder):
     frozen, epochs = int(train.get("freeze_encoder_epochs", 0)), int(train["epochs"])
     if not 0 <= frozen <= epochs:
@@ -88,6 +113,12 @@ def validate_fine_tuning(train, encoder):
         raise ValueError("train.freeze_encoder_epochs needs a pretrained model.encoder; set it to 0 with encoder none.")
     if float(train.get("finetune_lr_factor", 0.1)) <= 0:
         raise ValueError("train.finetune_lr_factor must be positive.")
+
+
+def monitor_settings(train):
+    """(metric name, "min" or "max") of train.monitor, the metric that picks the kept epoch."""
+    monitor = train.get("monitor", "val_loss")
+    return monitor, MONITOR_MODES[monitor]
 
 
 def learning_rate(train, steps_per_epoch, factor=1.0, plateau_start=None):
@@ -104,8 +135,9 @@ def learning_rate(train, steps_per_epoch, factor=1.0, plateau_start=None):
         return keras.optimizers.schedules.CosineDecay(lr_max, total_steps, alpha=lr_min / lr_max), []
     if train["lr_schedule"] == "exponential":
         return keras.optimizers.schedules.ExponentialDecay(lr_max, total_steps, lr_min / lr_max), []
+    monitor, mode = monitor_settings(train)
     plateau = keras.callbacks.ReduceLROnPlateau(
-        monitor="val_loss", factor=float(train["plateau_factor"]), patience=int(train["plateau_patience"]),
+        monitor=monitor, mode=mode, factor=float(train["plateau_factor"]), patience=int(train["plateau_patience"]),
         min_lr=lr_min, verbose=1,
     )
     return (lr_max if plateau_start is None else float(plateau_start) * factor), [plateau]
@@ -188,13 +220,21 @@ def first_compared_epoch(loss):
     return loss.lovasz_from_epoch if loss.lovasz_weight else 0
 
 
-def best_val_loss(history_csv, first_epoch):
-    """Lowest finite validation loss recorded from `first_epoch` on, else None."""
+def best_epoch_row(history, first_epoch, monitor, mode):
+    """The history row of the best `monitor` value from `first_epoch` on (None when there is none)."""
+    values = history.loc[history["epoch"] >= first_epoch, monitor]
+    values = values[np.isfinite(values)]
+    if values.empty:
+        return None
+    return history.loc[values.idxmax() if mode == "max" else values.idxmin()]
+
+
+def best_monitored(history_csv, first_epoch, monitor, mode):
+    """Best finite `monitor` value recorded from `first_epoch` on (a resumed run's bar to beat), else None."""
     if not Path(history_csv).exists():
         return None
-    history = read_history(history_csv)
-    best = history.loc[history["epoch"] >= first_epoch, "val_loss"].min()
-    return float(best) if math.isfinite(best) else None
+    best = best_epoch_row(read_history(history_csv), first_epoch, monitor, mode)
+    return None if best is None else float(best[monitor])
 
 
 def get_strategy(name):
@@ -274,6 +314,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("train", "val"))
     train_rows = subset_positions(split, arrays, "train", split_csv)
+    train_rows = oversampled(train_rows, np.asarray(arrays["labels"])[train_rows], train_params.get("oversample"))
     val_rows = subset_positions(split, arrays, "val", split_csv)
     train_images, train_masks = arrays["images"][train_rows], arrays["masks"][train_rows]
     val_images, val_masks = arrays["images"][val_rows], arrays["masks"][val_rows]
@@ -314,6 +355,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     has_encoder = (model_params.get("encoder") or "none") != "none"
     live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False) if chief else None
     first_epoch = first_compared_epoch(loss)
+    monitor, mode = monitor_settings(train_params)
     patience = int(train_params["early_stopping_patience"])
     phases = training_phases(train_params)
     plateau_lr = None
@@ -333,8 +375,8 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
             *schedule_callbacks,
             LearningRateLogger(),
             CheckpointFromEpoch(
-                work_dir / "best.keras", monitor="val_loss", save_best_only=True, first_epoch=first_epoch,
-                initial_value_threshold=best_val_loss(history_csv, first_epoch),
+                work_dir / "best.keras", monitor=monitor, mode=mode, save_best_only=True, first_epoch=first_epoch,
+                initial_value_threshold=best_monitored(history_csv, first_epoch, monitor, mode),
             ),
             keras.callbacks.CSVLogger(history_csv, append=True),
             # a phase followed by another keeps its backup: interrupted before the next phase's first
@@ -345,7 +387,8 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
         ]
         if patience > 0:
             callbacks.append(
-                keras.callbacks.EarlyStopping(monitor="val_loss", patience=patience, start_from_epoch=first_epoch)
+                keras.callbacks.EarlyStopping(monitor=monitor, mode=mode, patience=patience,
+                                              start_from_epoch=first_epoch)
             )
         # BackupAndRestore passes the restored epoch to fit() in this attribute, which Keras never
         # clears: reset it, or an epoch restored in the frozen phase would override the next start.
@@ -358,14 +401,16 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
                 verbose=1 if sys.stdout.isatty() else 2,  # a progress bar in a terminal, one line per epoch in logs
             )
         plateau_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
-    metrics = finish(work_dir, model_path, metrics_path, plots_dir, first_epoch, with_dvclive_plots=chief)
+    metrics = finish(work_dir, model_path, metrics_path, plots_dir, first_epoch, (monitor, mode),
+                     with_dvclive_plots=chief)
     if scratch:
         shutil.rmtree(scratch)
     return metrics
 
 
-def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, with_dvclive_plots=True):
-    """Check the run, then move its results into the DVC outputs (best epoch from `first_epoch` on)."""
+def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, monitored=("val_loss", "min"),
+           with_dvclive_plots=True):
+    """Check the run, then move its results into the DVC outputs (best `monitored` epoch from `first_epoch` on)."""
     history = read_history(work_dir / "history.csv")
     bad = history[~np.isfinite(history[["loss", "val_loss"]]).all(axis=1)]
     if len(bad) or not (work_dir / "best.keras").exists():
@@ -375,7 +420,7 @@ def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, with_dv
             f"model stays in {work_dir}/best.keras. Lower train.lr_max or use train.precision=float32, "
             f"then delete {work_dir} and run the stage again."
         )
-    best = history.loc[history.loc[history["epoch"] >= first_epoch, "val_loss"].idxmin()]
+    best = best_epoch_row(history, first_epoch, *monitored)
     metrics = {"best_epoch": int(best["epoch"]) + 1, "epochs": len(history)}
     metrics.update({key: round(float(best[key]), 5) for key in best.index if key != "epoch"})
     with atomic_file(model_path) as tmp:
