@@ -1,10 +1,11 @@
-"""render_samples stage: test predictions per class -> plots/samples/ (threshold from metrics/eval.json)"""
+"""render_samples stage: test predictions per class -> plots/samples/ (as evaluate chose: metrics/eval.json)"""
 
 import json
 from pathlib import Path
 
 from tumorseg.data import InputError
 from tumorseg.params import load_params
+from tumorseg.postprocess import PostProcess
 from tumorseg.render import render_samples
 
 METRICS = Path("metrics/eval.json")
@@ -12,9 +13,11 @@ METRICS = Path("metrics/eval.json")
 
 def main():
     params = load_params()
-    threshold = json.loads(METRICS.read_text()).get("threshold") if METRICS.is_file() else None
+    chosen = json.loads(METRICS.read_text()) if METRICS.is_file() else {}
+    postprocess = PostProcess(chosen.get("postprocess", "none"), float(chosen.get("postprocess_min_fraction", 0)))
     try:
-        render_samples("models/model.keras", "data/numpy", "data/split.csv", params, "plots/samples", threshold)
+        render_samples("models/model.keras", "data/numpy", "data/split.csv", params, "plots/samples",
+                       chosen.get("threshold"), postprocess, chosen.get("tta", "none"))
     except InputError as error:
         raise SystemExit(f"render_samples: {error}") from error
 

@@ -11,6 +11,7 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from tests.helpers import identity_model
 from tumorseg import export
 from tumorseg.inference import predict_probabilities
 from tumorseg.matfile import read_slice
@@ -246,6 +247,25 @@ def test_threshold_from_eval_metrics_and_override(tmp_path, model_path):
     assert main([str(image), "--out", "out2", "--model", str(model_path), "--threshold", "1"]) == 0
     (row,) = read_rows(tmp_path / "out2")
     assert float(row["threshold"]) == 1.0 and int(row["tumor_pixels"]) == 0
+
+
+def test_postprocessing_and_tta_from_eval_metrics_and_override(tmp_path):
+    model = identity_model(tmp_path / "identity.keras", SIZE)  # probability = normalised image
+    image = np.zeros((SIZE, SIZE), np.uint8)
+    image[2:12, 2:12] = 255  # a 100-pixel blob
+    image[20:23, 20:23] = 255  # and a 9-pixel one
+    Image.fromarray(image).save(tmp_path / "two.png")
+    (tmp_path / "metrics").mkdir()
+    chosen = {"threshold": 0.5, "postprocess": "largest", "postprocess_min_fraction": 0.0, "tta": "hflip"}
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps(chosen))
+    assert main(["two.png", "--out", "out1", "--model", str(model)]) == 0
+    (row,) = read_rows(tmp_path / "out1")
+    assert (row["postprocess"], row["tta"], int(row["tumor_pixels"])) == ("largest", "hflip", 100)
+    assert main(["two.png", "--out", "out2", "--model", str(model), "--postprocess", "none", "--tta", "none"]) == 0
+    (row,) = read_rows(tmp_path / "out2")
+    assert (row["postprocess"], row["tta"], int(row["tumor_pixels"])) == ("none", "none", 109)
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({**chosen, "tta": "rotate"}))
+    assert main(["two.png", "--out", "out3", "--model", str(model)]) == 2
 
 
 def test_percentile_from_params_or_option(tmp_path):

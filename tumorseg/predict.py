@@ -5,7 +5,9 @@
 
 Each slice goes through tumorseg.preprocess.preprocess_image (the same resize
 and normalisation as training) and its probability map is resized back to the
-slice's own resolution with resize_probabilities before thresholding.
+slice's own resolution with resize_probabilities before thresholding. The
+threshold, post-processing and test-time augmentation are those evaluate
+chose and scored (metrics/eval.json), unless options say otherwise.
 
 Exit status: 0 when every input was segmented, 1 when some input failed (it is
 reported and skipped, the others are still written), 2 when nothing could be
@@ -27,9 +29,10 @@ from tqdm import tqdm
 from tumorseg import export
 from tumorseg.atomic import atomic_dir, atomic_file
 from tumorseg.data import InputError
-from tumorseg.inference import DEFAULT_BATCH_SIZE, load_model, predict_probabilities
+from tumorseg.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS, check_tta, load_model, predict_probabilities
 from tumorseg.metrics import binarize
 from tumorseg.params import load_params
+from tumorseg.postprocess import PostProcess
 from tumorseg.preprocess import normalize_intensity, preprocess_image, resize_probabilities
 from tumorseg.readers import find_inputs, nifti_mask_volume, read_scan
 
@@ -39,8 +42,8 @@ DEFAULT_THRESHOLD = 0.5
 OUTLINE_RGB = (255, 0, 0)
 SUMMARY_COLUMNS = (
     "input", "slice", "height", "width", "spacing_row_mm", "spacing_col_mm", "tumor_pixels",
-    "tumor_area_mm2", "mean_probability_in_mask", "max_probability_in_image", "threshold",
-    "mask_png", "overlay_png",
+    "tumor_area_mm2", "mean_probability_in_mask", "max_probability_in_image", "threshold", "postprocess",
+    "tta", "mask_png", "overlay_png",
 )
 
 
@@ -60,6 +63,10 @@ def parse_args(argv):
                         help="probability threshold (default: 'threshold' of --eval-metrics when present, else 0.5)")
     parser.add_argument("--eval-metrics", type=Path, metavar="FILE", default=Path("metrics/eval.json"),
                         help="evaluate's metrics file holding the chosen threshold (default: %(default)s)")
+    parser.add_argument("--postprocess", choices=("none", "largest"),
+                        help="post-processing of each mask (default: the one in --eval-metrics when present, else none)")
+    parser.add_argument("--tta", choices=tuple(TTA_FLIPS),
+                        help="test-time flips averaged (default: the 'tta' of --eval-metrics when present, else none)")
     parser.add_argument("--percentile", type=float, metavar="P",
                         help="normalisation percentile (default: data.normalize_percentile of --params, else 99.5)")
     parser.add_argument("--params", type=Path, metavar="FILE", default=Path("params.yaml"),
@@ -103,6 +110,23 @@ def resolve_threshold(args):
     if not 0.0 <= threshold <= 1.0:
         raise InputError(f"{source}: threshold {threshold} must lie in [0, 1].")
     return threshold
+
+
+def resolve_postprocessing(args):
+    """(PostProcess, tta): each from its option, else evaluate's choice in --eval-metrics, else none."""
+    chosen = json.loads(args.eval_metrics.read_text()) if args.eval_metrics.is_file() else {}
+    try:
+        if args.postprocess:
+            postprocess = PostProcess(args.postprocess)
+        else:
+            postprocess = PostProcess(chosen.get("postprocess", "none"), float(chosen.get("postprocess_min_fraction", 0)))
+        tta = check_tta(args.tta or chosen.get("tta", "none"), f"{args.eval_metrics} 'tta'")
+    except (ValueError, TypeError) as error:
+        raise InputError(
+            f"{args.eval_metrics}: unusable post-processing or tta ({error}); "
+            "re-run the evaluate stage (dvc repro evaluate) or pass --postprocess and --tta."
+        ) from error
+    return postprocess, tta
 
 
 def resolve_percentile(args):
@@ -170,7 +194,7 @@ def write_nifti_mask(path, scan, masks):
         tmp.write_bytes(gzip.compress(volume.to_bytes()))
 
 
-def slice_row(scan, index, mask, probabilities, threshold, names):
+def slice_row(scan, index, mask, probabilities, settings, names):
     """One summary line; area only when the file records the pixel spacing."""
     pixels = int(mask.sum())
     spacing = scan.spacing
@@ -182,7 +206,8 @@ def slice_row(scan, index, mask, probabilities, threshold, names):
         "tumor_area_mm2": round(pixels * spacing[0] * spacing[1], 4) if spacing else "",
         "mean_probability_in_mask": round(float(inside.mean()), 6) if pixels else "",
         "max_probability_in_image": round(float(probabilities.max()), 6),
-        "threshold": threshold, **names,
+        "threshold": settings["threshold"], "postprocess": str(settings["postprocess"]), "tta": settings["tta"],
+        **names,
     }
 
 
@@ -191,12 +216,12 @@ def write_scan_outputs(scan, stem, probability_maps, settings, out_dir):
     rows, masks = [], []
     for index, image, small in zip(scan.slice_indices, scan.slices, probability_maps):
         probabilities = resize_probabilities(small, image.shape)
-        mask = binarize(probabilities, settings["threshold"])
+        mask = settings["postprocess"].apply(binarize(probabilities, settings["threshold"]))
         name = stem if len(scan.slices) == 1 and scan.kind != "nifti" else f"{stem}_slice{index:03d}"
         names = {"mask_png": f"{name}_mask.png", "overlay_png": f"{name}_overlay.png"}
         write_png(out_dir / names["mask_png"], mask.astype(np.uint8) * 255)
         write_png(out_dir / names["overlay_png"], overlay_image(image, mask, settings["percentile"]))
-        rows.append(slice_row(scan, index, mask, probabilities, settings["threshold"], names))
+        rows.append(slice_row(scan, index, mask, probabilities, settings, names))
         masks.append(mask)
     if scan.kind == "nifti":
         write_nifti_mask(out_dir / f"{stem}_mask.nii.gz", scan, masks)
@@ -210,7 +235,7 @@ def predict_pending(model, pending, settings, out_dir):
         preprocess_image(image, settings["size"], settings["percentile"])
         for scan, _ in pending for image in scan.slices
     ])
-    probabilities = predict_probabilities(model, images, np.arange(len(images)), settings["batch_size"])
+    probabilities = predict_probabilities(model, images, np.arange(len(images)), settings["batch_size"], settings["tta"])
     start = 0
     for scan, stem in pending:
         maps = probabilities[start:start + len(scan.slices)]
@@ -299,6 +324,7 @@ def main(argv=None):
     try:
         settings = {"threshold": resolve_threshold(args), "percentile": resolve_percentile(args),
                     "axis": args.axis, "batch_size": args.batch_size}
+        settings["postprocess"], settings["tta"] = resolve_postprocessing(args)
         if args.inputs:
             check_free(args.out, args.overwrite, "--out")
         if args.export is not None:

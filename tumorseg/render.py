@@ -16,6 +16,7 @@ from tumorseg import LABEL_NAMES, metrics
 from tumorseg.atomic import atomic_dir
 from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.inference import check_model_input, load_model, predict_probabilities
+from tumorseg.postprocess import PostProcess
 
 DPI = 100
 SAMPLE_FIGSIZE = (12.0, 3.6)  # inches: four panels side by side
@@ -151,28 +152,30 @@ def grid_figure(samples_by_class, threshold=None):
     return fig
 
 
-def build_samples(model, arrays, positions, chosen, threshold, batch_size=32):
-    """Predict the chosen slices; returns {label: [Sample]}."""
+def build_samples(model, arrays, positions, chosen, threshold, batch_size=32, postprocess=PostProcess(), tta="none"):
+    """Predict the chosen slices (with test-time `tta`, then thresholded and post-processed); {label: [Sample]}."""
     ids = np.asarray(arrays["ids"])
     position_of = {int(ids[p]): int(p) for p in positions}
     samples = {}
     for label, wanted in chosen.items():
         picked = np.array([position_of[i] for i in wanted], dtype=np.int64)
-        probs = predict_probabilities(model, arrays["images"], picked, batch_size) if len(picked) else []
+        probs = predict_probabilities(model, arrays["images"], picked, batch_size, tta) if len(picked) else []
         samples[label] = []
         for position, prob in zip(picked, probs):
             truth = np.asarray(arrays["masks"][position]) > 0
-            pred = metrics.binarize(prob, threshold)
+            pred = postprocess.apply(metrics.binarize(prob, threshold))
             dice = float(metrics.dice_per_image(truth[None], pred[None])[0])
             image = np.asarray(arrays["images"][position], dtype=np.float32)
             samples[label].append(Sample(int(ids[position]), label, image, truth, pred, dice))
     return samples
 
 
-def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=None):
+def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=None, postprocess=PostProcess(),
+                   tta="none"):
     """Write <class>_<id>.png per chosen test slice and grid.png into out_dir.
 
-    `threshold` defaults to 0.5 (the stage passes the one in metrics/eval.json).
+    `threshold` defaults to 0.5; the stage passes the threshold, post-processing
+    and tta that evaluate chose and scored (metrics/eval.json).
     Returns the names of the files written.
     """
     threshold = 0.5 if threshold is None else float(threshold)
@@ -191,7 +194,7 @@ def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=
     ids = np.asarray(arrays["ids"])[test]
     labels = np.asarray(arrays["labels"])[test]
     chosen = select_samples(ids, labels, per_class, params["seed"])
-    samples = build_samples(model, arrays, test, chosen, threshold)
+    samples = build_samples(model, arrays, test, chosen, threshold, postprocess=postprocess, tta=tta)
 
     written = []
     with atomic_dir(out_dir) as tmp:
