@@ -1,0 +1,39 @@
+"""Recipes: overrides checked against params.yaml and printed as dvc exp run options."""
+
+import pytest
+import yaml
+
+from tumorseg.recipe import RECIPES_DIR, RecipeError, as_options, available, load_recipe, main
+
+
+def test_every_shipped_recipe_names_real_parameters():
+    assert {"cpu", "reference"} <= set(available())
+    for name in available():
+        assert load_recipe(name, params_path="params.yaml")
+
+
+def test_options_are_yaml_values_that_read_back(tmp_path):
+    overrides = {"model.filters": 16, "train.lr_max": 0.003, "train.monitor": "val_dice", "train.augment.hflip": True}
+    options = as_options(overrides)
+    assert options[::2] == ["-S"] * 4
+    assert options[1::2] == ["model.filters=16", "train.lr_max=0.003", "train.monitor=val_dice",
+                             "train.augment.hflip=true"]
+    for option, (key, value) in zip(options[1::2], overrides.items()):
+        assert yaml.safe_load(option.split("=", 1)[1]) == value
+
+
+def test_unknown_parameter_or_recipe_is_a_named_error(tmp_path):
+    (tmp_path / "typo.yaml").write_text("train.augment.rotaton: 10\n")
+    with pytest.raises(RecipeError, match="'train.augment.rotaton' is not a parameter"):
+        load_recipe("typo", tmp_path, "params.yaml")
+    with pytest.raises(RecipeError, match="no such recipe; choose one of: typo"):
+        load_recipe("gpu", tmp_path, "params.yaml")
+
+
+def test_command_prints_the_options(capsys):
+    assert main(["cpu"]) == 0
+    printed = capsys.readouterr().out.split()
+    assert printed == as_options(load_recipe("cpu"))
+    assert main(["no-such-recipe"]) == 2
+    assert "no such recipe" in capsys.readouterr().err
+    assert RECIPES_DIR.name == "recipes"

@@ -1,0 +1,78 @@
+"""Named sets of parameter overrides kept in recipes/NAME.yaml, printed as `dvc exp run` options.
+
+    dvc exp run $(python -m tumorseg.recipe cpu)      # run the CPU recipe
+    python -m tumorseg.recipe --list                  # the recipes there are
+
+A recipe file maps dotted parameter paths of params.yaml to values:
+
+    model.filters: 16
+    train.augment.rotation: 15
+
+Every path must name an existing parameter, so a typo fails here instead of
+being added to params.yaml as a new, unused key.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import yaml
+
+from tumorseg.params import load_params
+
+RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+
+
+class RecipeError(ValueError):
+    """A recipe that is missing or names parameters params.yaml does not have."""
+
+
+def available(recipes_dir=RECIPES_DIR):
+    return sorted(path.stem for path in Path(recipes_dir).glob("*.yaml"))
+
+
+def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
+    """The overrides of recipes/NAME.yaml as {dotted path: value}, each checked against params.yaml."""
+    path = Path(recipes_dir) / f"{name}.yaml"
+    if not path.is_file():
+        raise RecipeError(f"{path}: no such recipe; choose one of: {', '.join(available(recipes_dir)) or 'none'}.")
+    overrides = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(overrides, dict):
+        raise RecipeError(f"{path}: expected a mapping of parameter paths to values.")
+    params = load_params(params_path)
+    for key in overrides:
+        section = params
+        for part in str(key).split("."):
+            if not isinstance(section, dict) or part not in section:
+                raise RecipeError(f"{path}: {key!r} is not a parameter of {params_path}; fix the name.")
+            section = section[part]
+    return overrides
+
+
+def as_options(overrides):
+    """`-S path=value` options for `dvc exp run` (values written as YAML flow scalars)."""
+    options = []
+    for key, value in overrides.items():
+        text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+        options += ["-S", f"{key}={text.removesuffix('...').strip()}"]
+    return options
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="python -m tumorseg.recipe", description=__doc__.splitlines()[0])
+    parser.add_argument("name", nargs="?", help="recipe name (a file recipes/NAME.yaml)")
+    parser.add_argument("--list", action="store_true", help="list the recipes")
+    args = parser.parse_args(argv)
+    if args.list or not args.name:
+        print("\n".join(available()))
+        return 0
+    try:
+        print(" ".join(as_options(load_recipe(args.name))))
+    except RecipeError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
