@@ -1,6 +1,7 @@
 """The predict command: readers, outputs at native resolution, areas, bad inputs, exports."""
 
 import csv
+from pathlib import Path
 import json
 
 import keras
@@ -196,6 +197,39 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path, model_path, capsys):
     with open(out / "failures.csv", newline="") as f:
         (failure,) = list(csv.DictReader(f))
     assert failure["input"] == str(folder / "broken.png") and failure["reason"]
+
+
+def test_every_output_name_is_unique_and_an_unnamable_input_is_skipped(tmp_path, model_path, capsys):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_nifti(folder / "vol.nii.gz", shape=(20, 24, 2))  # its slice 1 would be vol_slice001
+    write_png(folder / "vol_slice001.png", (30, 30))
+    odd = tmp_path / "..png"  # its name minus .png is "."
+    odd.write_bytes((folder / "vol_slice001.png").read_bytes())
+    out = tmp_path / "out"
+    assert main([str(folder), str(odd), "--out", str(out), "--model", str(model_path)]) == 1
+    assert "..png: its name gives no output name" in capsys.readouterr().err
+    rows = read_rows(out)
+    assert len(rows) == 3
+    masks = [row["mask_png"] for row in rows]
+    assert len(set(masks)) == 3 and all((out / name).is_file() for name in masks)
+    by_input = {(Path(row["input"]).name, row["slice"]): row["mask_png"] for row in rows}
+    assert by_input[("vol.nii.gz", "1")] == "vol_slice001_mask.png"
+    assert by_input[("vol_slice001.png", "0")] == "vol_slice001-2_mask.png"
+
+
+def test_an_overwrite_rerun_reports_only_its_own_failures(tmp_path, model_path):
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    write_png(folder / "a.png", (30, 30))
+    (folder / "broken.png").write_bytes(b"not a png")
+    out = tmp_path / "out"
+    assert main([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
+    assert (out / "failures.csv").is_file()
+    (folder / "broken.png").unlink()
+    assert main([str(folder), "--out", str(out), "--model", str(model_path), "--overwrite"]) == 0
+    assert not (out / "failures.csv").exists()
+    assert [row["mask_png"] for row in read_rows(out)] == ["a_mask.png"]
 
 
 def test_unsupported_file_named_explicitly_fails(tmp_path, model_path, capsys):

@@ -1,7 +1,9 @@
 """Write outputs under a temporary name and rename them into place.
 
 An interrupted stage then never leaves a half-written file or folder that
-DVC would take for a finished output.
+DVC would take for a finished output. The renamed output gets the
+permissions the user's umask gives a new file or folder (the temporary one
+is created private, 0600 / 0700).
 """
 
 import contextlib
@@ -10,6 +12,17 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(path, folder=False):
+    """Give `path` the mode a new file (0666) or folder (0777) gets under the umask."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
 
 
 @contextlib.contextmanager
@@ -22,6 +35,7 @@ def atomic_file(path):
     tmp = Path(tmp)
     try:
         yield tmp
+        _usual_permissions(tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -35,6 +49,7 @@ def atomic_dir(path):
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _usual_permissions(tmp, folder=True)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)

@@ -34,7 +34,7 @@ from tumorseg.metrics import binarize
 from tumorseg.params import load_params
 from tumorseg.postprocess import PostProcess
 from tumorseg.preprocess import normalize_intensity, preprocess_image, resize_probabilities
-from tumorseg.readers import find_inputs, nifti_mask_volume, read_scan
+from tumorseg.readers import find_inputs, nifti_mask_volume, read_scan, unique_stem
 
 EXIT_OK, EXIT_INPUT_FAILED, EXIT_SETUP = 0, 1, 2
 DEFAULT_PERCENTILE = 99.5
@@ -218,6 +218,7 @@ def write_scan_outputs(scan, stem, probability_maps, settings, out_dir):
         probabilities = resize_probabilities(small, image.shape)
         mask = settings["postprocess"].apply(binarize(probabilities, settings["threshold"]))
         name = stem if len(scan.slices) == 1 and scan.kind != "nifti" else f"{stem}_slice{index:03d}"
+        name = unique_stem(name, settings["names_taken"])  # vol.nii.gz slice 1 and vol_slice001.png differ
         names = {"mask_png": f"{name}_mask.png", "overlay_png": f"{name}_overlay.png"}
         write_png(out_dir / names["mask_png"], mask.astype(np.uint8) * 255)
         write_png(out_dir / names["overlay_png"], overlay_image(image, mask, settings["percentile"]))
@@ -296,6 +297,8 @@ def run_predict(model, args, settings):
     if failures:
         write_csv(args.out / "failures.csv", ("input", "reason"),
                   [{"input": str(path), "reason": reason} for path, reason in failures])
+    else:  # an --overwrite rerun: the failures of an earlier run are not this run's
+        (args.out / "failures.csv").unlink(missing_ok=True)
     print(f"{len(rows)} slice(s) from {len(inputs) - len(read_failures)} file(s) written to {args.out}; "
           f"{len(failures)} input(s) failed (threshold {settings['threshold']:g})")
     return EXIT_INPUT_FAILED if failures else EXIT_OK
@@ -325,6 +328,7 @@ def main(argv=None):
         settings = {"threshold": resolve_threshold(args), "percentile": resolve_percentile(args),
                     "axis": args.axis, "batch_size": args.batch_size}
         settings["postprocess"], settings["tta"] = resolve_postprocessing(args)
+        settings["names_taken"] = set()  # output names given so far in this run
         if args.inputs:
             check_free(args.out, args.overwrite, "--out")
         if args.export is not None:

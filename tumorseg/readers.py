@@ -212,7 +212,11 @@ def find_inputs(paths, out_dir=None):
         for path, relative in candidates:
             if path.resolve() not in seen:
                 seen.add(path.resolve())
-                found.append((path, unique_stem(strip_suffix(relative).as_posix(), stems)))
+                stem = strip_suffix(relative)
+                if stem.name in ("", ".", ".."):
+                    problems.append((path, "its name gives no output name; rename the file"))
+                    continue
+                found.append((path, unique_stem(stem.as_posix(), stems)))
     return found, problems, ignored
 
 
@@ -220,7 +224,8 @@ def strip_suffix(relative):
     """Path without its file-type suffix; other dots stay (DICOM files are often named by UID)."""
     lower = relative.name.lower()
     suffix = next((s for s in KNOWN_SUFFIXES if lower.endswith(s)), "")
-    return relative.with_name(relative.name[:len(relative.name) - len(suffix)] or relative.name)
+    name = relative.name[:len(relative.name) - len(suffix)] or relative.name
+    return relative.parent / name if name not in (".", "..") else Path(name)
 
 
 def unique_stem(stem, taken):

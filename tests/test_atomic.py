@@ -1,0 +1,50 @@
+"""Atomic outputs: renamed into place whole, with the permissions the umask gives."""
+
+import os
+import stat
+
+import pytest
+
+from tumorseg.atomic import atomic_dir, atomic_file
+
+
+@pytest.fixture
+def umask():
+    def set_umask(value):
+        os.umask(value)
+
+    old = os.umask(0o022)
+    yield set_umask
+    os.umask(old)
+
+
+def mode(path):
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.mark.parametrize("value, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+def test_outputs_get_the_permissions_of_the_umask(tmp_path, umask, value, file_mode, dir_mode):
+    umask(value)
+    with atomic_file(tmp_path / "out.json") as tmp:
+        tmp.write_text("{}")
+    with atomic_dir(tmp_path / "plots") as tmp:
+        (tmp / "a.csv").write_text("x\n")
+    assert mode(tmp_path / "out.json") == file_mode
+    assert mode(tmp_path / "plots") == dir_mode
+
+
+def test_a_failed_write_leaves_the_old_output_and_no_temporary(tmp_path):
+    (tmp_path / "out.json").write_text("old")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "a.csv").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_file(tmp_path / "out.json") as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("interrupted")
+    with pytest.raises(RuntimeError):
+        with atomic_dir(tmp_path / "plots") as tmp:
+            (tmp / "b.csv").write_text("half")
+            raise RuntimeError("interrupted")
+    assert (tmp_path / "out.json").read_text() == "old"
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["a.csv"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "plots"]
