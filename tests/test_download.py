@@ -72,6 +72,7 @@ class FakeFigshare:
         self.cut_once = set()  # paths whose first request is cut mid-body
         self.fail_statuses = {}  # path -> list of statuses to answer first
         self.ignore_range = False
+        self.redirects = {}  # path -> Location answered with 302
         self.log = []  # (path, Range header or None)
 
     def add(self, file_id, body):
@@ -86,6 +87,12 @@ class FakeFigshare:
 
             def do_GET(self):
                 fake.log.append((self.path, self.headers.get("Range")))
+                if self.path in fake.redirects:
+                    self.send_response(302)
+                    self.send_header("Location", fake.redirects[self.path])
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 body = fake.bodies.get(self.path)
                 pending = fake.fail_statuses.get(self.path)
                 if pending:
@@ -239,6 +246,17 @@ def test_md5_mismatch_removes_the_file(tmp_path, server):
     message = str(error.value)
     assert wrong in message and md5(body) in message and "c.zip" in message
     assert all_files(tmp_path) == []
+
+
+def test_redirect_to_plain_http_is_refused_and_loopback_followed(tmp_path, server):
+    body = b"the published file"
+    server.add(12, body)
+    server.redirects["/files/13"] = "/files/12"  # same loopback server: followed
+    assert download_file(f"{server.base_url}/13", tmp_path / "a.zip", md5(body), retries=0).read_bytes() == body
+    server.redirects["/files/14"] = "http://example.com/files/12"
+    with pytest.raises(DownloadError, match="redirected to http://example.com/files/12, which is not https"):
+        download_file(f"{server.base_url}/14", tmp_path / "b.zip", md5(body), retries=3, backoff=100)
+    assert all_files(tmp_path) == ["a.zip"]
 
 
 @pytest.mark.parametrize("url", ["http://example.com/files", "ftp://127.0.0.1/files", "ndownloader.figshare.com"])

@@ -17,7 +17,7 @@ import zipfile
 import zlib
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
 from tqdm import tqdm
@@ -165,12 +165,32 @@ def _is_wanted(name):
 
 # ---------------------------------------------------------------- download
 
+def is_secure(url):
+    """https, or http to a loopback host (tests)."""
+    parts = urlsplit(url)
+    return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
+
+
 def check_base_url(base_url):
     """Accept https URLs, and http only to loopback hosts."""
-    parts = urlsplit(base_url)
-    if parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS):
+    if is_secure(base_url):
         return base_url.rstrip("/")
     raise ValueError(f"data.figshare_url {base_url!r} must be an https:// URL (e.g. {FIGSHARE_URL}).")
+
+
+class HttpsOnlySession(requests.Session):
+    """A session that refuses, before following it, a redirect to anything but https (or loopback http)."""
+
+    def get_redirect_target(self, response):
+        target = super().get_redirect_target(response)
+        if target is not None:
+            absolute = urljoin(response.url, target)
+            if not is_secure(absolute):
+                raise DownloadError(
+                    f"{response.url}: the server redirected to {absolute}, which is not https; refused. "
+                    "Check data.figshare_url, or download the files yourself and set data.source to their folder."
+                )
+        return target
 
 
 def download_files(base_url, download_dir, files=FIGSHARE_FILES, retries=4, backoff=2.0, timeout=TIMEOUT_S):
@@ -232,7 +252,7 @@ def _fetch(url, part, size, timeout):
     headers = {"Accept-Encoding": "identity"}
     if offset:
         headers["Range"] = f"bytes={offset}-"
-    with requests.get(url, headers=headers, stream=True, timeout=timeout) as response:
+    with HttpsOnlySession() as session, session.get(url, headers=headers, stream=True, timeout=timeout) as response:
         status = response.status_code
         if status == 416:
             part.unlink(missing_ok=True)
