@@ -4,7 +4,7 @@ import os
 import numpy as np
 import pytest
 
-from tumorseg.convert import mat_to_numpy
+from tumorseg.convert import ConversionError, mat_to_numpy
 from tumorseg.data import load_arrays
 from tumorseg.matfile import MatFormatError, Slice, write_slice
 from tumorseg.preprocess import normalize_intensity, preprocess_mask, resize_area
@@ -79,6 +79,18 @@ def test_corrupt_file_names_the_file_and_writes_nothing(tmp_path):
     with pytest.raises(MatFormatError, match="2.mat"):
         mat_to_numpy(tmp_path / "raw", tmp_path / "numpy", image_size=16, workers=1)
     assert not (tmp_path / "numpy").exists()
+    assert os.listdir(tmp_path) == ["raw"]
+
+
+def test_every_bad_file_is_listed_on_its_own_line(tmp_path):
+    write_slices(tmp_path / "raw", [(32, 32)] * 5)
+    for index in (2, 4):
+        (tmp_path / "raw" / f"{index}.mat").write_text("not a slice")
+    with pytest.raises(ConversionError) as error:
+        mat_to_numpy(tmp_path / "raw", tmp_path / "numpy", image_size=16, workers=2)
+    first, *lines = str(error.value).splitlines()
+    assert first.startswith("2 of 5 slice file(s)") and "nothing was written" in first
+    assert [line.split(":")[0] for line in lines] == [str(tmp_path / "raw" / "2.mat"), str(tmp_path / "raw" / "4.mat")]
     assert os.listdir(tmp_path) == ["raw"]
 
 

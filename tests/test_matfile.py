@@ -111,3 +111,34 @@ def test_missing_struct_and_wrong_shapes_are_reported(tmp_path):
         del f["cjdata"]
     with pytest.raises(MatFormatError, match="cjdata"):
         read_slice(path)
+
+
+@pytest.mark.parametrize(
+    "field, data, message",
+    [
+        ("PID", np.array([[77.0], [82.0]]), "field 'PID' must hold integer character codes, found float64"),
+        ("PID", np.zeros((2, 1), np.uint16), "field 'PID' must hold character codes"),
+        ("label", np.array([b"glioma"]), "field 'label' must hold numbers"),
+        ("image", np.full((12, 10), np.nan), "field 'image' holds NaN"),
+        ("tumorMask", np.array([b"x"] * 3), "field 'tumorMask' must hold numbers"),
+    ],
+)
+def test_odd_field_types_name_the_file_and_the_field(tmp_path, field, data, message):
+    path = tmp_path / "8.mat"
+    write_slice(path, small_slice())
+    with h5py.File(path, "r+") as f:
+        del f["cjdata"][field]
+        f["cjdata"].create_dataset(field, data=data)
+    with pytest.raises(MatFormatError, match=message) as error:
+        read_slice(path)
+    assert str(error.value).startswith(f"{path}: ")
+
+
+def test_a_field_that_is_a_group_is_reported(tmp_path):
+    path = tmp_path / "9.mat"
+    write_slice(path, small_slice())
+    with h5py.File(path, "r+") as f:
+        del f["cjdata"]["image"]
+        f["cjdata"].create_group("image")
+    with pytest.raises(MatFormatError, match="field 'image' must hold numbers, found Group"):
+        read_slice(path)

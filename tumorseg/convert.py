@@ -19,7 +19,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tumorseg.atomic import atomic_dir
-from tumorseg.matfile import SLICE_NAME, read_slice
+from tumorseg.matfile import SLICE_NAME, MatFormatError, read_slice
 from tumorseg.preprocess import preprocess_image, preprocess_mask
 
 
@@ -38,6 +38,10 @@ def list_slices(raw_dir):
     return sorted(found)
 
 
+class ConversionError(MatFormatError):
+    """One or more slice files could not be converted; the message lists each with its reason."""
+
+
 def convert_slice(path, image_size, percentile):
     """One .mat file -> (image, mask, label, pid) at the model resolution."""
     slice_ = read_slice(path, with_border=False)
@@ -49,25 +53,45 @@ def convert_slice(path, image_size, percentile):
     )
 
 
+def _convert_or_report(path, image_size, percentile):
+    """convert_slice's result, or the MatFormatError's message of a bad file (the others go on)."""
+    try:
+        return convert_slice(path, image_size, percentile)
+    except MatFormatError as error:
+        return str(error)
+
+
 def mat_to_numpy(raw_dir, out_dir, image_size=128, percentile=99.5, workers=None):
-    """Convert every N.mat of raw_dir; return the number of slices."""
+    """Convert every N.mat of raw_dir; return the number of slices.
+
+    Every file is tried; when any is bad, ConversionError lists all of them
+    (one line each) and nothing is written.
+    """
     if image_size < 8:
         raise ValueError(f"data.image_size must be at least 8, got {image_size}.")
     slices = list_slices(raw_dir)
     count = len(slices)
     workers = workers or os.cpu_count() or 1
-    convert = partial(convert_slice, image_size=image_size, percentile=percentile)
+    convert = partial(_convert_or_report, image_size=image_size, percentile=percentile)
     labels = np.zeros(count, np.uint8)
-    pids = []
+    pids, bad = [], []
     with atomic_dir(out_dir) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.float32, (count, image_size, image_size))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (count, image_size, image_size))
         paths = [path for _, path in slices]
         with Pool(workers) as pool:
             results = pool.imap(convert, paths, chunksize=16)
-            for i, (image, mask, label, pid) in enumerate(tqdm(results, total=count, desc="mat_to_numpy", unit="slice")):
-                images[i], masks[i], labels[i] = image, mask, label
-                pids.append(pid)
+            for i, result in enumerate(tqdm(results, total=count, desc="mat_to_numpy", unit="slice")):
+                if isinstance(result, str):
+                    bad.append(result)
+                    continue
+                images[i], masks[i], labels[i] = result[:3]
+                pids.append(result[3])
+        if bad:
+            raise ConversionError(
+                f"{len(bad)} of {count} slice file(s) in {raw_dir} could not be read; nothing was written. "
+                "Download or extract them again (dvc repro download), or remove them:\n" + "\n".join(bad)
+            )
         images.flush()
         masks.flush()
         del images, masks

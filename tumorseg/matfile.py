@@ -50,6 +50,18 @@ def _check_signature(path):
     )
 
 
+def _numeric_field(path, group, name, integer=False):
+    """The array of field `name`; MatFormatError naming the file and the field unless it is numeric."""
+    item = group[name]
+    data = item[()] if isinstance(item, h5py.Dataset) else None
+    kind = np.integer if integer else np.number
+    if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, kind):
+        found = getattr(data, "dtype", type(item).__name__)
+        wanted = "integer character codes" if integer else "numbers"
+        raise MatFormatError(f"{path}: field '{name}' must hold {wanted}, found {found}; the file is not a figshare slice.")
+    return data
+
+
 def read_slice(path, with_border=True):
     """Read one slice; raise MatFormatError naming the file and the fix."""
     path = Path(path)
@@ -66,15 +78,18 @@ def read_slice(path, with_border=True):
                     f"{path}: 'cjdata' lacks field(s) {', '.join(missing)}; "
                     "the file is incomplete: download or extract it again."
                 )
-            image = group["image"][()].T
-            mask = group["tumorMask"][()].T
-            label = group["label"][()]
-            pid_codes = group["PID"][()]
-            border = group["tumorBorder"][()] if with_border else np.zeros((1, 0))
+            image = _numeric_field(path, group, "image").T
+            mask = _numeric_field(path, group, "tumorMask").T
+            label = _numeric_field(path, group, "label")
+            pid_codes = _numeric_field(path, group, "PID", integer=True)
+            border = _numeric_field(path, group, "tumorBorder") if with_border else np.zeros((1, 0))
     except MatFormatError:
         raise
     except (OSError, KeyError) as error:
         raise MatFormatError(f"{path}: unreadable HDF5 data ({error}); the file is corrupt or truncated.") from error
+
+    if not np.isfinite(image).all():
+        raise MatFormatError(f"{path}: field 'image' holds NaN or infinite values; the file is damaged.")
 
     if image.ndim != 2 or image.shape != mask.shape:
         raise MatFormatError(
@@ -84,7 +99,9 @@ def read_slice(path, with_border=True):
         raise MatFormatError(f"{path}: label must be one of 1, 2, 3, found {label.ravel()[:3]}.")
     if border.size % 2:
         raise MatFormatError(f"{path}: tumorBorder must hold x, y pairs, found {border.size} values.")
-    pid = "".join(chr(code) for code in pid_codes.ravel())
+    if pid_codes.size == 0 or pid_codes.min() < 1 or pid_codes.max() > 0x10FFFF:
+        raise MatFormatError(f"{path}: field 'PID' must hold character codes, found {pid_codes.ravel()[:5]}.")
+    pid = "".join(chr(int(code)) for code in pid_codes.ravel())
     return Slice(
         image=image.astype(np.int16, copy=False),
         mask=(mask > 0).astype(np.uint8),
