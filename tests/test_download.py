@@ -332,6 +332,46 @@ def test_local_whole_article_zip(tmp_path, figshare_zips, mat_bytes):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["article", "raw"]
 
 
+def test_nested_zips_of_one_name_and_deeper_nesting_are_all_extracted(tmp_path, mat_bytes):
+    source = tmp_path / "src"
+    source.mkdir()
+    inner_a = make_zip({"1.mat": mat_bytes["1.mat"]})
+    inner_b = make_zip({"2.mat": mat_bytes["2.mat"]})
+    two_deep = make_zip({"deeper/part.zip": make_zip({"3.mat": mat_bytes["3.mat"]})})
+    (source / "a.zip").write_bytes(make_zip({"x/part.zip": inner_a, "y/part.zip": inner_b}))
+    (source / "b.zip").write_bytes(make_zip({"part.zip": two_deep, "4.mat": mat_bytes["4.mat"]}))
+    prepare_raw(str(source), tmp_path / "raw")
+    assert names(tmp_path / "raw") == ["1.mat", "2.mat", "3.mat", "4.mat"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["raw", "src"]
+
+
+def test_zips_nested_too_deep_are_an_error_not_skipped(tmp_path, mat_bytes):
+    body = make_zip({"1.mat": mat_bytes["1.mat"]})
+    for level in range(download.MAX_ZIP_NESTING + 1):
+        body = make_zip({f"level{level}.zip": body})
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "outer.zip").write_bytes(body)
+    with pytest.raises(ArchiveError, match="nested more than 3 levels deep"):
+        prepare_raw(str(tmp_path / "src"), tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+@pytest.mark.parametrize("member", ["7.mat", "inner.zip"])
+def test_a_member_expanding_past_the_cap_is_refused(tmp_path, monkeypatch, member):
+    monkeypatch.setattr(download, "MAX_SLICE_BYTES", 1 << 20)
+    monkeypatch.setattr(download, "MAX_NESTED_ZIP_BYTES", 1 << 20)
+    (tmp_path / "src").mkdir()
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr(member, bytes(3 << 20), compress_type=zipfile.ZIP_DEFLATED)
+    bomb = buffer.getvalue()
+    assert len(bomb) < 20_000  # 3 MB of zeros
+    (tmp_path / "src" / "bomb.zip").write_bytes(bomb)
+    with pytest.raises(ArchiveError, match=f"bomb.zip:{member}: expands to more than 1 MB"):
+        prepare_raw(str(tmp_path / "src"), tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
 def test_empty_folder_and_missing_path(tmp_path):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "cvind.mat").write_bytes(b"only cvind")

@@ -32,6 +32,10 @@ CVIND = "cvind.mat"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 RETRY_STATUS = {429, 500, 502, 503, 504}
 CHUNK_BYTES = 1 << 16  # small: a cut connection loses at most one chunk
+# Extraction caps (a zip bomb stops at the cap): a real slice file is under 2 MB, a figshare inner zip under 300 MB
+MAX_SLICE_BYTES = 64 << 20
+MAX_NESTED_ZIP_BYTES = 2 << 30
+MAX_ZIP_NESTING = 3  # zips inside zips, at most this many levels below the source's own zips
 TIMEOUT_S = 60
 
 
@@ -309,16 +313,29 @@ def _copy_loose(paths, build):
 
 
 def _extract_zips(zips, build):
-    """Extract N.mat members of zips (and of zips nested one level inside) into build."""
+    """Extract N.mat members of zips, and of the zips nested inside them, into build."""
     with tempfile.TemporaryDirectory(dir=build.parent, prefix=f".{build.name}.nested.") as nested_dir:
-        for zip_path in zips:
-            for inner in extract_zip(zip_path, build, nested_dir=Path(nested_dir)):
-                extract_zip(inner, build, origin=f"{zip_path}:{inner.name}")
-                inner.unlink()
+        pending = [(Path(zip_path), str(zip_path), 0) for zip_path in zips]
+        while pending:
+            zip_path, origin, depth = pending.pop(0)
+            for inner, name in extract_zip(zip_path, build, nested_dir=Path(nested_dir), origin=origin):
+                if depth + 1 > MAX_ZIP_NESTING:
+                    raise ArchiveError(
+                        f"{origin}:{name}: zips nested more than {MAX_ZIP_NESTING} levels deep; "
+                        "extract the outer ones yourself and point data.source at the result."
+                    )
+                pending.append((inner, f"{origin}:{name}", depth + 1))
+            if depth:
+                zip_path.unlink()
 
 
 def extract_zip(zip_path, target, nested_dir=None, origin=None):
-    """Flatten N.mat and cvind.mat members into target; return nested zips copied to nested_dir."""
+    """Flatten N.mat and cvind.mat members into target; return the nested zips copied to nested_dir.
+
+    Each nested zip comes back as (path in nested_dir, member name); the copies
+    get unique names, so two nested zips of the same name are both kept.
+    Without nested_dir a nested zip is an error, never skipped silently.
+    """
     origin = origin or str(zip_path)
     nested = []
     try:
@@ -327,16 +344,32 @@ def extract_zip(zip_path, target, nested_dir=None, origin=None):
                 name = PurePosixPath(info.filename.replace("\\", "/")).name
                 if _is_wanted(name):
                     _extract_member(archive, info, Path(target) / name, origin)
-                elif name.lower().endswith(".zip") and nested_dir is not None:
-                    with archive.open(info) as src, open(nested_dir / name, "wb") as dst:
-                        shutil.copyfileobj(src, dst, CHUNK_BYTES)
-                    nested.append(nested_dir / name)
+                elif name.lower().endswith(".zip"):
+                    if nested_dir is None:
+                        raise ArchiveError(f"{origin}: holds the zip {info.filename!r}; extract it first.")
+                    fd, copy = tempfile.mkstemp(dir=nested_dir, suffix=f"-{name}")
+                    with archive.open(info) as src, open(fd, "wb") as dst:
+                        _copy_capped(src, dst, MAX_NESTED_ZIP_BYTES, f"{origin}:{info.filename}")
+                    nested.append((Path(copy), name))
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError) as error:
         raise ArchiveError(
             f"{origin}: not a readable zip ({error}); it is corrupt or truncated: "
             "delete it and download it again."
         ) from error
     return nested
+
+
+def _copy_capped(src, dst, limit, what):
+    """Copy src to dst; ArchiveError when more than `limit` bytes come out (a zip bomb, whatever it declares)."""
+    copied = 0
+    for block in iter(lambda: src.read(CHUNK_BYTES), b""):
+        copied += len(block)
+        if copied > limit:
+            raise ArchiveError(
+                f"{what}: expands to more than {limit >> 20} MB, far more than any file of the dataset; "
+                "refusing to extract it (a damaged or malicious zip): use the original figshare download."
+            )
+        dst.write(block)
 
 
 def _safe_members(archive, origin):
@@ -360,5 +393,9 @@ def _extract_member(archive, info, target, origin):
         if zlib.crc32(target.read_bytes()) == info.CRC:
             return
         raise SourceError(f"{target.name} found twice with different contents (again in {origin}); keep one source.")
-    with archive.open(info) as src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, CHUNK_BYTES)
+    try:
+        with archive.open(info) as src, open(target, "wb") as dst:
+            _copy_capped(src, dst, MAX_SLICE_BYTES, f"{origin}:{info.filename}")
+    except ArchiveError:
+        target.unlink(missing_ok=True)
+        raise
