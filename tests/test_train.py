@@ -1,4 +1,6 @@
 import json
+import subprocess
+import sys
 
 import keras
 import numpy as np
@@ -7,11 +9,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from tests.helpers import StopAtEpoch
+from tests.helpers import StopAtEpoch, identity_model
 from tumorseg.convert import mat_to_numpy
 from tumorseg.split import assign_subsets, write_split
 from tumorseg.synthetic import write_dataset
-from tumorseg.train import learning_rate, oversampled, train, validate_params
+from tumorseg import train as train_module
+from tumorseg.train import finish, learning_rate, oversampled, train, validate_params
 
 PARAMS = yaml.safe_load(open("params.yaml"))
 
@@ -78,6 +81,11 @@ def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
     assert not (tmp_path / "work").exists()
     with Image.open(tmp_path / "plots" / "curves.png") as picture:
         assert picture.format == "PNG" and picture.size == (1200, 320)
+    # the published model loads in plain Keras, without this package's loss and metrics
+    load = f"import keras; print(keras.models.load_model({str(tmp_path / 'model.keras')!r}).output_shape)"
+    loaded = subprocess.run([sys.executable, "-c", load], capture_output=True, text=True, cwd=tmp_path)
+    assert loaded.returncode == 0, loaded.stderr[-2000:]
+    assert loaded.stdout.strip().endswith("(None, 64, 64, 1)")
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "exponential"])
@@ -192,3 +200,25 @@ def test_nan_loss_stops_with_a_clear_message(synthetic_data, tmp_path):
     with pytest.raises(RuntimeError, match="NaN"):
         run(params, synthetic_data, tmp_path)
     assert not (tmp_path / "model.keras").exists()
+
+
+def test_an_interrupted_finish_never_leaves_new_model_beside_old_metrics(tmp_path, monkeypatch):
+    work = tmp_path / "work"
+    (work / "dvclive" / "plots").mkdir(parents=True)
+    identity_model(work / "best.keras", 8)
+    history = {"epoch": [0, 1], "loss": [0.9, 0.5], "val_loss": [0.8, 0.6], "dice": [0.2, 0.6], "val_dice": [0.3, 0.7],
+               "iou": [0.1, 0.4], "val_iou": [0.2, 0.5], "learning_rate": [1e-3, 1e-4]}
+    pd.DataFrame(history).to_csv(work / "history.csv", index=False)
+    (tmp_path / "train.json").write_text('{"best_epoch": 9}')  # an earlier run's
+
+    def interrupted(history):
+        raise KeyboardInterrupt("Ctrl-C while the plots are written")
+
+    monkeypatch.setattr(train_module, "training_curves_figure", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        finish(work, tmp_path / "model.keras", tmp_path / "train.json", tmp_path / "plots", 0, ("val_dice", "max"))
+    assert (tmp_path / "model.keras").is_file() and not (tmp_path / "train.json").exists()
+    monkeypatch.undo()
+    metrics = finish(work, tmp_path / "model.keras", tmp_path / "train.json", tmp_path / "plots", 0, ("val_dice", "max"))
+    assert metrics["best_epoch"] == 2 and json.loads((tmp_path / "train.json").read_text()) == metrics
+    assert not work.exists()

@@ -30,7 +30,8 @@ def atomic_file(path):
     """Yield a temporary path beside `path`; rename it to `path` on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    # the temporary keeps the suffix, for writers that choose the format by it (Keras: .keras)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
     tmp = Path(tmp)
     try:

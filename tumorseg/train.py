@@ -408,6 +408,16 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     return metrics
 
 
+def save_for_inference(checkpoint, path):
+    """Save the checkpoint's model without its training configuration (loss, metrics, optimizer state).
+
+    The published model then loads with plain `keras.models.load_model`, in a
+    notebook that never imports this package.
+    """
+    model = keras.models.load_model(checkpoint, compile=False)
+    model.save(path)
+
+
 def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, monitored=("val_loss", "min"),
            with_dvclive_plots=True):
     """Check the run, then move its results into the DVC outputs (best `monitored` epoch from `first_epoch` on)."""
@@ -423,13 +433,15 @@ def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, monitor
     best = best_epoch_row(history, first_epoch, *monitored)
     metrics = {"best_epoch": int(best["epoch"]) + 1, "epochs": len(history)}
     metrics.update({key: round(float(best[key]), 5) for key in best.index if key != "epoch"})
+    # The metrics go first and come back last: an interruption leaves no metrics beside a new model.
+    Path(metrics_path).unlink(missing_ok=True)
     with atomic_file(model_path) as tmp:
-        shutil.copyfile(work_dir / "best.keras", tmp)
-    write_json(metrics_path, metrics)
+        save_for_inference(work_dir / "best.keras", tmp)
     with atomic_dir(plots_dir) as tmp:
         if with_dvclive_plots:
             shutil.copytree(work_dir / "dvclive" / "plots", tmp, dirs_exist_ok=True)
         training_curves_figure(history).savefig(tmp / "curves.png")
+    write_json(metrics_path, metrics)
     shutil.rmtree(work_dir)
     print(f"best epoch {metrics['best_epoch']}: val_loss {metrics['val_loss']}, val_dice {metrics.get('val_dice')}")
     return metrics
