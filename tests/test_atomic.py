@@ -48,3 +48,20 @@ def test_a_failed_write_leaves_the_old_output_and_no_temporary(tmp_path):
     assert (tmp_path / "out.json").read_text() == "old"
     assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["a.csv"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json", "plots"]
+
+
+def test_a_symlinked_output_stays_a_link_and_its_target_is_replaced(tmp_path):
+    (tmp_path / "big" / "raw").mkdir(parents=True)
+    (tmp_path / "big" / "raw" / "old.mat").write_text("old")
+    (tmp_path / "big" / "train.json").write_text("old")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "raw").symlink_to(tmp_path / "big" / "raw")
+    (tmp_path / "data" / "train.json").symlink_to(tmp_path / "big" / "train.json")
+    with atomic_dir(tmp_path / "data" / "raw") as tmp:
+        (tmp / "1.mat").write_text("new")
+    with atomic_file(tmp_path / "data" / "train.json") as tmp:
+        tmp.write_text("new")
+    assert (tmp_path / "data" / "raw").is_symlink() and (tmp_path / "data" / "train.json").is_symlink()
+    assert sorted(p.name for p in (tmp_path / "big" / "raw").iterdir()) == ["1.mat"]
+    assert (tmp_path / "big" / "train.json").read_text() == "new"
+    assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["raw", "train.json"]

@@ -218,6 +218,19 @@ def test_every_output_name_is_unique_and_an_unnamable_input_is_skipped(tmp_path,
     assert by_input[("vol_slice001.png", "0")] == "vol_slice001-2_mask.png"
 
 
+def test_every_frame_of_a_multipage_tiff_is_a_slice(tmp_path, model_path):
+    frames = [Image.fromarray((scan_image((30, 26), seed) * 255).astype(np.uint8)) for seed in range(3)]
+    frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
+    out = tmp_path / "out"
+    assert main([str(tmp_path / "stack.tif"), "--out", str(out), "--model", str(model_path)]) == 0
+    rows = read_rows(out)
+    assert [(row["slice"], row["mask_png"]) for row in rows] == [
+        (str(k), f"stack_slice{k:03d}_mask.png") for k in range(3)
+    ]
+    assert all(png_shape(out / row["mask_png"]) == (30, 26) for row in rows)
+    assert len({row["max_probability_in_image"] for row in rows}) > 1  # three different images
+
+
 def test_an_overwrite_rerun_reports_only_its_own_failures(tmp_path, model_path):
     folder = tmp_path / "scans"
     folder.mkdir()

@@ -1,7 +1,9 @@
 """Write outputs under a temporary name and rename them into place.
 
 An interrupted stage then never leaves a half-written file or folder that
-DVC would take for a finished output. The renamed output gets the
+DVC would take for a finished output. An output that is a symbolic link
+(e.g. data/raw pointing to a bigger disk) stays a link: its target is
+replaced, beside itself. The renamed output gets the
 permissions the user's umask gives a new file or folder (the temporary one
 is created private, 0600 / 0700).
 """
@@ -20,6 +22,12 @@ def current_umask():
     return mask
 
 
+def _through_link(path):
+    """The path to replace: a symbolic link's target (the link is kept), else the path itself."""
+    path = Path(path)
+    return path.resolve() if path.is_symlink() else path
+
+
 def _usual_permissions(path, folder=False):
     """Give `path` the mode a new file (0666) or folder (0777) gets under the umask."""
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
@@ -28,7 +36,7 @@ def _usual_permissions(path, folder=False):
 @contextlib.contextmanager
 def atomic_file(path):
     """Yield a temporary path beside `path`; rename it to `path` on success."""
-    path = Path(path)
+    path = _through_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     # the temporary keeps the suffix, for writers that choose the format by it (Keras: .keras)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
@@ -45,7 +53,7 @@ def atomic_file(path):
 @contextlib.contextmanager
 def atomic_dir(path):
     """Yield an empty temporary folder beside `path`; it replaces `path` on success."""
-    path = Path(path)
+    path = _through_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageSequence
 
 from tumorseg.matfile import read_slice
 
@@ -84,14 +84,15 @@ def _luma(rgb):
 
 
 def read_image(path):
-    """PNG/JPEG/TIFF, 8 or 16 bit; colour converted to gray."""
+    """PNG/JPEG/TIFF, 8 or 16 bit; colour converted to gray. Every frame of a multi-page TIFF is a slice
+    (numbered from 0, like NIfTI slices)."""
+    slices = []
     with Image.open(path) as image:
-        image.load()
-        if image.mode in HIGH_BIT_MODES:
-            array = np.asarray(image)
-        else:
-            array = np.asarray(image.convert("L"))
-    return ScanFile(path, "image", [_checked_slice(path, array)])
+        for frame in ImageSequence.Iterator(image):
+            frame.load()
+            array = np.asarray(frame) if frame.mode in HIGH_BIT_MODES else np.asarray(frame.convert("L"))
+            slices.append(_checked_slice(path, array))
+    return ScanFile(path, "image", slices, slice_indices=list(range(len(slices))))
 
 
 def read_mat(path):
