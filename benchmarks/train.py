@@ -1,6 +1,7 @@
 """Benchmark training and prediction speed (slices/s) of a U-Net configuration on this machine.
 
     python benchmarks/train.py [--filters 64] [--size 128] [--batch 32] [--precision float32] [--steps 10]
+    python benchmarks/train.py --recipe cpu   # the configuration of params.yaml with recipes/cpu.yaml applied
     python benchmarks/train.py --quick        # a few steps of a tiny model, to check the script runs
 
 Training goes through the project's tf.data pipeline with augmentation
@@ -29,6 +30,8 @@ from tumorseg.hardware import cpu_flags, cpu_summary  # noqa: E402
 from tumorseg.inference import load_model  # noqa: E402
 from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
 from tumorseg.model import build_unet  # noqa: E402
+from tumorseg.params import load_params  # noqa: E402
+from tumorseg.recipe import applied, load_recipe  # noqa: E402
 
 WARMUP_STEPS = 2
 
@@ -80,8 +83,15 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compare-feed", action="store_true",
                         help="also time training on a pre-made in-memory batch (no input pipeline)")
+    parser.add_argument("--recipe", metavar="NAME",
+                        help="filters, depth, size, batch and precision of params.yaml with recipes/NAME.yaml applied")
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
+    if args.recipe:
+        params = applied(load_params(), load_recipe(args.recipe))
+        args.filters, args.depth = int(params["model"]["filters"]), int(params["model"]["depth"])
+        args.size, args.batch = int(params["data"]["image_size"]), int(params["train"]["batch_size"])
+        args.precision = params["train"]["precision"]
     if args.quick:
         args.filters, args.depth, args.size, args.batch, args.steps = 4, 2, 32, 4, 2
 

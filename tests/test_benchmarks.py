@@ -23,3 +23,9 @@ def test_train_benchmark_quick():
     expected = ("command:", "machine:", "train:", "cores busy on average", "train on a pre-made batch:", "predict:")
     for line in expected:
         assert line in output
+
+
+def test_train_benchmark_takes_a_recipe():
+    output = run_script("benchmarks/train.py", "--recipe", "cpu", "--steps", "1")
+    assert "command: python benchmarks/train.py --recipe cpu" in output
+    assert "16 base filters" in output and "train:" in output

@@ -3,7 +3,7 @@
 import pytest
 import yaml
 
-from tumorseg.recipe import RECIPES_DIR, RecipeError, as_options, available, load_recipe, main
+from tumorseg.recipe import RECIPES_DIR, RecipeError, applied, as_options, available, load_recipe, main
 
 
 def test_every_shipped_recipe_names_real_parameters():
@@ -20,6 +20,13 @@ def test_options_are_yaml_values_that_read_back(tmp_path):
                              "train.augment.hflip=true"]
     for option, (key, value) in zip(options[1::2], overrides.items()):
         assert yaml.safe_load(option.split("=", 1)[1]) == value
+
+
+def test_applied_sets_nested_values_on_a_copy():
+    params = {"model": {"filters": 64}, "train": {"augment": {"zoom": 0.0}}}
+    result = applied(params, {"model.filters": 16, "train.augment.zoom": 0.1})
+    assert result == {"model": {"filters": 16}, "train": {"augment": {"zoom": 0.1}}}
+    assert params["model"]["filters"] == 64
 
 
 def test_unknown_parameter_or_recipe_is_a_named_error(tmp_path):

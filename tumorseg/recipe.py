@@ -13,6 +13,7 @@ being added to params.yaml as a new, unused key.
 """
 
 import argparse
+import copy
 import sys
 from pathlib import Path
 
@@ -47,6 +48,18 @@ def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
                 raise RecipeError(f"{path}: {key!r} is not a parameter of {params_path}; fix the name.")
             section = section[part]
     return overrides
+
+
+def applied(params, overrides):
+    """A copy of `params` with the dotted-path `overrides` set."""
+    params = copy.deepcopy(params)
+    for key, value in overrides.items():
+        *sections, last = key.split(".")
+        target = params
+        for part in sections:
+            target = target[part]
+        target[last] = value
+    return params
 
 
 def as_options(overrides):
