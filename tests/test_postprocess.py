@@ -75,8 +75,7 @@ def test_tta_leaves_a_flip_equivariant_model_unchanged():
     images = np.random.default_rng(0).random((5, 16, 16), dtype=np.float32)
     model = conv_model(16, [[1, 2, 1], [2, 4, 2], [1, 2, 1]])  # symmetric kernel: commutes with flips
     plain = predict_probabilities(model, images, np.arange(5), batch_size=2)
-    for tta in ("hflip", "flips"):
-        np.testing.assert_allclose(predict_probabilities(model, images, np.arange(5), 2, tta), plain, atol=1e-5)
+    np.testing.assert_allclose(predict_probabilities(model, images, np.arange(5), 2, "hflip"), plain, atol=1e-5)
 
 
 def test_tta_averages_the_flipped_predictions_flipped_back():
