@@ -1,10 +1,10 @@
-"""tf.data input pipeline with augmentation applied identically to image and mask."""
+"""tf.data input pipeline with augmentation applied identically to image and mask (the TensorFlow backend's;
+tumorseg.batches chooses the pipeline for the backend in use)."""
 
 import numpy as np
 import tensorflow as tf
 
-
-AUGMENT_DEFAULTS = {"hflip": True, "vflip": False, "brightness": 0.0, "contrast": 0.0, "zoom": 0.0, "rotation": 0.0}
+from tumorseg.batches import AUGMENT_DEFAULTS
 
 
 def _flip(image, mask, seed, axis):

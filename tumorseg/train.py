@@ -6,6 +6,7 @@ stage runs again with the same params and split. The DVC outputs, models/,
 metrics/train.json and plots/train/, are written only when training ends.
 """
 
+import contextlib
 import hashlib
 import json
 import math
@@ -17,18 +18,16 @@ from pathlib import Path
 import keras
 import numpy as np
 import pandas as pd
-import tensorflow as tf
 from dvclive import Live
-from dvclive.keras import DVCLiveCallback
+from dvclive.utils import standardize_metric_name
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.data import load_arrays, read_split, subset_positions
-from tumorseg.dataset import make_dataset
+from tumorseg.batches import make_batches
 from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
 from tumorseg.hardware import cpu_flags, precision_warning
 from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
-from tumorseg.multiworker import allow_fit, check_workers_agree, cluster_task
 from tumorseg.render import training_curves_figure
 
 SCHEDULES = ("cosine", "exponential", "plateau")
@@ -51,6 +50,11 @@ def validate_params(params):
                          ("monitor", tuple(MONITOR_MODES))):
         if train[key] not in allowed:
             raise ValueError(f"train.{key} must be one of {', '.join(allowed)}, got {train[key]!r}.")
+    if train["strategy"] != "default" and keras.backend.backend() != "tensorflow":
+        raise ValueError(
+            f"train.strategy={train['strategy']} needs the TensorFlow backend; under KERAS_BACKEND="
+            f"{keras.backend.backend()} use train.strategy=default (one device)."
+        )
     if int(train["epochs"]) < 1 or int(train["batch_size"]) < 1:
         raise ValueError("train.epochs and train.batch_size must be at least 1.")
     validate_loss(train["loss"], int(train["epochs"]))
@@ -151,12 +155,23 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class EpochDVCLiveCallback(DVCLiveCallback):
-    """DVCLive's Keras callback with its step tied to the epoch, so a resumed run continues its curves."""
+class EpochDVCLiveCallback(keras.callbacks.Callback):
+    """Logs each epoch's metrics to DVCLive with the step tied to the epoch, so a resumed run continues its
+    curves. The names follow dvclive.keras (loss -> train/loss, val_loss -> eval/loss), whose own callback
+    is not used because it imports TensorFlow, which the JAX and PyTorch backends need not have."""
+
+    def __init__(self, live):
+        super().__init__()
+        self.live = live
 
     def on_epoch_end(self, epoch, logs=None):
         self.live.step = epoch
-        super().on_epoch_end(epoch, logs)
+        for name, value in (logs or {}).items():
+            self.live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
+        self.live.next_step()
+
+    def on_train_end(self, logs=None):
+        self.live.end()
 
 
 class CheckpointFromEpoch(keras.callbacks.ModelCheckpoint):
@@ -237,15 +252,55 @@ def best_monitored(history_csv, first_epoch, monitor, mode):
     return None if best is None else float(best[monitor])
 
 
+class OneDevice:
+    """The strategy of a backend without tf.distribute (JAX, PyTorch): one device, one replica."""
+
+    num_replicas_in_sync = 1
+
+    def scope(self):
+        return contextlib.nullcontext()
+
+
 def get_strategy(name):
     """One device; MirroredStrategy over every GPU (every logical CPU device when there is no GPU); or
-    MultiWorkerMirroredStrategy over the machines TF_CONFIG lists."""
+    MultiWorkerMirroredStrategy over the machines TF_CONFIG lists. Other backends than TensorFlow: one device."""
+    if keras.backend.backend() != "tensorflow":
+        return OneDevice()
+    import tensorflow as tf
+
     if name == "mirrored":
         devices = tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU")
         return tf.distribute.MirroredStrategy([device.name for device in devices])
     if name == "multiworker":
         return tf.distribute.MultiWorkerMirroredStrategy()
     return tf.distribute.get_strategy()
+
+
+def has_accelerator():
+    """Whether the Keras backend in use computes on a GPU."""
+    backend = keras.backend.backend()
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        return bool(tf.config.list_physical_devices("GPU"))
+    if backend == "jax":
+        import jax
+
+        return jax.default_backend() != "cpu"
+    if backend == "torch":
+        import torch
+
+        return torch.cuda.is_available()
+    return False
+
+
+def make_deterministic(seed):
+    """Seed Python, numpy and the backend; on TensorFlow also deterministic kernels."""
+    keras.utils.set_random_seed(seed)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.experimental.enable_op_determinism()
 
 
 def fingerprint(params, split_csv):
@@ -294,7 +349,10 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
           extra_callbacks=()):
     validate_params(params)
     train_params, model_params = params["train"], params["model"]
-    task = cluster_task() if train_params["strategy"] == "multiworker" else None
+    multiworker = None
+    if train_params["strategy"] == "multiworker":
+        from tumorseg import multiworker  # TensorFlow's multi-worker strategy and its Keras workaround
+    task = multiworker.cluster_task() if multiworker else None
     chief = task is None or task.chief
     scratch = None if chief else task.scratch_dir(work_dir)
     if scratch:  # the chief writes the outputs and the DVCLive curves; this worker's go to its scratch folder
@@ -303,11 +361,9 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     # MultiWorkerMirroredStrategy must exist before TensorFlow runs anything
     strategy = get_strategy(train_params["strategy"])
     seed = int(params["seed"])
-    keras.utils.set_random_seed(seed)
-    tf.config.experimental.enable_op_determinism()
+    make_deterministic(seed)
     keras.mixed_precision.set_global_policy(train_params["precision"])
-    has_gpu = bool(tf.config.list_physical_devices("GPU"))
-    warning = precision_warning(train_params["precision"], cpu_flags(), has_gpu)
+    warning = precision_warning(train_params["precision"], cpu_flags(), has_accelerator())
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 
@@ -331,11 +387,11 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
             f"train.strategy={train_params['strategy']} uses full batches only: the train ({len(train_images)}) and val "
             f"({len(val_images)}) subsets must each hold at least train.batch_size ({batch_size}) slices."
         )
-    train_data = make_dataset(train_images, train_masks, batch_size, True, train_params["augment"], seed,
+    train_data = make_batches(train_images, train_masks, batch_size, True, train_params["augment"], seed,
                               drop_remainder=several_replicas)
     # Several replicas cannot share a last, partial batch (a replica may get no slice), so they skip
     # it: model selection then sees up to batch_size - 1 fewer validation slices; evaluate sees all.
-    val_data = make_dataset(val_images, val_masks, batch_size, drop_remainder=several_replicas)
+    val_data = make_batches(val_images, val_masks, batch_size, drop_remainder=several_replicas)
     print(f"train: {len(train_images)} slices, val: {len(val_images)} slices")
 
     work_dir = Path(work_dir)
@@ -346,7 +402,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
         print(f"resuming the interrupted run kept in {work_dir}")
     if task:
         run_state = run_id + data_digest(train_images, train_masks, val_images, val_masks)
-        check_workers_agree(strategy, run_state, backup_epoch(work_dir))
+        multiworker.check_workers_agree(strategy, run_state, backup_epoch(work_dir))
 
     steps_per_epoch = (len(train_images) // batch_size) if several_replicas else math.ceil(len(train_images) / batch_size)
     with strategy.scope():
@@ -366,7 +422,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
                 set_encoder_trainable(model, phase.train_encoder)
             model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=training_metrics())
             if task:
-                allow_fit(model)
+                multiworker.allow_fit(model)
             if phase.first:  # the decay schedule continues where the last phase left it
                 model.optimizer.iterations.assign(phase.first * steps_per_epoch)
         callbacks = [

@@ -1,0 +1,109 @@
+"""The training input pipeline for the Keras backend in use.
+
+Under TensorFlow (the default) it is tumorseg.dataset's tf.data pipeline.
+Under JAX or PyTorch (KERAS_BACKEND=jax|torch), where TensorFlow may not be
+installed at all (the usual GPU image for JAX), it is ArrayBatches: numpy
+batches through keras.utils.PyDataset, with the same augmentations applied
+in numpy and scipy (same settings, same order: flips, zoom, rotation,
+brightness, contrast; geometric ones move image and mask together and keep
+the mask binary). The two draw different random numbers, so runs are
+reproducible within a backend, not across backends.
+"""
+
+import math
+
+import keras
+import numpy as np
+from scipy import ndimage
+
+AUGMENT_DEFAULTS = {"hflip": True, "vflip": False, "brightness": 0.0, "contrast": 0.0, "zoom": 0.0, "rotation": 0.0}
+
+
+def make_batches(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
+    """Batches of (image, mask), both (batch, S, S, 1) float32, for the current Keras backend.
+
+    Training data is shuffled with the seed (a new order every epoch) and augmented; validation data is neither.
+    """
+    if keras.backend.backend() == "tensorflow":
+        from tumorseg.dataset import make_dataset
+
+        return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder)
+    return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder)
+
+
+def center_fit(array, size):
+    """Centre-crop or zero-pad a square array to (size, size), as tf.image.resize_with_crop_or_pad."""
+    out = np.zeros((size, size), np.float32)
+    current = array.shape[0]
+    start_in, start_out = max((current - size) // 2, 0), max((size - current) // 2, 0)
+    length = min(current, size)
+    out[start_out:start_out + length, start_out:start_out + length] = array[
+        start_in:start_in + length, start_in:start_in + length
+    ]
+    return out
+
+
+def augment_pair(image, mask, settings, rng):
+    """One (S, S) image and mask, augmented by `settings` with draws from `rng`."""
+    size = image.shape[0]
+    if settings["hflip"] and rng.random() < 0.5:
+        image, mask = image[:, ::-1], mask[:, ::-1]
+    if settings["vflip"] and rng.random() < 0.5:
+        image, mask = image[::-1], mask[::-1]
+    if settings["zoom"] > 0:
+        scale = rng.uniform(1.0 - settings["zoom"], 1.0 + settings["zoom"])
+        new_size = int(round(size * scale))
+        if new_size != size:
+            factor = new_size / size
+            image = center_fit(ndimage.zoom(image, factor, order=1, grid_mode=True, mode="nearest"), size)
+            mask = center_fit(ndimage.zoom(mask, factor, order=0, grid_mode=True, mode="nearest"), size)
+    if settings["rotation"] > 0:
+        angle = rng.uniform(-settings["rotation"], settings["rotation"])
+        image = ndimage.rotate(image, angle, reshape=False, order=1, mode="constant", cval=0.0)
+        mask = ndimage.rotate(mask, angle, reshape=False, order=0, mode="constant", cval=0.0)
+    if settings["brightness"] > 0:
+        image = np.clip(image + rng.uniform(-settings["brightness"], settings["brightness"]), 0.0, 1.0)
+    if settings["contrast"] > 0:
+        factor = rng.uniform(1.0 - settings["contrast"], 1.0 + settings["contrast"])
+        image = np.clip((image - image.mean()) * factor + image.mean(), 0.0, 1.0)
+    return np.clip(image, 0.0, 1.0), mask
+
+
+class ArrayBatches(keras.utils.PyDataset):
+    """Shuffled, augmented numpy batches of in-memory arrays, for any Keras backend.
+
+    Batch `i` of epoch `e` (counted from the start of this fit) is a function
+    of (seed, e, i) only, so a run is reproducible.
+    """
+
+    def __init__(self, images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
+        super().__init__()
+        self.images = np.asarray(images, dtype=np.float32)
+        self.masks = np.asarray(masks, dtype=np.float32)
+        self.batch_size, self.training, self.seed = int(batch_size), training, int(seed)
+        self.settings = {**AUGMENT_DEFAULTS, **(augment or {})}
+        count = len(self.images) / self.batch_size
+        self.batches = math.floor(count) if drop_remainder else math.ceil(count)
+        self.epoch = 0
+        self.order = self._order()
+
+    def _order(self):
+        if not self.training:
+            return np.arange(len(self.images))
+        return np.random.default_rng([self.seed, self.epoch]).permutation(len(self.images))
+
+    def __len__(self):
+        return self.batches
+
+    def on_epoch_end(self):
+        self.epoch += 1
+        self.order = self._order()
+
+    def __getitem__(self, index):
+        rows = self.order[index * self.batch_size:(index + 1) * self.batch_size]
+        images, masks = self.images[rows].copy(), self.masks[rows].copy()
+        if self.training:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            for k in range(len(rows)):
+                images[k], masks[k] = augment_pair(images[k], masks[k], self.settings, rng)
+        return images[..., None], masks[..., None]
