@@ -4,10 +4,12 @@
     python benchmarks/train.py --recipe cpu   # the configuration of params.yaml with recipes/cpu.yaml applied
     python benchmarks/train.py --quick        # a few steps of a tiny model, to check the script runs
 
-Training goes through the project's tf.data pipeline with augmentation
-(tumorseg.dataset.make_dataset), the loss and metrics of the train stage;
+Training goes through the project's input pipeline with augmentation
+(tumorseg.batches.make_batches: tf.data under TensorFlow, numpy batches under
+KERAS_BACKEND=jax or torch), the loss and metrics of the train stage;
 prediction goes through a saved and reloaded .keras model, as users load it.
-The first steps (graph tracing) are not timed.
+The first steps (graph tracing, XLA compilation) are not timed. On a GPU it
+also prints the device and its peak memory (benchmarks/gpu.sh runs it there).
 """
 
 import argparse
@@ -23,11 +25,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
 
-from tumorseg.dataset import make_dataset  # noqa: E402
+from tumorseg.batches import make_batches  # noqa: E402
 from tumorseg.hardware import cpu_flags, cpu_summary  # noqa: E402
-from tumorseg.inference import load_model  # noqa: E402
 from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
 from tumorseg.model import build_unet  # noqa: E402
 from tumorseg.params import load_params  # noqa: E402
@@ -53,10 +53,10 @@ def time_training(model, images, masks, batch, steps, premade=False):
     """Training slices/s through the input pipeline, or on one pre-made batch held in memory, and the
     number of cores kept busy on average (CPU time of all of this process's threads over wall time)."""
     if premade:
-        batch_tensors = (images[:batch, ..., None], masks[:batch, ..., None].astype(np.float32))
-        data = tf.data.Dataset.from_tensors(batch_tensors).repeat()
+        data = RepeatedBatch(images[:batch, ..., None], masks[:batch, ..., None].astype(np.float32))
     else:
-        data = make_dataset(images, masks, batch, training=True, augment={"hflip": True}, seed=0).repeat()
+        data = make_batches(images, masks, batch, training=True, augment={"hflip": True}, seed=0)
+        data = data.repeat() if hasattr(data, "repeat") else data  # tf.data repeats; a PyDataset restarts
     model.fit(data, steps_per_epoch=WARMUP_STEPS, epochs=1, shuffle=False, verbose=0)
     start, start_cpu = time.perf_counter(), time.process_time()
     model.fit(data, steps_per_epoch=steps, epochs=1, shuffle=False, verbose=0)
@@ -64,8 +64,56 @@ def time_training(model, images, masks, batch, steps, premade=False):
     return steps * batch / seconds, (time.process_time() - start_cpu) / seconds
 
 
+class RepeatedBatch(keras.utils.PyDataset):
+    """One batch, already a tensor of the backend (on the GPU where there is one), served again and again."""
+
+    def __init__(self, images, masks, length=1_000_000):
+        super().__init__()
+        self.batch = (keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(masks))
+        self.length = length
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, index):
+        return self.batch
+
+
+def accelerator():
+    """(name, peak memory in MiB) of the GPU the backend computes on, or None without one."""
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        device = jax.devices()[0]
+        if device.platform == "cpu":
+            return None
+        return device.device_kind, (device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+        return name, tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
+    if backend == "torch":
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.get_device_name(0), torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def backend_version():
+    backend = keras.backend.backend()
+    module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
+    return f"{backend} {__import__(module).__version__}" if module else backend
+
+
 def time_prediction(model_path, images, batch, steps):
-    model = load_model(model_path)
+    model = keras.models.load_model(model_path, compile=False)
     x = images[: batch * (steps + WARMUP_STEPS), ..., None]
     model.predict(x[: batch * WARMUP_STEPS], batch_size=batch, verbose=0)
     start = time.perf_counter()
@@ -109,11 +157,13 @@ def main():
     command = "python benchmarks/train.py " + " ".join(sys.argv[1:])
     print(f"command: {command.strip()}")
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_summary(cpu_flags())}, "
-          f"Python {platform.python_version()}, "
-          f"TensorFlow {tf.__version__}, Keras {keras.__version__}")
+          f"Python {platform.python_version()}, Keras {keras.__version__} on {backend_version()}")
+    gpu = accelerator()
+    if gpu:
+        print(f"accelerator: {gpu[0]}, peak memory {gpu[1]:.0f} MiB")
     print(f"config: {args.size}x{args.size}, depth {args.depth}, {args.filters} base filters "
           f"({model.count_params():,} parameters), batch {args.batch}, {args.precision}")
-    print(f"train: {train_rate:.2f} slices/s ({args.steps} steps, tf.data pipeline with augmentation; "
+    print(f"train: {train_rate:.2f} slices/s ({args.steps} steps, input pipeline with augmentation; "
           f"{busy_cores:.1f} of {os.cpu_count()} cores busy on average)")
     if premade_rate:
         print(f"train on a pre-made batch: {premade_rate:.2f} slices/s (input pipeline at "

@@ -11,6 +11,7 @@ reproducible within a backend, not across backends.
 """
 
 import math
+import os
 
 import keras
 import numpy as np
@@ -77,7 +78,8 @@ class ArrayBatches(keras.utils.PyDataset):
     """
 
     def __init__(self, images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
-        super().__init__()
+        # threads prepare the next batches while the model trains (numpy and scipy release the GIL)
+        super().__init__(workers=min(8, os.cpu_count() or 1) if training else 1)
         self.images = np.asarray(images, dtype=np.float32)
         self.masks = np.asarray(masks, dtype=np.float32)
         self.batch_size, self.training, self.seed = int(batch_size), training, int(seed)
