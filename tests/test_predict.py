@@ -313,6 +313,8 @@ def test_postprocessing_and_tta_from_eval_metrics_and_override(tmp_path):
     assert (row["postprocess"], row["tta"], int(row["tumor_pixels"])) == ("none", "none", 109)
     (tmp_path / "metrics" / "eval.json").write_text(json.dumps({**chosen, "tta": "rotate"}))
     assert main(["two.png", "--out", "out3", "--model", str(model)]) == 2
+    (tmp_path / "metrics" / "eval.json").write_text("{not json")
+    assert main(["two.png", "--out", "out4", "--model", str(model), "--threshold", "0.5"]) == 2
 
 
 def test_percentile_from_params_or_option(tmp_path):

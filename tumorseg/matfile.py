@@ -58,7 +58,9 @@ def _numeric_field(path, group, name, integer=False):
     if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, kind):
         found = getattr(data, "dtype", type(item).__name__)
         wanted = "integer character codes" if integer else "numbers"
-        raise MatFormatError(f"{path}: field '{name}' must hold {wanted}, found {found}; the file is not a figshare slice.")
+        raise MatFormatError(
+            f"{path}: field '{name}' must hold {wanted}, found {found}; the file is not a figshare slice."
+        )
     return data
 
 

@@ -64,7 +64,7 @@ def parse_args(argv):
     parser.add_argument("--eval-metrics", type=Path, metavar="FILE", default=Path("metrics/eval.json"),
                         help="evaluate's metrics file holding the chosen threshold (default: %(default)s)")
     parser.add_argument("--postprocess", choices=("none", "largest"),
-                        help="post-processing of each mask (default: the one in --eval-metrics when present, else none)")
+                        help="post-processing of each mask (default: --eval-metrics' choice when present, else none)")
     parser.add_argument("--tta", choices=tuple(TTA_FLIPS),
                         help="test-time flips averaged (default: the 'tta' of --eval-metrics when present, else none)")
     parser.add_argument("--percentile", type=float, metavar="P",
@@ -114,14 +114,15 @@ def resolve_threshold(args):
 
 def resolve_postprocessing(args):
     """(PostProcess, tta): each from its option, else evaluate's choice in --eval-metrics, else none."""
-    chosen = json.loads(args.eval_metrics.read_text()) if args.eval_metrics.is_file() else {}
     try:
+        chosen = json.loads(args.eval_metrics.read_text()) if args.eval_metrics.is_file() else {}
         if args.postprocess:
             postprocess = PostProcess(args.postprocess)
         else:
-            postprocess = PostProcess(chosen.get("postprocess", "none"), float(chosen.get("postprocess_min_fraction", 0)))
+            fraction = float(chosen.get("postprocess_min_fraction", 0))
+            postprocess = PostProcess(chosen.get("postprocess", "none"), fraction)
         tta = check_tta(args.tta or chosen.get("tta", "none"), f"{args.eval_metrics} 'tta'")
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError, AttributeError) as error:
         raise InputError(
             f"{args.eval_metrics}: unusable post-processing or tta ({error}); "
             "re-run the evaluate stage (dvc repro evaluate) or pass --postprocess and --tta."
@@ -236,7 +237,8 @@ def predict_pending(model, pending, settings, out_dir):
         preprocess_image(image, settings["size"], settings["percentile"])
         for scan, _ in pending for image in scan.slices
     ])
-    probabilities = predict_probabilities(model, images, np.arange(len(images)), settings["batch_size"], settings["tta"])
+    positions = np.arange(len(images))
+    probabilities = predict_probabilities(model, images, positions, settings["batch_size"], settings["tta"])
     start = 0
     for scan, stem in pending:
         maps = probabilities[start:start + len(scan.slices)]
