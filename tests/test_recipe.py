@@ -7,7 +7,7 @@ from tumorseg.recipe import RECIPES_DIR, RecipeError, applied, as_options, avail
 
 
 def test_every_shipped_recipe_names_real_parameters():
-    assert {"cpu", "reference"} <= set(available())
+    assert {"cpu", "cpu16", "reference"} <= set(available())
     for name in available():
         assert load_recipe(name, params_path="params.yaml")
 

@@ -102,7 +102,7 @@ def test_lovasz_warm_up_and_model_selection_after_it(tiny_data, tmp_path):
     assert loss[1] > loss[0]  # the Lovasz term joins at epoch 1
     assert metrics["best_epoch"] >= 2  # warm-up epochs lack the term: not compared
     loaded = keras.models.load_model(tmp_path / "model.keras")
-    assert (loaded.loss.lovasz_weight, loaded.loss.lovasz_from_epoch) == (2.0, 1)
+    assert loaded.loss is None  # published for inference, without the training loss
 
 
 @pytest.mark.parametrize(
