@@ -14,10 +14,9 @@ METRICS = Path("metrics/eval.json")
 def main():
     params = load_params()
     chosen = json.loads(METRICS.read_text()) if METRICS.is_file() else {}
-    postprocess = PostProcess(chosen.get("postprocess", "none"), float(chosen.get("postprocess_min_fraction", 0)))
     try:
         render_samples("models/model.keras", "data/numpy", "data/split.csv", params, "plots/samples",
-                       chosen.get("threshold"), postprocess, chosen.get("tta", "none"))
+                       chosen.get("threshold"), PostProcess.chosen_in(chosen), chosen.get("tta", "none"))
     except InputError as error:
         raise SystemExit(f"render_samples: {error}") from error
 

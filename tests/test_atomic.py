@@ -22,7 +22,9 @@ def mode(path):
     return stat.S_IMODE(path.stat().st_mode)
 
 
-@pytest.mark.parametrize("value, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)])
+@pytest.mark.parametrize(
+    "value, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o077, 0o600, 0o700), (0o002, 0o664, 0o775)]
+)
 def test_outputs_get_the_permissions_of_the_umask(tmp_path, umask, value, file_mode, dir_mode):
     umask(value)
     with atomic_file(tmp_path / "out.json") as tmp:

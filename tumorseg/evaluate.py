@@ -169,7 +169,7 @@ def _fmt(value):
 
 def format_summary(result, per_class):
     """A few lines for stdout: threshold, test Dice with its CI, per class."""
-    postprocess = str(PostProcess(result["postprocess"], result["postprocess_min_fraction"]))
+    postprocess = str(PostProcess.chosen_in(result))
     lines = [
         f"threshold {result['threshold']:g}, post-processing {postprocess} (chosen on validation, mean IoU "
         f"{_fmt(result['val_iou'])}); test-time augmentation {result['tta']}",

@@ -119,8 +119,7 @@ def resolve_postprocessing(args):
         if args.postprocess:
             postprocess = PostProcess(args.postprocess)
         else:
-            fraction = float(chosen.get("postprocess_min_fraction", 0))
-            postprocess = PostProcess(chosen.get("postprocess", "none"), fraction)
+            postprocess = PostProcess.chosen_in(chosen)
         tta = check_tta(args.tta or chosen.get("tta", "none"), f"{args.eval_metrics} 'tta'")
     except (ValueError, TypeError, AttributeError) as error:
         raise InputError(
