@@ -22,6 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import tumorseg  # noqa: E402,F401  (sets TensorFlow's CPU defaults before keras loads it)
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
@@ -109,7 +110,10 @@ def accelerator():
 def backend_version():
     backend = keras.backend.backend()
     module = {"tensorflow": "tensorflow", "jax": "jax", "torch": "torch"}.get(backend)
-    return f"{backend} {__import__(module).__version__}" if module else backend
+    version = f"{backend} {__import__(module).__version__}" if module else backend
+    if backend == "tensorflow":
+        version += f" (oneDNN {'on' if os.environ.get('TF_ENABLE_ONEDNN_OPTS') == '1' else 'off'})"
+    return version
 
 
 def time_prediction(model_path, images, batch, steps):

@@ -2,6 +2,8 @@ from pathlib import Path
 
 import pytest
 
+import tumorseg  # noqa: F401  (TensorFlow's CPU defaults, set before any test loads keras)
+
 SAMPLE_DIR = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "figshare-sample"
 
 

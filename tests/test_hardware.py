@@ -45,3 +45,23 @@ def test_precision_warning(precision, flags, has_gpu, expected):
         assert warning is None
     else:
         assert expected in warning and "train.precision=float32" in warning
+
+
+def _onednn_setting_seen_by_tensorflow(env_value):
+    """TF_ENABLE_ONEDNN_OPTS as a stage process sees it when TensorFlow loads (through keras)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
+    if env_value is not None:
+        env["TF_ENABLE_ONEDNN_OPTS"] = env_value
+    code = ("import sys, tumorseg, keras; assert 'tensorflow' in sys.modules or keras.backend.backend() != 'tensorflow'; "
+            "import os; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])")
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    return result.stdout.strip()
+
+
+def test_onednn_kernels_are_on_by_default_and_a_users_choice_wins():
+    assert _onednn_setting_seen_by_tensorflow(None) == "1"
+    assert _onednn_setting_seen_by_tensorflow("0") == "0"
