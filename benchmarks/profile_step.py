@@ -37,8 +37,8 @@ from tumorseg.batches import make_batches  # noqa: E402
 from tumorseg.hardware import cpu_flags, cpu_summary  # noqa: E402
 from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
 from tumorseg.model import build_unet  # noqa: E402
-from tumorseg.params import load_params  # noqa: E402
-from tumorseg.recipe import applied, load_recipe  # noqa: E402
+from tumorseg.config import load_params  # noqa: E402
+from tumorseg.recipe import load_recipe  # noqa: E402
 
 WARMUP_STEPS = 3
 OPTIMIZER_OPS = ("ResourceApplyAdam", "AssignVariableOp", "AssignAddVariableOp", "ReadVariableOp")
@@ -136,10 +136,9 @@ def main():
     parser.add_argument("--val-slices", type=int, default=293)
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
-    params = applied(load_params(), load_recipe(args.recipe)) if args.recipe else load_params()
-    size, depth = int(params["data"]["image_size"]), int(params["model"]["depth"])
-    filters, batch = int(params["model"]["filters"]), int(params["train"]["batch_size"])
-    augment = params["train"]["augment"]
+    params = load_params().replaced(load_recipe(args.recipe)) if args.recipe else load_params()
+    size, depth, filters = params.data.image_size, params.model.depth, params.model.filters
+    batch, augment = params.train.batch_size, params.train.augment
     if args.quick:
         size, depth, filters, batch, args.steps, args.train_slices, args.val_slices = 32, 2, 4, 4, 2, 8, 8
 

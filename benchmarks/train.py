@@ -31,8 +31,8 @@ from tumorseg.batches import make_batches  # noqa: E402
 from tumorseg.hardware import cpu_flags, cpu_summary  # noqa: E402
 from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
 from tumorseg.model import build_unet  # noqa: E402
-from tumorseg.params import load_params  # noqa: E402
-from tumorseg.recipe import applied, load_recipe  # noqa: E402
+from tumorseg.config import Augment, load_params  # noqa: E402
+from tumorseg.recipe import load_recipe  # noqa: E402
 
 WARMUP_STEPS = 2
 
@@ -56,7 +56,7 @@ def time_training(model, images, masks, batch, steps, premade=False):
     if premade:
         data = RepeatedBatch(images[:batch, ..., None], masks[:batch, ..., None].astype(np.float32))
     else:
-        data = make_batches(images, masks, batch, training=True, augment={"hflip": True}, seed=0)
+        data = make_batches(images, masks, batch, training=True, augment=Augment(hflip=True), seed=0)
         data = data.repeat() if hasattr(data, "repeat") else data  # tf.data repeats; a PyDataset restarts
     model.fit(data, steps_per_epoch=WARMUP_STEPS, epochs=1, shuffle=False, verbose=0)
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -140,10 +140,9 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
     if args.recipe:
-        params = applied(load_params(), load_recipe(args.recipe))
-        args.filters, args.depth = int(params["model"]["filters"]), int(params["model"]["depth"])
-        args.size, args.batch = int(params["data"]["image_size"]), int(params["train"]["batch_size"])
-        args.precision = params["train"]["precision"]
+        params = load_params().replaced(load_recipe(args.recipe))
+        args.filters, args.depth = params.model.filters, params.model.depth
+        args.size, args.batch, args.precision = params.data.image_size, params.train.batch_size, params.train.precision
     if args.quick:
         args.filters, args.depth, args.size, args.batch, args.steps = 4, 2, 32, 4, 2
 

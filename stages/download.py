@@ -1,15 +1,14 @@
 """download stage: data.source (figshare, synthetic or a local folder) -> data/raw/N.mat"""
 
+from stages import run
+from tumorseg.config import load_params
 from tumorseg.download import prepare_raw
-from tumorseg.params import load_params
 
 
 def main():
-    data = load_params()["data"]
-    synthetic = dict(data["synthetic"])
-    seed = int(synthetic.pop("seed"))
-    prepare_raw(str(data["source"]), "data/raw", data["figshare_url"], synthetic, seed)
+    data = load_params().data
+    prepare_raw(data.source, "data/raw", data.figshare_url, data.synthetic)
 
 
 if __name__ == "__main__":
-    main()
+    run("download", main)

@@ -1,20 +1,15 @@
 """mat_to_numpy stage: data/raw/*.mat -> data/numpy/*.npy"""
 
-import sys
-
-from tumorseg.convert import ConversionError, mat_to_numpy
-from tumorseg.params import load_params
+from stages import run
+from tumorseg.config import load_params
+from tumorseg.convert import mat_to_numpy
 
 
 def main():
-    data = load_params()["data"]
-    try:
-        count = mat_to_numpy("data/raw", "data/numpy", int(data["image_size"]), float(data["normalize_percentile"]))
-    except ConversionError as error:
-        print(f"mat_to_numpy: {error}", file=sys.stderr)
-        raise SystemExit(1) from None
+    data = load_params().data
+    count = mat_to_numpy("data/raw", "data/numpy", data.image_size, data.normalize_percentile)
     print(f"wrote {count} slices to data/numpy/")
 
 
 if __name__ == "__main__":
-    main()
+    run("mat_to_numpy", main)

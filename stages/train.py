@@ -1,6 +1,7 @@
 """train stage: data/numpy/ + data/split.csv -> models/model.keras, metrics/train.json, plots/train/"""
 
-from tumorseg.params import load_params
+from stages import run
+from tumorseg.config import load_params
 from tumorseg.train import train
 
 
@@ -9,4 +10,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run("train", main)

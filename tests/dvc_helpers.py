@@ -8,6 +8,8 @@ from pathlib import Path
 
 import yaml
 
+from tests.helpers import make_params
+
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("download", "mat_to_numpy", "split", "train", "evaluate", "render_samples")
 SMALL = {
@@ -29,16 +31,6 @@ SMALL_CV = {
 }
 # Outputs of the pipeline: never copied, the copy makes its own.
 OUTPUT_DIRS = ("data/", "models/", "metrics/", "plots/")
-
-
-def merge(base, overrides):
-    """Update the nested dict `base` with `overrides` in place and return it."""
-    for key, value in overrides.items():
-        if isinstance(value, dict):
-            merge(base.setdefault(key, {}), value)
-        else:
-            base[key] = value
-    return base
 
 
 def run(args, cwd, timeout=None):
@@ -72,8 +64,7 @@ def copy_project(root, overrides=SMALL):
             (root / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / name, root / name)
     (root / "dvc.lock").unlink(missing_ok=True)
-    params = merge(yaml.safe_load((root / "params.yaml").read_text()), overrides)
-    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    (root / "params.yaml").write_text(yaml.safe_dump(make_params(overrides).model_dump(), sort_keys=False))
     git("init", "-q", cwd=root)
     git("add", "-A", cwd=root)
     git("commit", "-qm", "small pipeline", cwd=root)

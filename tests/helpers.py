@@ -1,11 +1,31 @@
-"""Small pieces shared by tests: a tiny dataset in the pipeline's layout, a fixed model, a simulated interruption."""
+"""Small pieces shared by tests: params with overrides, a tiny dataset in the pipeline's layout, a fixed model,
+a simulated interruption."""
 
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tumorseg.config import load_params
 from tumorseg.split import assign_subsets, write_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def dotted(overrides, prefix=""):
+    """{"train": {"epochs": 2}} -> {"train.epochs": 2}; dotted keys stay as they are."""
+    flat = {}
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            flat.update(dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def make_params(overrides=None):
+    """The repository's params.yaml as checked Params, with overrides ({"train.epochs": 2} or nested)."""
+    return load_params(REPO / "params.yaml").replaced(dotted(overrides or {}))
 
 
 def write_tiny_dataset(root, size=32, patients=12, slices_per_patient=3):

@@ -5,6 +5,7 @@ import pytest
 import tensorflow as tf
 from scipy import ndimage
 
+from tumorseg.config import Augment
 from tumorseg.dataset import _augment, make_dataset
 
 SIZE = 32
@@ -23,7 +24,7 @@ def asymmetric_mask():
 
 
 def augmented(settings, image, mask, seed):
-    image, mask = _augment({"hflip": False, **settings})(image, mask, tf.constant([seed, 7], tf.int64))
+    image, mask = _augment(Augment(**{"hflip": False, **settings}))(image, mask, tf.constant([seed, 7], tf.int64))
     return np.asarray(image)[..., 0], np.asarray(mask)[..., 0]
 
 
@@ -86,7 +87,7 @@ def test_rotation_keeps_the_tumour_area_and_fills_corners_with_zero():
 def test_pipeline_masks_stay_binary_with_every_augmentation():
     images = np.stack([asymmetric_mask()[..., 0]] * 6) * 0.8 + 0.1
     masks = np.stack([asymmetric_mask()[..., 0]] * 6)
-    dataset = make_dataset(images, masks, 3, training=True, augment=EVERYTHING, seed=1)
+    dataset = make_dataset(images, masks, 3, training=True, augment=Augment(**EVERYTHING), seed=1)
     assert dataset.element_spec[0].shape.as_list() == [None, SIZE, SIZE, 1]  # static size kept for the model
     for epoch_images, epoch_masks in dataset:
         assert set(np.unique(epoch_masks.numpy())) <= {0.0, 1.0}

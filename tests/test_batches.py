@@ -5,10 +5,11 @@ import pytest
 from scipy import ndimage
 
 from tumorseg.batches import ArrayBatches, augment_pair, center_fit
+from tumorseg.config import Augment
 
 SIZE = 32
-ALL_GEOMETRIC = {"hflip": True, "vflip": True, "zoom": 0.2, "rotation": 20.0, "brightness": 0.0, "contrast": 0.0}
-NOTHING = {"hflip": False, "vflip": False, "zoom": 0.0, "rotation": 0.0, "brightness": 0.0, "contrast": 0.0}
+ALL_GEOMETRIC = Augment(hflip=True, vflip=True, zoom=0.2, rotation=20.0)
+NOTHING = Augment(hflip=False)
 
 
 def asymmetric_mask():
@@ -24,7 +25,7 @@ def edge_band(mask):
 
 @pytest.mark.parametrize("change", [{"hflip": True}, {"vflip": True}, {"zoom": 0.3}, {"rotation": 30.0}, {}], ids=str)
 def test_geometric_augmentation_moves_image_and_mask_together(change):
-    settings = {**NOTHING, **change} if change else ALL_GEOMETRIC
+    settings = NOTHING.model_copy(update=change) if change else ALL_GEOMETRIC
     original = asymmetric_mask()
     rng = np.random.default_rng(0)
     moved = 0
@@ -40,7 +41,7 @@ def test_geometric_augmentation_moves_image_and_mask_together(change):
 def test_intensity_augmentation_leaves_the_mask():
     original = asymmetric_mask()
     image = 0.2 + 0.5 * original
-    settings = {**NOTHING, "brightness": 0.3, "contrast": 0.5}
+    settings = Augment(hflip=False, brightness=0.3, contrast=0.5)
     out, mask = augment_pair(image, original, settings, np.random.default_rng(1))
     np.testing.assert_array_equal(mask, original)
     assert 0.0 <= out.min() and out.max() <= 1.0 and not np.allclose(out, image)

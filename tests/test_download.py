@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from tumorseg import download
+from tumorseg.config import Synthetic
 from tumorseg.download import (
     ArchiveError,
     DownloadError,
@@ -404,14 +405,14 @@ def test_format_ranges():
 # ---------------------------------------------------------------- synthetic
 
 def test_synthetic_source_writes_readable_slices(tmp_path):
-    options = {"patients": 3, "slices_per_patient": 2, "image_size": 32}
-    prepare_raw("synthetic", tmp_path / "raw", "https://unused", synthetic=options, seed=5)
+    options = Synthetic(patients=3, slices_per_patient=2, image_size=32, seed=5)
+    prepare_raw("synthetic", tmp_path / "raw", "https://unused", synthetic=options)
     assert names(tmp_path / "raw") == [f"{i}.mat" for i in range(1, 7)]
     labels = {read_slice(tmp_path / "raw" / f"{i}.mat").label for i in range(1, 7)}
     assert labels == {1, 2, 3}
 
 
 def test_synthetic_source_needs_its_params(tmp_path):
-    with pytest.raises(ValueError, match="slices_per_patient"):
-        prepare_raw("synthetic", tmp_path / "raw", synthetic={"patients": 2, "image_size": 32})
+    with pytest.raises(ValueError, match="data.synthetic"):
+        prepare_raw("synthetic", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()

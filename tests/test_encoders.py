@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers import make_params
 from tumorseg.encoders import ENCODERS, IMAGENET_STDDEV_RGB, build_encoder_unet, build_model
 from tumorseg.model import build_unet
 
@@ -47,12 +48,11 @@ def test_hypercolumns_feed_every_decoder_level_to_the_output():
 
 
 def test_build_model_follows_params():
-    params = {"data": {"image_size": 32},
-              "model": {"depth": 2, "filters": 4, "batchnorm_momentum": 0.8, "dropout": 0.1, "hypercolumns": True,
-                        "encoder": "vgg16", "encoder_weights": "none"}}
+    params = make_params({"data.image_size": 32, "model": {"depth": 2, "filters": 4, "hypercolumns": True,
+                                                            "encoder": "vgg16", "encoder_weights": "none"}})
     model = build_model(params)
     assert model.name == "vgg16_unet" and model.get_layer("hypercolumns") is not None
-    params["model"].update(encoder="none", hypercolumns=False)
+    params = params.replaced({"model.encoder": "none", "model.hypercolumns": False})
     assert build_model(params).name == "unet"
 
 

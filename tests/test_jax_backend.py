@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from tests.helpers import write_tiny_dataset
+from tests.helpers import make_params, write_tiny_dataset
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install -r requirements-backends.txt)"
@@ -31,9 +31,10 @@ class NoTensorFlow:  # as on a GPU image without TensorFlow: importing it fails
 
 
 sys.meta_path.insert(0, NoTensorFlow())
-import json, yaml
+import json
+from tumorseg.config import load_params
 from tumorseg.train import train
-params = yaml.safe_load(open(sys.argv[1]))
+params = load_params(sys.argv[1])
 root = sys.argv[2]
 metrics = train(params, f"{root}/numpy", f"{root}/split.csv", f"{root}/model.keras", f"{root}/train.json",
                 f"{root}/plots", f"{root}/work")
@@ -44,12 +45,9 @@ print(json.dumps({"backend": keras.backend.backend(), "tensorflow_imported": "te
 
 def test_train_under_jax_and_predict_under_tensorflow(tmp_path):
     write_tiny_dataset(tmp_path, size=32)
-    params = yaml.safe_load((REPO / "params.yaml").read_text())
-    params["data"]["image_size"] = 32
-    params["model"].update(depth=2, filters=4)
-    params["train"].update(epochs=2, batch_size=8)
-    params["train"]["augment"].update(rotation=10.0, zoom=0.1, contrast=0.2)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    params = make_params({"data.image_size": 32, "model": {"depth": 2, "filters": 4},
+                          "train": {"epochs": 2, "batch_size": 8, "augment": {"rotation": 10.0, "zoom": 0.1, "contrast": 0.2}}})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     env = {**os.environ, "KERAS_BACKEND": "jax", "PYTHONPATH": str(REPO)}
     result = subprocess.run([sys.executable, "-c", TRAIN, str(tmp_path / "params.yaml"), str(tmp_path)],
                             capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)

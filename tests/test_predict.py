@@ -8,11 +8,12 @@ import keras
 import nibabel as nib
 import numpy as np
 import pytest
+import yaml
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from tests.helpers import identity_model
+from tests.helpers import identity_model, make_params
 from tumorseg import export
 from tumorseg.inference import predict_probabilities
 from tumorseg.matfile import read_slice
@@ -319,7 +320,8 @@ def test_postprocessing_and_tta_from_eval_metrics_and_override(tmp_path):
 
 def test_percentile_from_params_or_option(tmp_path):
     assert resolve_percentile(parse_args(["--export", "x"])) == 99.5
-    (tmp_path / "params.yaml").write_text("data:\n  normalize_percentile: 98.0\n")
+    params = make_params({"data.normalize_percentile": 98.0})
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
     assert resolve_percentile(parse_args(["--export", "x"])) == 98.0
     assert resolve_percentile(parse_args(["--export", "x", "--percentile", "90"])) == 90.0
 

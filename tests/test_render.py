@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.helpers import identity_model
+from tests.helpers import identity_model, make_params
 from tumorseg import LABEL_NAMES
 from tumorseg.render import (
     DPI,
@@ -20,7 +20,7 @@ from tumorseg.render import (
 SIZE = 32
 # test slices per class: pituitary has none, glioma fewer than per_class
 TEST_SLICES = {1: 4, 2: 1, 3: 0}
-PARAMS = {"seed": 7, "render": {"per_class": 2}}
+PARAMS = make_params({"seed": 7, "render.per_class": 2})
 
 
 def brain_slice(size, centre, radius, shift):

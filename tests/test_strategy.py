@@ -23,19 +23,18 @@ REPO = Path(__file__).resolve().parents[1]
 SCRIPT = textwrap.dedent(
     """
     import json, sys
-    import tensorflow as tf, yaml
+    import tensorflow as tf
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-    from tests.helpers import write_tiny_dataset
-    from tumorseg.train import get_strategy, train
+    from tests.helpers import make_params, write_tiny_dataset
+    from tumorseg.strategy import get_strategy
+    from tumorseg.train import train
 
     out = sys.argv[1]
     size = 32
     write_tiny_dataset(out, size)
-    params = yaml.safe_load(open("params.yaml"))
-    params["data"]["image_size"] = size
-    params["model"].update(depth=2, filters=4)
-    params["train"].update(epochs=2, batch_size=8, strategy="mirrored")
+    params = make_params({"data.image_size": size, "model": {"depth": 2, "filters": 4},
+                          "train": {"epochs": 2, "batch_size": 8, "strategy": "mirrored"}})
     metrics = train(params, f"{out}/numpy", f"{out}/split.csv", f"{out}/model.keras", f"{out}/train.json",
                     f"{out}/plots", f"{out}/work")
     print(json.dumps({"replicas": get_strategy("mirrored").num_replicas_in_sync, "epochs": metrics["epochs"]}))
@@ -56,8 +55,8 @@ def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
 WORKER_SCRIPT = textwrap.dedent(
     """
     import json, sys
-    import keras, yaml
-    from tests.helpers import StopAtEpoch
+    import keras
+    from tests.helpers import StopAtEpoch, make_params
     from tumorseg.train import train
 
     data, out, strategy, stop_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -71,10 +70,8 @@ WORKER_SCRIPT = textwrap.dedent(
             self.epochs_run.append(epoch)
             self.logs = {key: float(value) for key, value in logs.items()}
 
-    params = yaml.safe_load(open("params.yaml"))
-    params["data"]["image_size"] = 32
-    params["model"].update(depth=2, filters=4)
-    params["train"].update(epochs=2, batch_size=4, strategy=strategy)
+    params = make_params({"data.image_size": 32, "model": {"depth": 2, "filters": 4},
+                          "train": {"epochs": 2, "batch_size": 4, "strategy": strategy}})
     last = LastLogs()
     callbacks = [last] + ([StopAtEpoch(stop_after)] if stop_after >= 0 else [])
     metrics = train(params, f"{data}/numpy", f"{data}/split.csv", f"{out}/model.keras", f"{out}/train.json",

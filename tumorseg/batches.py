@@ -17,7 +17,8 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-AUGMENT_DEFAULTS = {"hflip": True, "vflip": False, "brightness": 0.0, "contrast": 0.0, "zoom": 0.0, "rotation": 0.0}
+from tumorseg.config import Augment
+
 
 
 def make_batches(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
@@ -45,27 +46,27 @@ def center_fit(array, size):
 
 
 def augment_pair(image, mask, settings, rng):
-    """One (S, S) image and mask, augmented by `settings` with draws from `rng`."""
+    """One (S, S) image and mask, augmented by `settings` (an Augment) with draws from `rng`."""
     size = image.shape[0]
-    if settings["hflip"] and rng.random() < 0.5:
+    if settings.hflip and rng.random() < 0.5:
         image, mask = image[:, ::-1], mask[:, ::-1]
-    if settings["vflip"] and rng.random() < 0.5:
+    if settings.vflip and rng.random() < 0.5:
         image, mask = image[::-1], mask[::-1]
-    if settings["zoom"] > 0:
-        scale = rng.uniform(1.0 - settings["zoom"], 1.0 + settings["zoom"])
+    if settings.zoom > 0:
+        scale = rng.uniform(1.0 - settings.zoom, 1.0 + settings.zoom)
         new_size = int(round(size * scale))
         if new_size != size:
             factor = new_size / size
             image = center_fit(ndimage.zoom(image, factor, order=1, grid_mode=True, mode="nearest"), size)
             mask = center_fit(ndimage.zoom(mask, factor, order=0, grid_mode=True, mode="nearest"), size)
-    if settings["rotation"] > 0:
-        angle = rng.uniform(-settings["rotation"], settings["rotation"])
+    if settings.rotation > 0:
+        angle = rng.uniform(-settings.rotation, settings.rotation)
         image = ndimage.rotate(image, angle, reshape=False, order=1, mode="constant", cval=0.0)
         mask = ndimage.rotate(mask, angle, reshape=False, order=0, mode="constant", cval=0.0)
-    if settings["brightness"] > 0:
-        image = np.clip(image + rng.uniform(-settings["brightness"], settings["brightness"]), 0.0, 1.0)
-    if settings["contrast"] > 0:
-        factor = rng.uniform(1.0 - settings["contrast"], 1.0 + settings["contrast"])
+    if settings.brightness > 0:
+        image = np.clip(image + rng.uniform(-settings.brightness, settings.brightness), 0.0, 1.0)
+    if settings.contrast > 0:
+        factor = rng.uniform(1.0 - settings.contrast, 1.0 + settings.contrast)
         image = np.clip((image - image.mean()) * factor + image.mean(), 0.0, 1.0)
     return np.clip(image, 0.0, 1.0), mask
 
@@ -83,7 +84,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.images = np.asarray(images, dtype=np.float32)
         self.masks = np.asarray(masks, dtype=np.float32)
         self.batch_size, self.training, self.seed = int(batch_size), training, int(seed)
-        self.settings = {**AUGMENT_DEFAULTS, **(augment or {})}
+        self.settings = augment or Augment()
         count = len(self.images) / self.batch_size
         self.batches = math.floor(count) if drop_remainder else math.ceil(count)
         self.epoch = 0

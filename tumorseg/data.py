@@ -5,11 +5,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from tumorseg.errors import ProjectError
+
 ARRAY_NAMES = ("images", "masks", "labels", "pids", "ids")
 SPLIT_COLUMNS = ("index", "pid", "label", "subset")
 
 
-class InputError(ValueError):
+class InputError(ProjectError, ValueError):
     """Missing or inconsistent stage inputs, reported before anything is written."""
 
 

@@ -4,7 +4,7 @@ tumorseg.batches chooses the pipeline for the backend in use)."""
 import numpy as np
 import tensorflow as tf
 
-from tumorseg.batches import AUGMENT_DEFAULTS
+from tumorseg.config import Augment
 
 
 def _flip(image, mask, seed, axis):
@@ -57,10 +57,8 @@ def _augment(augment):
     Geometric changes (flips, zoom, rotation) move image and mask together and
     keep the mask binary; brightness and contrast change the image only.
     """
-    settings = {**AUGMENT_DEFAULTS, **augment}
-    hflip, vflip = bool(settings["hflip"]), bool(settings["vflip"])
-    brightness, contrast = float(settings["brightness"]), float(settings["contrast"])
-    zoom, rotation = float(settings["zoom"]), float(settings["rotation"])
+    hflip, vflip, brightness, contrast = augment.hflip, augment.vflip, augment.brightness, augment.contrast
+    zoom, rotation = augment.zoom, augment.rotation
 
     def apply(image, mask, seed):
         shape = image.shape
@@ -100,7 +98,7 @@ def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda pair, seed_pair: _augment(augment or {})(pair[0], pair[1], seed_pair),
+            lambda pair, seed_pair: _augment(augment or Augment())(pair[0], pair[1], seed_pair),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )

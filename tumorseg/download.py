@@ -23,6 +23,7 @@ import requests
 from tqdm import tqdm
 
 from tumorseg.atomic import atomic_dir
+from tumorseg.errors import ProjectError
 from tumorseg.matfile import SLICE_NAME
 from tumorseg.synthetic import write_dataset
 
@@ -55,11 +56,11 @@ FIGSHARE_FILES = (
 )
 
 
-class DownloadError(RuntimeError):
+class DownloadError(ProjectError, RuntimeError):
     """A download that failed or did not match its published MD5."""
 
 
-class SourceError(ValueError):
+class SourceError(ProjectError, ValueError):
     """A local source that does not hold the expected files."""
 
 
@@ -76,20 +77,19 @@ TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.Chu
 
 # ---------------------------------------------------------------- entry point
 
-def prepare_raw(source, out_dir, base_url=FIGSHARE_URL, synthetic=None, seed=0, download_dir=None,
+def prepare_raw(source, out_dir, base_url=FIGSHARE_URL, synthetic=None, download_dir=None,
                 *, files=FIGSHARE_FILES, retries=4, backoff=2.0):
-    """Fill `out_dir` with N.mat slices (plus cvind.mat) from `source`, atomically."""
+    """Fill `out_dir` with N.mat slices (plus cvind.mat) from `source`, atomically.
+
+    `synthetic` (data.synthetic, a tumorseg.config.Synthetic) sizes the generated data of source 'synthetic'.
+    """
     out_dir = Path(out_dir)
     if source == "synthetic":
-        options = synthetic or {}
-        missing = [k for k in ("patients", "slices_per_patient", "image_size") if k not in options]
-        if missing:
-            raise ValueError(f"params.yaml data.synthetic lacks {', '.join(missing)}; needed for source 'synthetic'.")
+        if synthetic is None:
+            raise ValueError("data.source 'synthetic' needs the data.synthetic settings of params.yaml.")
         with atomic_dir(out_dir) as build:
-            write_dataset(
-                build, patients=options["patients"], slices_per_patient=options["slices_per_patient"],
-                image_size=options["image_size"], seed=seed,
-            )
+            write_dataset(build, synthetic.patients, synthetic.slices_per_patient, synthetic.image_size,
+                          seed=synthetic.seed)
         return out_dir
     if source == "figshare":
         download_dir = Path(download_dir) if download_dir else out_dir.parent / "downloads"

@@ -200,17 +200,13 @@ def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momen
 
 
 def build_model(params):
-    """The model params['model'] describes, for params['data']['image_size'] images."""
-    model = params["model"]
-    image_size, encoder = int(params["data"]["image_size"]), model.get("encoder") or "none"
-    settings = dict(
-        depth=int(model["depth"]), filters=int(model["filters"]),
-        batchnorm_momentum=float(model["batchnorm_momentum"]), dropout=float(model["dropout"]),
-        hypercolumns=bool(model.get("hypercolumns", False)),
-    )
-    if encoder == "none":
-        return build_unet(image_size, **settings)
-    return build_encoder_unet(image_size, encoder, encoder_weights=model.get("encoder_weights", "imagenet"), **settings)
+    """The model params.model describes, for params.data.image_size images."""
+    model = params.model
+    settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
+                    dropout=model.dropout, hypercolumns=model.hypercolumns)
+    if model.encoder == "none":
+        return build_unet(params.data.image_size, **settings)
+    return build_encoder_unet(params.data.image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
 
 
 def set_encoder_trainable(model, trainable):

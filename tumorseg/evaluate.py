@@ -15,7 +15,7 @@ import pandas as pd
 from tumorseg import LABEL_NAMES, metrics
 from tumorseg.atomic import atomic_dir, write_json
 from tumorseg.data import InputError, load_arrays, read_split, subset_positions
-from tumorseg.inference import DEFAULT_BATCH_SIZE, check_model_input, check_tta, load_model, predict_probabilities
+from tumorseg.inference import DEFAULT_BATCH_SIZE, check_model_input, load_model, predict_probabilities
 from tumorseg.matfile import read_slice
 from tumorseg.postprocess import PostProcess, candidates
 from tumorseg.preprocess import resize_probabilities
@@ -194,20 +194,9 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
 
     All inputs are checked before anything is written. Returns the metrics dict.
     """
-    settings = params["evaluate"]
-    thresholds = metrics.threshold_grid(
-        settings["threshold_min"], settings["threshold_max"], settings["threshold_step"]
-    )
-    resamples = int(settings["bootstrap"])
-    if resamples < 1:
-        raise InputError(f"evaluate.bootstrap must be >= 1, found {resamples}.")
-    batch_size = int(settings.get("batch_size", DEFAULT_BATCH_SIZE))
-    tta = check_tta(settings.get("tta", "none"))
-    postprocess_choice = settings.get("postprocess", "none")
-    try:
-        candidates(postprocess_choice)  # a bad value fails before any work
-    except ValueError as error:
-        raise InputError(str(error)) from error
+    settings = params.evaluate
+    thresholds = metrics.threshold_grid(settings.threshold_min, settings.threshold_max, settings.threshold_step)
+    resamples, tta = settings.bootstrap, settings.tta
 
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("val", "test"))
@@ -220,10 +209,10 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
 
     masks = arrays["masks"]
     val_truth = np.asarray(masks[val]) > 0
-    val_probs = predict_probabilities(model, arrays["images"], val, batch_size, tta)
-    threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_probs, thresholds, postprocess_choice)
+    val_probs = predict_probabilities(model, arrays["images"], val, DEFAULT_BATCH_SIZE, tta)
+    threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_probs, thresholds, settings.postprocess)
 
-    test_probs = predict_probabilities(model, arrays["images"], test, batch_size, tta)
+    test_probs = predict_probabilities(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
     test_truth = np.asarray(masks[test]) > 0
     test_pred = postprocess.apply(metrics.binarize(test_probs, threshold))
     pids = np.asarray(arrays["pids"])[test]
@@ -231,8 +220,8 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
         test_ids, pids, np.asarray(arrays["labels"])[test], test_truth, test_pred,
         native_dice(test_probs, test_ids, raw_dir, threshold, postprocess),
     )
-    per_class = per_class_table(per_image, resamples, params["seed"])
-    ci = confidence_intervals(per_image, resamples, params["seed"])
+    per_class = per_class_table(per_image, resamples, params.seed)
+    ci = confidence_intervals(per_image, resamples, params.seed)
     result = summary_metrics(per_image, per_class, test_truth, test_pred, (threshold, postprocess, val_iou, tta), ci)
 
     sweep_table = pd.DataFrame(

@@ -16,12 +16,14 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tumorseg.errors import ProjectError
+
 FIELDS = ("label", "PID", "image", "tumorBorder", "tumorMask")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SLICE_NAME = re.compile(r"^([1-9][0-9]*)\.mat$")  # N.mat, N = the slice's index in the dataset
 
 
-class MatFormatError(ValueError):
+class MatFormatError(ProjectError, ValueError):
     """A file that is not a readable figshare slice."""
 
 

@@ -31,7 +31,7 @@ from tumorseg.atomic import atomic_dir, atomic_file
 from tumorseg.data import InputError
 from tumorseg.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS, check_tta, load_model, predict_probabilities
 from tumorseg.metrics import binarize
-from tumorseg.params import load_params
+from tumorseg.config import ConfigError, load_params
 from tumorseg.postprocess import PostProcess
 from tumorseg.preprocess import normalize_intensity, preprocess_image, resize_probabilities
 from tumorseg.readers import find_inputs, nifti_mask_volume, read_scan, unique_stem
@@ -134,9 +134,9 @@ def resolve_percentile(args):
     percentile, source = args.percentile, "--percentile"
     if percentile is None and args.params.is_file():
         try:
-            percentile = load_params(args.params).get("data", {}).get("normalize_percentile")
-        except Exception as error:  # yaml raises several types
-            raise InputError(f"{args.params}: unreadable ({error}); fix the file or pass --percentile.") from error
+            percentile = load_params(args.params).data.normalize_percentile
+        except ConfigError as error:
+            raise InputError(f"{error}\nfix the file or pass --percentile.") from None
         source = f"{args.params} data.normalize_percentile"
     if percentile is None:
         return DEFAULT_PERCENTILE

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence
 
+from tumorseg.errors import ProjectError
 from tumorseg.matfile import read_slice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -26,7 +27,7 @@ KNOWN_SUFFIXES = NIFTI_SUFFIXES + (".mat",) + IMAGE_SUFFIXES + DICOM_SUFFIXES
 NIFTI_UNITS_TO_MM = {"mm": 1.0, "unknown": 1.0, "micron": 1e-3, "meter": 1e3}
 
 
-class ReadError(ValueError):
+class ReadError(ProjectError, ValueError):
     """A file that cannot be read as a scan; the message names the file and the reason."""
 
 

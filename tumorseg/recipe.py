@@ -8,23 +8,23 @@ A recipe file maps dotted parameter paths of params.yaml to values:
     model.filters: 16
     train.augment.rotation: 15
 
-Every path must name an existing parameter, so a typo fails here instead of
-being added to params.yaml as a new, unused key.
+Every path must name an existing parameter and every value must be valid
+(tumorseg.config), so a typo fails here instead of in a stage.
 """
 
 import argparse
-import copy
 import sys
 from pathlib import Path
 
 import yaml
 
-from tumorseg.params import load_params
+from tumorseg.errors import ProjectError
+from tumorseg.config import ConfigError, load_params
 
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
 
 
-class RecipeError(ValueError):
+class RecipeError(ProjectError, ValueError):
     """A recipe that is missing or names parameters params.yaml does not have."""
 
 
@@ -33,33 +33,18 @@ def available(recipes_dir=RECIPES_DIR):
 
 
 def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
-    """The overrides of recipes/NAME.yaml as {dotted path: value}, each checked against params.yaml."""
+    """The overrides of recipes/NAME.yaml as {dotted path: value}, checked as applied to params.yaml."""
     path = Path(recipes_dir) / f"{name}.yaml"
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe; choose one of: {', '.join(available(recipes_dir)) or 'none'}.")
     overrides = yaml.safe_load(path.read_text()) or {}
     if not isinstance(overrides, dict):
         raise RecipeError(f"{path}: expected a mapping of parameter paths to values.")
-    params = load_params(params_path)
-    for key in overrides:
-        section = params
-        for part in str(key).split("."):
-            if not isinstance(section, dict) or part not in section:
-                raise RecipeError(f"{path}: {key!r} is not a parameter of {params_path}; fix the name.")
-            section = section[part]
+    try:
+        load_params(params_path).replaced(overrides)
+    except ConfigError as error:
+        raise RecipeError(f"{path}: applied to {error}") from None
     return overrides
-
-
-def applied(params, overrides):
-    """A copy of `params` with the dotted-path `overrides` set."""
-    params = copy.deepcopy(params)
-    for key, value in overrides.items():
-        *sections, last = key.split(".")
-        target = params
-        for part in sections:
-            target = target[part]
-        target[last] = value
-    return params
 
 
 def as_options(overrides):

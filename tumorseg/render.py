@@ -181,9 +181,6 @@ def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=
     threshold = 0.5 if threshold is None else float(threshold)
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must be in [0, 1], found {threshold}.")
-    per_class = int(params["render"]["per_class"])
-    if per_class < 1:
-        raise ValueError(f"render.per_class must be >= 1, found {per_class}.")
 
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("test",))
@@ -193,7 +190,7 @@ def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=
 
     ids = np.asarray(arrays["ids"])[test]
     labels = np.asarray(arrays["labels"])[test]
-    chosen = select_samples(ids, labels, per_class, params["seed"])
+    chosen = select_samples(ids, labels, params.render.per_class, params.seed)
     samples = build_samples(model, arrays, test, chosen, threshold, postprocess=postprocess, tta=tta)
 
     written = []
@@ -207,20 +204,3 @@ def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=
         written.append("grid.png")
     print(f"rendered {len(written) - 1} test slices at threshold {threshold:g} to {out_dir}")
     return written
-
-
-def training_curves_figure(history):
-    """Loss, Dice, IoU and learning rate per epoch (train and validation) from the Keras history table."""
-    fig = Figure(figsize=(12.0, 3.2), dpi=DPI)
-    FigureCanvasAgg(fig)
-    epochs = history["epoch"] + 1
-    for ax, name in zip(fig.subplots(1, 4), ("loss", "dice", "iou", "learning_rate")):
-        ax.plot(epochs, history[name], label="train")
-        if f"val_{name}" in history:
-            ax.plot(epochs, history[f"val_{name}"], label="validation")
-            ax.legend(frameon=False, fontsize=8)
-        ax.set_title(name.replace("_", " "))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig

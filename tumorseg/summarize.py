@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
+from tumorseg.errors import ProjectError
 
 METRICS_FILE = "metrics/eval.json"
 PARAMS_FILE = "params.yaml"
@@ -34,7 +35,7 @@ SCOPES = ("overall", *LABEL_NAMES.values())
 UNFINISHED = {"queued": "is still queued", "running": "is still running", "failed": "failed"}
 
 
-class SummaryError(Exception):
+class SummaryError(ProjectError):
     """The experiments cannot be summarised; the message says why and what to do."""
 
 

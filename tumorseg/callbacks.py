@@ -1,0 +1,44 @@
+"""Keras callbacks of the train stage: the learning rate in the logs, DVCLive curves per epoch, and a
+checkpoint that ignores a warm-up."""
+
+import keras
+from dvclive.utils import standardize_metric_name
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Adds the current learning rate to the epoch logs (for DVCLive and the CSV history)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class EpochDVCLiveCallback(keras.callbacks.Callback):
+    """Logs each epoch's metrics to DVCLive with the step tied to the epoch, so a resumed run continues its
+    curves. The names follow dvclive.keras (loss -> train/loss, val_loss -> eval/loss), whose own callback
+    is not used because it imports TensorFlow, which the JAX and PyTorch backends need not have."""
+
+    def __init__(self, live):
+        super().__init__()
+        self.live = live
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.live.step = epoch
+        for name, value in (logs or {}).items():
+            self.live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
+        self.live.next_step()
+
+    def on_train_end(self, logs=None):
+        self.live.end()
+
+
+class CheckpointFromEpoch(keras.callbacks.ModelCheckpoint):
+    """ModelCheckpoint that ignores the epochs before `first_epoch` (a Lovasz warm-up: not comparable)."""
+
+    def __init__(self, *args, first_epoch=0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.first_epoch = first_epoch
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch >= self.first_epoch:
+            super().on_epoch_end(epoch, logs)

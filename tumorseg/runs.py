@@ -1,0 +1,132 @@
+"""The state of a training run kept in its work folder, so an interrupted run resumes where it stopped,
+and the move of a finished run into the DVC outputs.
+
+A run is identified by its params and split (fingerprint). It trains in phases, each one fit() call
+with its own BackupAndRestore folder (see training_phases); the latest phase with a backup is where
+it resumes.
+"""
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from tumorseg.atomic import atomic_dir, atomic_file, write_json
+from tumorseg.errors import ProjectError
+from tumorseg.history import best_epoch_row, read_history, training_curves_figure
+
+
+class TrainingError(ProjectError, RuntimeError):
+    """Training could not produce a usable model."""
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One fit() call: epochs [first, end), the encoder trained or frozen, the rate scaled by lr_factor."""
+
+    first: int
+    end: int
+    train_encoder: bool
+    lr_factor: float
+    backup: str  # BackupAndRestore folder, relative to the work folder
+
+
+def training_phases(train):
+    """One phase; with train.freeze_encoder_epochs, decoder-only epochs and then fine-tuning at a lower rate.
+
+    Unfreezing takes effect only at a recompile, which Keras 3 does not allow
+    inside fit(), so each phase is its own fit() call starting at its first
+    epoch, with its own backup folder: a run interrupted while fine-tuning
+    resumes there, one interrupted earlier resumes the frozen phase.
+    """
+    epochs, frozen = train.epochs, train.freeze_encoder_epochs
+    if frozen == 0:
+        return [Phase(0, epochs, True, 1.0, "backup")]
+    phases = [Phase(0, frozen, False, 1.0, "backup/frozen")]
+    if frozen < epochs:
+        phases.append(Phase(frozen, epochs, True, train.finetune_lr_factor, "backup/finetune"))
+    return phases
+
+
+def phases_to_run(phases, work_dir):
+    """The phases left: from the latest one that has a backup (those before it are complete)."""
+    started = [index for index, phase in enumerate(phases) if (Path(work_dir) / phase.backup).exists()]
+    return phases[max(started, default=0):]
+
+
+def fingerprint(params, split_csv):
+    """Identifies a training run: params that shape it and the split it trains on."""
+    relevant = params.model_dump(include={"seed", "data", "model", "train"})
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
+    digest.update(Path(split_csv).read_bytes())
+    return digest.hexdigest()
+
+
+def data_digest(*arrays):
+    """Identifies the arrays a run trains on."""
+    digest = hashlib.sha256()
+    for array in arrays:
+        digest.update(str(array.shape).encode())
+        digest.update(np.ascontiguousarray(array))
+    return digest.hexdigest()
+
+
+def backup_epoch(work_dir):
+    """The epoch that the run kept in `work_dir` resumes from (-1: none)."""
+    paths = Path(work_dir).glob("backup/**/training_metadata.json")
+    return max((int(json.loads(path.read_text())["epoch"]) for path in paths), default=-1)
+
+
+def prepare_work_dir(work_dir, run_id):
+    """Keep the work folder of an interrupted run with the same id; start afresh otherwise."""
+    work_dir = Path(work_dir)
+    id_file = work_dir / "run_id"
+    resuming = id_file.exists() and id_file.read_text() == run_id and (work_dir / "backup").exists()
+    if not resuming:
+        shutil.rmtree(work_dir, ignore_errors=True)
+        work_dir.mkdir(parents=True)
+        id_file.write_text(run_id)
+    return resuming
+
+
+def save_for_inference(checkpoint, path):
+    """Save the checkpoint's model without its training configuration (loss, metrics, optimizer state).
+
+    The published model then loads with plain `keras.models.load_model`, in a
+    notebook that never imports this package.
+    """
+    model = keras.models.load_model(checkpoint, compile=False)
+    model.save(path)
+
+
+def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, monitored=("val_loss", "min"),
+           with_dvclive_plots=True):
+    """Check the run, then move its results into the DVC outputs (best `monitored` epoch from `first_epoch` on)."""
+    history = read_history(work_dir / "history.csv")
+    bad = history[~np.isfinite(history[["loss", "val_loss"]]).all(axis=1)]
+    if len(bad) or not (work_dir / "best.keras").exists():
+        epoch = int(bad["epoch"].iloc[0]) + 1 if len(bad) else len(history)
+        raise TrainingError(
+            f"the loss became NaN or infinite at epoch {epoch}; models/ was not written and the last good "
+            f"model stays in {work_dir}/best.keras. Lower train.lr_max or use train.precision=float32, "
+            f"then delete {work_dir} and run the stage again."
+        )
+    best = best_epoch_row(history, first_epoch, *monitored)
+    metrics = {"best_epoch": int(best["epoch"]) + 1, "epochs": len(history)}
+    metrics.update({key: round(float(best[key]), 5) for key in best.index if key != "epoch"})
+    # The metrics go first and come back last: an interruption leaves no metrics beside a new model.
+    Path(metrics_path).unlink(missing_ok=True)
+    with atomic_file(model_path) as tmp:
+        save_for_inference(work_dir / "best.keras", tmp)
+    with atomic_dir(plots_dir) as tmp:
+        if with_dvclive_plots:
+            shutil.copytree(work_dir / "dvclive" / "plots", tmp, dirs_exist_ok=True)
+        training_curves_figure(history).savefig(tmp / "curves.png")
+    write_json(metrics_path, metrics)
+    shutil.rmtree(work_dir)
+    print(f"best epoch {metrics['best_epoch']}: val_loss {metrics['val_loss']}, val_dice {metrics.get('val_dice')}")
+    return metrics
