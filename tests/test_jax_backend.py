@@ -15,9 +15,9 @@ import yaml
 
 from tests.helpers import make_params, write_tiny_dataset
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install -r requirements-backends.txt)"
-)
+)]
 REPO = Path(__file__).resolve().parents[1]
 
 TRAIN = """

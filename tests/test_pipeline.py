@@ -8,7 +8,7 @@ import pytest
 
 from tests.dvc_helpers import STAGES, copy_project, dvc, git, ran_stages
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments")
+pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"), pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ QUEUE_TIMEOUT_S = 360
 POLL_S = 3
 UNFINISHED_STATES = ("Queued", "Running")
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments")
+pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"), pytest.mark.slow]
 
 
 def queue_tasks(project):

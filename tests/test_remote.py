@@ -10,7 +10,7 @@ from tests.dvc_helpers import SMALL_CV, dvc, git, ran_stages, reproduced_project
 # Outputs kept in the DVC cache: they travel through the remote, not through git.
 CACHED_OUTPUTS = ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras")
 
-pytestmark = pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC")
+pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC"), pytest.mark.slow]
 
 
 def workspace_metrics(shown):

@@ -42,6 +42,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_trains_on_two_logical_cpus(tmp_path):
     result = subprocess.run(
         [sys.executable, "-c", SCRIPT, str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=300
@@ -129,6 +130,7 @@ def last_json(stdout):
     return json.loads(stdout.strip().splitlines()[-1])
 
 
+@pytest.mark.slow
 def test_multiworker_trains_like_one_process_and_only_the_chief_writes(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", size=32, patients=16)  # 24 train, 12 val slices: full batches of 4
     [(stdout, stderr, returncode)] = run_training(data, [tmp_path / "single"], [None])
@@ -151,6 +153,7 @@ def test_multiworker_trains_like_one_process_and_only_the_chief_writes(tmp_path)
     assert not other_dir.exists() or list(other_dir.iterdir()) == []  # its scratch folder is removed
 
 
+@pytest.mark.slow
 def test_interrupted_workers_resume_from_their_own_backups(tmp_path):
     data = write_tiny_dataset(tmp_path / "data", size=32, patients=16)
     for _, stderr, returncode in run_cluster(data, tmp_path, stop_after=0):
@@ -179,6 +182,7 @@ def test_interrupted_workers_resume_from_their_own_backups(tmp_path):
     ('{"cluster": {"worker": ["a:1"], "ps": ["b:1"]}, "task": {"type": "worker", "index": 0}}', "not ['ps']"),
     ('{"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 1}}', "is not in the cluster"),
 ])
+@pytest.mark.slow
 def test_bad_cluster_descriptions_are_rejected(monkeypatch, tf_config, message):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     if tf_config:
@@ -187,6 +191,7 @@ def test_bad_cluster_descriptions_are_rejected(monkeypatch, tf_config, message):
         cluster_task()
 
 
+@pytest.mark.slow
 def test_the_chief_is_the_chief_task_or_else_worker_zero():
     workers = '{"cluster": {"worker": ["a:1", "b:1"]%s}, "task": {"type": "%s", "index": %d}}'
     assert cluster_task(workers % ("", "worker", 0)).chief

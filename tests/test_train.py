@@ -53,6 +53,7 @@ def validation_dice(model_path, data):
     return np.mean(2 * intersection / (predicted.sum(axis=(1, 2)) + masks.sum(axis=(1, 2))))
 
 
+@pytest.mark.slow
 def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
     params = small_params(monitor="val_dice")
     untrained = tmp_path / "untrained.keras"
@@ -108,6 +109,7 @@ class CountEpochs(keras.callbacks.Callback):
         self.epochs.append(epoch)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_where_it_stopped(synthetic_data, tmp_path):
     params = small_params(4, epochs=3)
     with pytest.raises(KeyboardInterrupt):
@@ -121,6 +123,7 @@ def test_interrupted_run_resumes_where_it_stopped(synthetic_data, tmp_path):
     assert list(curve["step"]) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_changed_params_do_not_resume_an_old_run(synthetic_data, tmp_path):
     params = small_params(4, epochs=2)
     with pytest.raises(KeyboardInterrupt):
@@ -131,6 +134,7 @@ def test_changed_params_do_not_resume_an_old_run(synthetic_data, tmp_path):
     assert counter.epochs == [0, 1]
 
 
+@pytest.mark.slow
 def test_same_seed_same_result(synthetic_data, tmp_path):
     params = small_params(4, epochs=2)
     first = run(params, synthetic_data, tmp_path / "first")
@@ -138,6 +142,7 @@ def test_same_seed_same_result(synthetic_data, tmp_path):
     assert first == second
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_model_predicts_in_float32(synthetic_data, tmp_path, precision):
     params = small_params(4, epochs=1, precision=precision)
@@ -160,6 +165,7 @@ def test_oversampling_repeats_the_named_classes():
     assert oversampled(positions, labels, times(glioma=2, meningioma=2)).tolist() == [10, 10, 11, 11, 12, 13, 13]
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(synthetic_data, tmp_path):
     params = small_params(4, epochs=2, lr_max=1.0e30, lr_min=1.0e30)
     with pytest.raises(RuntimeError, match="NaN"):

@@ -48,6 +48,7 @@ class WatchEncoder(keras.callbacks.Callback):
         self.epochs.append((epoch, trainable, not np.array_equal(self.before, self.kernel())))
 
 
+@pytest.mark.slow
 def test_encoder_is_frozen_then_fine_tuned_at_a_lower_rate(tiny_data, tmp_path):
     params = tiny_params(VGG, freeze_encoder_epochs=1, finetune_lr_factor=0.1)
     watch = WatchEncoder()
@@ -75,6 +76,7 @@ class CountEpochs(keras.callbacks.Callback):
     [(0, [(1, True), (2, True)]), (1, [(2, True)])],
     ids=["end of the frozen phase", "during fine-tuning"],
 )
+@pytest.mark.slow
 def test_interrupted_fine_tuning_resumes_in_the_right_phase(tiny_data, tmp_path, stop_after, resumed):
     params = tiny_params(VGG, freeze_encoder_epochs=1)
     with pytest.raises(KeyboardInterrupt):
@@ -87,6 +89,7 @@ def test_interrupted_fine_tuning_resumes_in_the_right_phase(tiny_data, tmp_path,
     assert list(curve["step"]) == [0, 1, 2]
 
 
+@pytest.mark.slow
 def test_lovasz_warm_up_and_model_selection_after_it(tiny_data, tmp_path):
     params = tiny_params(epochs=3, loss={"lovasz_weight": 2.0, "lovasz_from_epoch": 1})
     metrics = run(params, tiny_data, tmp_path)
