@@ -125,6 +125,45 @@ def time_prediction(model_path, images, batch, steps):
     return batch * steps / (time.perf_counter() - start)
 
 
+def recipe_config(name, steps):
+    """The benchmark settings of params.yaml with recipes/NAME.yaml applied."""
+    params = load_params().replaced(load_recipe(name))
+    return dict(label=f"recipe {name}", filters=params.model.filters, depth=params.model.depth,
+                size=params.data.image_size, batch=params.train.batch_size, precision=params.train.precision,
+                steps=steps)
+
+
+def measure(config, compare_feed=False):
+    """Train and predict slices/s (and cores busy) of one configuration."""
+    keras.mixed_precision.set_global_policy(config["precision"])
+    keras.utils.set_random_seed(0)
+    batch, steps = config["batch"], config["steps"]
+    images, masks = phantom_batch(batch * (steps + WARMUP_STEPS), config["size"])
+    model = build_unet(config["size"], config["depth"], config["filters"])
+    model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
+    result = dict(config, parameters=model.count_params())
+    result["train"], result["busy"] = time_training(model, images, masks, batch, steps)
+    if compare_feed:
+        result["premade"] = time_training(model, images, masks, batch, steps, premade=True)[0]
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save(Path(tmp) / "model.keras")
+        result["predict"] = time_prediction(Path(tmp) / "model.keras", images, batch, steps)
+    keras.mixed_precision.set_global_policy("float32")
+    return result
+
+
+def report(result):
+    label = f"{result['label']}: " if result["label"] else ""
+    print(f"config: {label}{result['size']}x{result['size']}, depth {result['depth']}, {result['filters']} base filters "
+          f"({result['parameters']:,} parameters), batch {result['batch']}, {result['precision']}")
+    print(f"train: {result['train']:.2f} slices/s ({result['steps']} steps, input pipeline with augmentation; "
+          f"{result['busy']:.1f} of {os.cpu_count()} cores busy on average)")
+    if "premade" in result:
+        print(f"train on a pre-made batch: {result['premade']:.2f} slices/s (input pipeline at "
+              f"{100 * result['train'] / result['premade']:.0f}% of that speed)")
+    print(f"predict: {result['predict']:.2f} slices/s (saved .keras model)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--filters", type=int, default=64)
@@ -135,43 +174,32 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--compare-feed", action="store_true",
                         help="also time training on a pre-made in-memory batch (no input pipeline)")
-    parser.add_argument("--recipe", metavar="NAME",
-                        help="filters, depth, size, batch and precision of params.yaml with recipes/NAME.yaml applied")
+    parser.add_argument("--recipe", metavar="NAME", action="append",
+                        help="filters, depth, size, batch and precision of params.yaml with recipes/NAME.yaml "
+                             "applied; repeat it to time recipes side by side (speed relative to the first)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
-    if args.recipe:
-        params = load_params().replaced(load_recipe(args.recipe))
-        args.filters, args.depth = params.model.filters, params.model.depth
-        args.size, args.batch, args.precision = params.data.image_size, params.train.batch_size, params.train.precision
     if args.quick:
-        args.filters, args.depth, args.size, args.batch, args.steps = 4, 2, 32, 4, 2
+        configs = [dict(label="", filters=4, depth=2, size=32, batch=4, precision=args.precision, steps=2)]
+    elif args.recipe:
+        configs = [recipe_config(name, args.steps) for name in args.recipe]
+    else:
+        configs = [dict(label="", filters=args.filters, depth=args.depth, size=args.size, batch=args.batch,
+                        precision=args.precision, steps=args.steps)]
+    results = [measure(config, args.compare_feed) for config in configs]
 
-    keras.mixed_precision.set_global_policy(args.precision)
-    keras.utils.set_random_seed(0)
-    images, masks = phantom_batch(args.batch * (args.steps + WARMUP_STEPS), args.size)
-    model = build_unet(args.size, args.depth, args.filters)
-    model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
-    train_rate, busy_cores = time_training(model, images, masks, args.batch, args.steps)
-    premade_rate = time_training(model, images, masks, args.batch, args.steps, premade=True)[0] if args.compare_feed else None
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save(Path(tmp) / "model.keras")
-        predict_rate = time_prediction(Path(tmp) / "model.keras", images, args.batch, args.steps)
-
-    command = "python benchmarks/train.py " + " ".join(sys.argv[1:])
-    print(f"command: {command.strip()}")
+    print(f"command: python benchmarks/train.py {' '.join(sys.argv[1:])}".strip())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_summary(cpu_flags())}, "
           f"Python {platform.python_version()}, Keras {keras.__version__} on {backend_version()}")
     gpu = accelerator()
     if gpu:
         print(f"accelerator: {gpu[0]}, peak memory {gpu[1]:.0f} MiB")
-    print(f"config: {args.size}x{args.size}, depth {args.depth}, {args.filters} base filters "
-          f"({model.count_params():,} parameters), batch {args.batch}, {args.precision}")
-    print(f"train: {train_rate:.2f} slices/s ({args.steps} steps, input pipeline with augmentation; "
-          f"{busy_cores:.1f} of {os.cpu_count()} cores busy on average)")
-    if premade_rate:
-        print(f"train on a pre-made batch: {premade_rate:.2f} slices/s (input pipeline at "
-              f"{100 * train_rate / premade_rate:.0f}% of that speed)")
-    print(f"predict: {predict_rate:.2f} slices/s (saved .keras model)")
+    for result in results:
+        report(result)
+    for result in results[1:]:
+        base = results[0]
+        print(f"{result['label']} against {base['label']}: train {result['train'] / base['train']:.2f}x, "
+              f"predict {result['predict'] / base['predict']:.2f}x the slices/s")
 
 
 if __name__ == "__main__":

@@ -25,7 +25,14 @@ def test_train_benchmark_quick():
         assert line in output
 
 
-def test_train_benchmark_takes_a_recipe():
-    output = run_script("benchmarks/train.py", "--recipe", "cpu", "--steps", "1")
-    assert "command: python benchmarks/train.py --recipe cpu" in output
-    assert "16 base filters" in output and "train:" in output
+def test_train_benchmark_times_recipes_side_by_side():
+    output = run_script("benchmarks/train.py", "--recipe", "cpu", "--recipe", "cpu16", "--steps", "1")
+    assert "command: python benchmarks/train.py --recipe cpu --recipe cpu16" in output
+    assert "config: recipe cpu: 64x64" in output and "config: recipe cpu16: 128x128" in output
+    assert "recipe cpu16 against recipe cpu: train" in output
+
+
+def test_profile_benchmark_quick():
+    output = run_script("benchmarks/profile_step.py", "--quick")
+    for line in ("train step:", "Conv2D", "BatchNormalization", "validation pass", "input pipeline"):
+        assert line in output

@@ -90,7 +90,6 @@ def test_weights_file_is_loaded_into_the_encoder(tmp_path):
 @pytest.mark.parametrize(
     "image_size, encoder, depth, message",
     [
-        (64, "vgg19", 4, "model.encoder must be one of"),
         (64, "resnet50", 6, "downsamples 5 times"),
         (64, "vgg16", 0, "between 1 and 5"),
         (16, "vgg16", 2, "too small"),

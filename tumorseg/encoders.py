@@ -31,6 +31,7 @@ import keras
 import numpy as np
 from keras import layers
 
+from tumorseg.config import ENCODER_NAMES, ConfigError
 from tumorseg.model import build_unet, check_image_size, decoder, level_widths, output_head
 
 MIN_IMAGE_SIZE = 32  # keras.applications refuse smaller inputs
@@ -59,7 +60,7 @@ ENCODERS = {
          "block6a_expand_activation", "top_activation"),
     ),
 }
-ENCODER_NAMES = ("none", *ENCODERS)
+assert set(ENCODER_NAMES) == {"none", *ENCODERS}, "tumorseg.config.ENCODER_NAMES lists the encoders here"
 
 
 def weights_argument(encoder_weights):
@@ -70,7 +71,7 @@ def weights_argument(encoder_weights):
         return "imagenet"
     path = Path(encoder_weights)
     if not path.is_file():
-        raise ValueError(
+        raise ConfigError(
             f"model.encoder_weights: weights file {path} not found; give imagenet, none, or the path of "
             "the encoder's no-top weights file (as Keras stores it in ~/.keras/models/, or saved with save_weights)."
         )
@@ -78,21 +79,19 @@ def weights_argument(encoder_weights):
 
 
 def check_encoder(encoder, encoder_weights, image_size, depth):
-    """Raise ValueError for an unknown encoder, a depth or image size it cannot serve, or a missing weights file."""
-    if encoder not in ENCODER_NAMES:
-        raise ValueError(f"model.encoder must be one of {', '.join(ENCODER_NAMES)}, got {encoder!r}.")
+    """Raise ConfigError for a depth or image size the encoder cannot serve, or a missing weights file."""
     if encoder == "none":
         check_image_size(image_size, depth)
         return
     stages = len(ENCODERS[encoder].feature_layers) - 1
     if not 1 <= depth <= stages:
-        raise ValueError(
+        raise ConfigError(
             f"model.depth ({depth}) must be between 1 and {stages} with model.encoder {encoder}: "
             f"{encoder} downsamples {stages} times."
         )
     check_image_size(image_size, depth)
     if image_size < MIN_IMAGE_SIZE:
-        raise ValueError(
+        raise ConfigError(
             f"data.image_size ({image_size}) is too small for model.encoder {encoder}: "
             f"keras.applications need at least {MIN_IMAGE_SIZE}."
         )

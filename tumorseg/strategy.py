@@ -5,6 +5,8 @@ import contextlib
 
 import keras
 
+from tumorseg.config import ConfigError
+
 
 class OneDevice:
     """The strategy of a backend without tf.distribute (JAX, PyTorch): one device, one replica."""
@@ -16,9 +18,9 @@ class OneDevice:
 
 
 def check_backend(strategy):
-    """Raise ValueError when train.strategy needs TensorFlow and the Keras backend is another."""
+    """Raise ConfigError when train.strategy needs TensorFlow and the Keras backend is another."""
     if strategy != "default" and keras.backend.backend() != "tensorflow":
-        raise ValueError(
+        raise ConfigError(
             f"train.strategy={strategy} needs the TensorFlow backend; under KERAS_BACKEND="
             f"{keras.backend.backend()} use train.strategy=default (one device)."
         )

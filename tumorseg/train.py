@@ -17,6 +17,7 @@ from dvclive import Live
 
 from tumorseg.batches import make_batches
 from tumorseg.callbacks import CheckpointFromEpoch, EpochDVCLiveCallback, LearningRateLogger
+from tumorseg.config import ConfigError
 from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
 from tumorseg.hardware import cpu_flags, precision_warning
@@ -76,11 +77,11 @@ def training_batches(params, numpy_dir, split_csv, replicas):
     subsets = [arrays["images"][train_rows], arrays["masks"][train_rows],
                arrays["images"][val_rows], arrays["masks"][val_rows]]
     if train.batch_size % replicas:
-        raise ValueError(f"train.strategy={train.strategy} splits every batch equally across {replicas} "
+        raise ConfigError(f"train.strategy={train.strategy} splits every batch equally across {replicas} "
                          f"replicas: set train.batch_size ({train.batch_size}) to a multiple of {replicas}.")
     several = replicas > 1
     if several and min(len(subsets[0]), len(subsets[2])) < train.batch_size:
-        raise ValueError(f"train.strategy={train.strategy} uses full batches only: the train ({len(subsets[0])}) "
+        raise ConfigError(f"train.strategy={train.strategy} uses full batches only: the train ({len(subsets[0])}) "
                          f"and val ({len(subsets[2])}) subsets must each hold at least train.batch_size "
                          f"({train.batch_size}) slices.")
     print(f"train: {len(subsets[0])} slices, val: {len(subsets[2])} slices")
