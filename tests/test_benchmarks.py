@@ -28,7 +28,7 @@ def test_train_benchmark_quick():
 def test_train_benchmark_times_recipes_side_by_side():
     output = run_script("benchmarks/train.py", "--recipe", "cpu", "--recipe", "cpu16", "--steps", "1")
     assert "command: python benchmarks/train.py --recipe cpu --recipe cpu16" in output
-    assert "config: recipe cpu: 64x64" in output and "config: recipe cpu16: 128x128" in output
+    assert "config: recipe cpu: 96x96" in output and "config: recipe cpu16: 128x128" in output
     assert "recipe cpu16 against recipe cpu: train" in output
 
 

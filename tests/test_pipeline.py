@@ -24,7 +24,7 @@ def test_pipeline_end_to_end(project, tmp_path):
     for path in ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras",
                  "metrics/train.json", "metrics/eval.json", "plots/train/metrics/eval/loss.tsv",
                  "plots/eval/threshold_sweep.csv", "plots/eval/per_image.csv", "plots/eval/per_class.csv",
-                 "plots/samples/grid.png"):
+                 "plots/samples/grid.png", "plots/review/index.html"):
         assert (project / path).exists(), path
     assert len(list((project / "plots/samples").glob("*.png"))) == 4  # one per class + the grid
     eval_metrics = json.loads((project / "metrics/eval.json").read_text())

@@ -148,7 +148,7 @@ class Train(Section):
 
     @property
     def monitor_mode(self):
-        """"max" or "min": whether train.monitor is better when higher or lower."""
+        """Whether train.monitor is better when higher ("max") or lower ("min")."""
         return MONITOR_MODES[self.monitor]
 
 
@@ -206,10 +206,6 @@ class Params(Section):
         return parse_params(tree)
 
 
-def _location(loc):
-    return ".".join(str(part) for part in loc if not str(part).startswith("function-"))
-
-
 def _known_keys(loc):
     """The keys allowed beside the unknown key at `loc`."""
     model = Params
@@ -219,12 +215,12 @@ def _known_keys(loc):
 
 
 def _describe(error, source):
-    loc = tuple(part for part in error["loc"] if isinstance(part, str) and part not in ("function-after",))
-    key = _location(loc)
+    loc = tuple(part for part in error["loc"] if isinstance(part, str))
+    key = ".".join(loc)
     kind = error["type"]
     if kind == "extra_forbidden":
         close = difflib.get_close_matches(loc[-1], _known_keys(loc), n=1)
-        hint = f"did you mean {_location(loc[:-1] + (close[0],))}?" if close else "remove it"
+        hint = f"did you mean {'.'.join(loc[:-1] + (close[0],))}?" if close else "remove it"
         return f"{source}: unknown key {key}: {hint}"
     if kind == "missing":
         return f"{source}: {key} is missing: add it (the repository's params.yaml lists every key)"

@@ -67,30 +67,32 @@ def first_compared_epoch(loss):
 
 
 def training_batches(params, numpy_dir, split_csv, replicas):
-    """(train batches, val batches, the arrays behind them) of the split, oversampled and augmented."""
+    """(train batches, val batches, steps per epoch, the arrays behind them) of the split, oversampled and
+    augmented; with several replicas every batch is full."""
     train = params.train
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("train", "val"))
     train_rows = subset_positions(split, arrays, "train", split_csv)
     train_rows = oversampled(train_rows, np.asarray(arrays["labels"])[train_rows], train.oversample)
     val_rows = subset_positions(split, arrays, "val", split_csv)
-    subsets = [arrays["images"][train_rows], arrays["masks"][train_rows],
-               arrays["images"][val_rows], arrays["masks"][val_rows]]
+    train_images, train_masks = arrays["images"][train_rows], arrays["masks"][train_rows]
+    val_images, val_masks = arrays["images"][val_rows], arrays["masks"][val_rows]
     if train.batch_size % replicas:
         raise ConfigError(f"train.strategy={train.strategy} splits every batch equally across {replicas} "
-                         f"replicas: set train.batch_size ({train.batch_size}) to a multiple of {replicas}.")
+                          f"replicas: set train.batch_size ({train.batch_size}) to a multiple of {replicas}.")
     several = replicas > 1
-    if several and min(len(subsets[0]), len(subsets[2])) < train.batch_size:
-        raise ConfigError(f"train.strategy={train.strategy} uses full batches only: the train ({len(subsets[0])}) "
-                         f"and val ({len(subsets[2])}) subsets must each hold at least train.batch_size "
-                         f"({train.batch_size}) slices.")
-    print(f"train: {len(subsets[0])} slices, val: {len(subsets[2])} slices")
+    if several and min(len(train_images), len(val_images)) < train.batch_size:
+        raise ConfigError(f"train.strategy={train.strategy} uses full batches only: the train ({len(train_images)}) "
+                          f"and val ({len(val_images)}) subsets must each hold at least train.batch_size "
+                          f"({train.batch_size}) slices.")
+    print(f"train: {len(train_images)} slices, val: {len(val_images)} slices")
     # Several replicas cannot share a last, partial batch (a replica may get no slice), so they skip
     # it: model selection then sees up to batch_size - 1 fewer validation slices; evaluate sees all.
-    train_data = make_batches(subsets[0], subsets[1], train.batch_size, True, train.augment, params.seed,
+    train_data = make_batches(train_images, train_masks, train.batch_size, True, train.augment, params.seed,
                               drop_remainder=several)
-    val_data = make_batches(subsets[2], subsets[3], train.batch_size, drop_remainder=several)
-    return train_data, val_data, subsets
+    val_data = make_batches(val_images, val_masks, train.batch_size, drop_remainder=several)
+    steps = len(train_images) // train.batch_size if several else math.ceil(len(train_images) / train.batch_size)
+    return train_data, val_data, steps, (train_images, train_masks, val_images, val_masks)
 
 
 def phase_callbacks(phase, last, train, loss, work_dir, live, schedule_callbacks):
@@ -167,8 +169,8 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 
-    replicas = strategy.num_replicas_in_sync
-    train_data, val_data, arrays = training_batches(params, numpy_dir, split_csv, replicas)
+    train_data, val_data, steps, arrays = training_batches(params, numpy_dir, split_csv,
+                                                           strategy.num_replicas_in_sync)
     work_dir = Path(work_dir)
     run_id = fingerprint(params, split_csv)
     resuming = prepare_work_dir(work_dir, run_id)
@@ -176,7 +178,6 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
         print(f"resuming the interrupted run kept in {work_dir}")
     if task:
         multiworker.check_workers_agree(strategy, run_id + data_digest(*arrays), backup_epoch(work_dir))
-    steps = math.ceil(len(arrays[0]) / train_params.batch_size) if replicas == 1 else len(arrays[0]) // train_params.batch_size
     with strategy.scope():
         model = build_model(params)
         loss = make_loss(train_params.loss)

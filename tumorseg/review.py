@@ -1,0 +1,122 @@
+"""A page to review the errors: every test slice, worst Dice first, with the true and predicted tumour.
+
+plots/review/index.html is one self-contained page (no server, no network; the
+pictures lie beside it in slices/): per slice the MRI with true positive, false
+positive and false negative pixels tinted, its class, patient, Dice and the
+true and predicted areas. A class filter (also set by the address, e.g.
+index.html#class=glioma) shows one class at a time. There is no threshold
+slider: the masks are those of the threshold evaluate chose on validation.
+"""
+
+import html
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tumorseg import LABEL_NAMES
+from tumorseg.atomic import atomic_dir
+from tumorseg.data import load_arrays, read_split, subset_positions
+from tumorseg.inference import check_model_input, load_model
+from tumorseg.postprocess import PostProcess
+from tumorseg.render import ERROR_COLORS, build_samples, error_view
+
+MIN_PICTURE_SIZE = 160  # pixels: small model inputs are enlarged (nearest neighbour) to at least this
+
+PAGE = """<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>Test slices, worst Dice first</title>
+<style>
+body {{ font-family: sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; }}
+td, th {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; vertical-align: middle; }}
+td.class, td.patient {{ text-align: left; }}
+img {{ image-rendering: pixelated; display: block; }}
+.key span {{ display: inline-block; width: 0.9em; height: 0.9em; margin: 0 0.3em 0 1em; vertical-align: middle; }}
+</style>
+</head>
+<body>
+<h1>Test slices, worst Dice first</h1>
+<p>Threshold {threshold}, post-processing {postprocess}, test-time augmentation {tta} (as evaluate chose on validation).
+<span class="key">{key}</span></p>
+<p><label for="class-filter">Class</label>
+<select id="class-filter">
+<option value="all">all classes</option>
+{options}
+</select>
+<span id="shown">{count}</span> of {count} slices shown</p>
+<table id="slices">
+<thead><tr><th>slice</th><th>id</th><th>class</th><th>patient</th><th>Dice</th><th>true pixels</th><th>predicted pixels</th></tr></thead>
+<tbody>
+{rows}
+</tbody>
+</table>
+<script>
+const filter = document.getElementById("class-filter");
+function show(choice) {{
+  let shown = 0;
+  for (const row of document.querySelectorAll("#slices tbody tr")) {{
+    row.hidden = choice !== "all" && row.dataset.class !== choice;
+    if (!row.hidden) shown += 1;
+  }}
+  document.getElementById("shown").textContent = shown;
+}}
+filter.addEventListener("change", () => {{ location.hash = "class=" + filter.value; show(filter.value); }});
+const asked = new URLSearchParams(location.hash.slice(1)).get("class");
+if (asked && [...filter.options].some(option => option.value === asked)) filter.value = asked;
+show(filter.value);
+</script>
+</body>
+</html>
+"""
+
+ROW = ('<tr data-class="{name}" data-dice="{dice:.4f}"><td><img src="slices/{id}.png" width="{size}" height="{size}" '
+       'alt="slice {id}"></td><td>{id}</td><td class="class">{name}</td><td class="patient">{pid}</td>'
+       "<td>{dice:.3f}</td><td>{true}</td><td>{pred}</td></tr>")
+
+
+def picture(sample):
+    """uint8 RGB error view of a slice, enlarged to at least MIN_PICTURE_SIZE pixels."""
+    rgb = (np.clip(error_view(sample.image, sample.truth, sample.pred), 0, 1) * 255).round().astype(np.uint8)
+    factor = max(1, -(-MIN_PICTURE_SIZE // rgb.shape[0]))
+    return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
+
+
+def review_page(samples, pids, threshold, postprocess, tta):
+    """The page's HTML for `samples` (any order; listed worst Dice first) with their patient ids."""
+    ordered = sorted(samples, key=lambda sample: (sample.dice, sample.id))
+    size = max(MIN_PICTURE_SIZE, samples[0].image.shape[0]) if samples else MIN_PICTURE_SIZE
+    rows = "\n".join(
+        ROW.format(name=sample.class_name, dice=sample.dice, id=sample.id, size=size, pid=html.escape(str(pids[sample.id])),
+                   true=int(sample.truth.sum()), pred=int(sample.pred.sum()))
+        for sample in ordered
+    )
+    present = sorted({sample.label for sample in samples})
+    options = "\n".join(f'<option value="{LABEL_NAMES[label]}">{LABEL_NAMES[label]}</option>' for label in present)
+    key = "".join(f'<span style="background: rgb{tuple(round(255 * c) for c in color)}"></span>{name}'
+                  for name, color in ERROR_COLORS.items())
+    return PAGE.format(threshold=f"{threshold:g}", postprocess=html.escape(str(postprocess)), tta=tta,
+                       key=key, options=options, count=len(samples), rows=rows)
+
+
+def write_review(model_path, numpy_dir, split_csv, out_dir, threshold=0.5, postprocess=PostProcess(), tta="none"):
+    """Write out_dir/index.html and out_dir/slices/<id>.png for every test slice; returns how many."""
+    arrays = load_arrays(numpy_dir)
+    split = read_split(split_csv, subsets=("test",))
+    test = subset_positions(split, arrays, "test", split_csv)
+    model = load_model(model_path)
+    check_model_input(model, arrays["images"].shape[1], model_path)
+    ids, labels = np.asarray(arrays["ids"])[test], np.asarray(arrays["labels"])[test]
+    chosen = {label: sorted(int(i) for i in ids[labels == label]) for label in LABEL_NAMES}
+    samples = [s for group in build_samples(model, arrays, test, chosen, threshold, postprocess=postprocess,
+                                            tta=tta).values() for s in group]
+    pids = dict(zip(ids.tolist(), np.asarray(arrays["pids"])[test].tolist()))
+    with atomic_dir(out_dir) as tmp:
+        (Path(tmp) / "slices").mkdir()
+        for sample in samples:
+            Image.fromarray(picture(sample)).save(Path(tmp) / "slices" / f"{sample.id}.png")
+        (Path(tmp) / "index.html").write_text(review_page(samples, pids, threshold, postprocess, tta))
+    print(f"review page of {len(samples)} test slices: {Path(out_dir) / 'index.html'}")
+    return len(samples)
