@@ -56,8 +56,7 @@ def _onednn_setting_seen_by_tensorflow(env_value):
     env = {key: value for key, value in os.environ.items() if key != "TF_ENABLE_ONEDNN_OPTS"}
     if env_value is not None:
         env["TF_ENABLE_ONEDNN_OPTS"] = env_value
-    code = ("import sys, tumorseg, keras; assert 'tensorflow' in sys.modules or keras.backend.backend() != 'tensorflow'; "
-            "import os; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])")
+    code = "import os, tumorseg, keras; print(os.environ['TF_ENABLE_ONEDNN_OPTS'])"
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
     return result.stdout.strip()
 
