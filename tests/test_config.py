@@ -55,7 +55,7 @@ def test_the_repository_params_load_as_typed_settings():
         ({"train.loss.bce_weight": 0.0, "train.loss.dice_weight": 0.0}, "both 0"),
         ({"train.loss.lovasz_weight": 1.0, "train.loss.lovasz_from_epoch": 50}, "never switches on"),
         ({"train.freeze_encoder_epochs": 1}, "needs a pretrained model.encoder"),
-        ({"model.encoder": "vgg16", "train.freeze_encoder_epochs": 60}, "must be at most train.epochs (50)"),
+        ({"model.encoder": "vgg16", "train.epochs": 50, "train.freeze_encoder_epochs": 60}, "must be at most train.epochs (50)"),
         ({"split.val": 0.5, "split.test": 0.5}, "split.val + split.test (0.5 + 0.5) must be below 1"),
         ({"split.fold": 5}, "split.fold (5) must be below split.folds (5)"),
         ({"evaluate.threshold_min": 0.9, "evaluate.threshold_max": 0.1}, "evaluate.threshold_min (0.9) must be at most"),
@@ -94,7 +94,7 @@ def test_unreadable_or_empty_files_are_named(tmp_path):
 
 
 def test_replaced_returns_a_checked_copy():
-    params = make_params()
+    params = make_params({"train.epochs": 50, "train.augment.zoom": 0.0})
     changed = params.replaced({"train.epochs": 3, "train.augment.zoom": 0.1})
     assert (changed.train.epochs, changed.train.augment.zoom) == (3, 0.1)
     assert params.train.epochs == 50 and params.train.augment.zoom == 0.0
