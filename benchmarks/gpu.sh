@@ -11,7 +11,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-if ! "$python" -c "import keras, yaml" 2>/dev/null; then
+if ! "$python" -c "import keras, yaml, pydantic" 2>/dev/null; then
     "$python" -m pip install --quiet --no-index --find-links wheels -r benchmarks/gpu-requirements.txt
 fi
 export KERAS_BACKEND=jax
