@@ -17,20 +17,29 @@ import keras
 import numpy as np
 from scipy import ndimage
 
+from tumorseg import LABEL_NAMES
 from tumorseg.config import Augment
+from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
 
 
-
-def make_batches(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
+def make_batches(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
+                 labels=None):
     """Batches of (image, mask), both (batch, S, S, 1) float32, for the current Keras backend.
 
     Training data is shuffled with the seed (a new order every epoch) and augmented; validation data is neither.
+    With `labels` (1, 2, 3 per slice, for a model with the type head) the target is
+    {"mask": mask, "tumor_type": (batch, 3) one-hot type} instead of the mask.
     """
     if keras.backend.backend() == "tensorflow":
         from tumorseg.dataset import make_dataset
 
-        return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder)
-    return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder)
+        return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder, labels)
+    return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels)
+
+
+def one_hot_types(labels):
+    """(n, 3) float32 one-hot tumour types of labels 1, 2, 3 (the order of the type head's outputs)."""
+    return np.eye(len(LABEL_NAMES), dtype=np.float32)[np.asarray(labels, dtype=np.int64) - 1]
 
 
 def center_fit(array, size):
@@ -78,11 +87,13 @@ class ArrayBatches(keras.utils.PyDataset):
     of (seed, e, i) only, so a run is reproducible.
     """
 
-    def __init__(self, images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
+    def __init__(self, images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
+                 labels=None):
         # threads prepare the next batches while the model trains (numpy and scipy release the GIL)
         super().__init__(workers=min(8, os.cpu_count() or 1) if training else 1)
         self.images = np.asarray(images, dtype=np.float32)
         self.masks = np.asarray(masks, dtype=np.float32)
+        self.types = None if labels is None else one_hot_types(labels)
         self.batch_size, self.training, self.seed = int(batch_size), training, int(seed)
         self.settings = augment or Augment()
         count = len(self.images) / self.batch_size
@@ -109,4 +120,6 @@ class ArrayBatches(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             for k in range(len(rows)):
                 images[k], masks[k] = augment_pair(images[k], masks[k], self.settings, rng)
-        return images[..., None], masks[..., None]
+        if self.types is None:
+            return images[..., None], masks[..., None]
+        return images[..., None], {MASK_OUTPUT: masks[..., None], TYPE_OUTPUT: self.types[rows]}

@@ -1,8 +1,18 @@
-"""Keras callbacks of the train stage: the learning rate in the logs, DVCLive curves per epoch, and a
-checkpoint that ignores a warm-up."""
+"""Keras callbacks of the train stage: the mask's metrics under their usual names, the learning rate in the
+logs, DVCLive curves per epoch, and a checkpoint that ignores a warm-up."""
 
 import keras
 from dvclive.utils import standardize_metric_name
+
+
+class MaskMetricNames(keras.callbacks.Callback):
+    """With the type head, Keras prefixes each output's metrics with its name (mask_dice, val_mask_iou):
+    renames the mask's back to dice, iou, val_dice, val_iou, which train.monitor, the history and the
+    plots use. The losses keep their names (loss is the total; mask_loss, tumor_type_loss its parts)."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        for name in [name for name in (logs or {}) if name.removeprefix("val_") in ("mask_dice", "mask_iou")]:
+            logs[name.replace("mask_", "", 1)] = logs.pop(name)
 
 
 class LearningRateLogger(keras.callbacks.Callback):

@@ -79,6 +79,7 @@ class Model(Section):
     hypercolumns: StrictBool
     encoder: Literal[ENCODER_NAMES]
     encoder_weights: str = Field(min_length=1)
+    classify: StrictBool
 
 
 class Loss(Section):
@@ -87,6 +88,7 @@ class Loss(Section):
     smooth: float = Field(gt=0)
     lovasz_weight: float = Field(ge=0)
     lovasz_from_epoch: Count = Field(ge=0)
+    class_weight: float = Field(ge=0)
 
     @model_validator(mode="after")
     def _some_term(self):

@@ -4,7 +4,9 @@ tumorseg.batches chooses the pipeline for the backend in use)."""
 import numpy as np
 import tensorflow as tf
 
+from tumorseg.batches import one_hot_types
 from tumorseg.config import Augment
+from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
 
 
 def _flip(image, mask, seed, axis):
@@ -81,8 +83,10 @@ def _augment(augment):
     return apply
 
 
-def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False):
-    """Batches of (image, mask), both (batch, S, S, 1) float32.
+def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
+                 labels=None):
+    """Batches of (image, mask), both (batch, S, S, 1) float32; with `labels`, of
+    (image, {"mask": mask, "tumor_type": one-hot type}) (see tumorseg.batches.make_batches).
 
     Training data is shuffled with the seed (a new order every epoch) and
     augmented; validation data is neither. `drop_remainder` keeps every batch
@@ -93,15 +97,20 @@ def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0
     """
     images = np.asarray(images, dtype=np.float32)[..., None]
     masks = np.asarray(masks, dtype=np.float32)[..., None]
-    dataset = tf.data.Dataset.from_tensor_slices((images, masks))
+    types = one_hot_types(labels if labels is not None else np.ones(len(images)))
+    dataset = tf.data.Dataset.from_tensor_slices((images, masks, types))
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
         dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda pair, seed_pair: _augment(augment or Augment())(pair[0], pair[1], seed_pair),
+            lambda row, seed_pair: (*_augment(augment or Augment())(row[0], row[1], seed_pair), row[2]),
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
+    if labels is None:
+        dataset = dataset.map(lambda image, mask, _: (image, mask))
+    else:
+        dataset = dataset.map(lambda image, mask, kind: (image, {MASK_OUTPUT: mask, TYPE_OUTPUT: kind}))
     # Data built from arrays in memory has no files to shard: each worker keeps its share of every
     # batch (what AUTO falls back to, said explicitly to spare the fallback's warning)
     options = tf.data.Options()

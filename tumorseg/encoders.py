@@ -32,7 +32,7 @@ import numpy as np
 from keras import layers
 
 from tumorseg.config import ENCODER_NAMES, ConfigError
-from tumorseg.model import build_unet, check_image_size, decoder, level_widths, output_head
+from tumorseg.model import build_unet, check_image_size, decoder, level_widths, model_outputs
 
 MIN_IMAGE_SIZE = 32  # keras.applications refuse smaller inputs
 IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
@@ -176,7 +176,7 @@ def set_batchnorm_momentum(backbone, momentum):
 
 
 def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1,
-                       hypercolumns=False, encoder_weights="imagenet"):
+                       hypercolumns=False, encoder_weights="imagenet", classify=False):
     """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder."""
     check_encoder(encoder, encoder_weights, image_size, depth)
     backbone = load_backbone(encoder, encoder_weights, image_size)
@@ -195,14 +195,15 @@ def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momen
             )
     skips = [maps.get(level) for level in range(depth)]
     features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout)
-    return keras.Model(inputs, output_head(features, hypercolumns), name=f"{encoder}_unet")
+    return keras.Model(inputs, model_outputs(features, maps[depth], hypercolumns, classify, dropout),
+                       name=f"{encoder}_unet")
 
 
 def build_model(params):
     """The model params.model describes, for params.data.image_size images."""
     model = params.model
     settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
-                    dropout=model.dropout, hypercolumns=model.hypercolumns)
+                    dropout=model.dropout, hypercolumns=model.hypercolumns, classify=model.classify)
     if model.encoder == "none":
         return build_unet(params.data.image_size, **settings)
     return build_encoder_unet(params.data.image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tumorseg import LABEL_NAMES, metrics
+from tumorseg import LABEL_NAMES, metrics, tumor_type
 from tumorseg.atomic import atomic_dir, write_json
 from tumorseg.data import InputError, load_arrays, read_split, subset_positions
 from tumorseg.inference import DEFAULT_BATCH_SIZE, check_model_input, load_model, predict_probabilities
@@ -178,6 +178,9 @@ def format_summary(result, per_class):
         f"{_fmt(result['dice_native_ci_high'])}]  IoU {_fmt(result['iou'])}"
         f"  ({result['test_images']} slices, {result['test_patients']} patients)",
     ]
+    if "type_accuracy" in result:
+        lines.append(f"tumour type: accuracy {_fmt(result['type_accuracy'])}, balanced accuracy "
+                     f"{_fmt(result['type_balanced_accuracy'])}")
     for row in per_class.itertuples(index=False):
         lines.append(
             f"  {row[0]:<11} Dice {_fmt(row.dice)} [{_fmt(row.dice_ci_low)}, {_fmt(row.dice_ci_high)}]"
@@ -212,17 +215,23 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
     val_probs = predict_probabilities(model, arrays["images"], val, DEFAULT_BATCH_SIZE, tta)
     threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_probs, thresholds, settings.postprocess)
 
-    test_probs = predict_probabilities(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
+    test_probs, test_types = predict_probabilities(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta,
+                                                   with_types=True)
     test_truth = np.asarray(masks[test]) > 0
     test_pred = postprocess.apply(metrics.binarize(test_probs, threshold))
-    pids = np.asarray(arrays["pids"])[test]
+    pids, test_labels = np.asarray(arrays["pids"])[test], np.asarray(arrays["labels"])[test]
     per_image = per_image_table(
-        test_ids, pids, np.asarray(arrays["labels"])[test], test_truth, test_pred,
+        test_ids, pids, test_labels, test_truth, test_pred,
         native_dice(test_probs, test_ids, raw_dir, threshold, postprocess),
     )
     per_class = per_class_table(per_image, resamples, params.seed)
     ci = confidence_intervals(per_image, resamples, params.seed)
     result = summary_metrics(per_image, per_class, test_truth, test_pred, (threshold, postprocess, val_iou, tta), ci)
+    if test_types is not None:  # the model has the type head (model.classify)
+        predicted = tumor_type.predicted_labels(test_types)
+        per_image["predicted_type"] = [LABEL_NAMES[int(label)] for label in predicted]
+        per_image["type_probability"] = test_types.max(axis=1)
+        result.update({key: _round(value) for key, value in tumor_type.type_scores(test_labels, predicted).items()})
 
     sweep_table = pd.DataFrame(
         {"threshold": sweep["threshold"], "iou": np.round(sweep["iou"], DECIMALS),
@@ -232,6 +241,8 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
         sweep_table.to_csv(tmp / "threshold_sweep.csv", index=False)
         per_image.round(DECIMALS).to_csv(tmp / "per_image.csv", index=False)
         per_class.round(DECIMALS).to_csv(tmp / "per_class.csv", index=False)
+        if test_types is not None:
+            tumor_type.confusion_rows(test_labels, predicted).to_csv(tmp / "confusion.csv", index=False)
     write_json(metrics_path, result)
     print(format_summary(result, per_class))
     return result

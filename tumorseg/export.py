@@ -8,13 +8,16 @@ Layout of the export folder:
 
 Every export takes a batch of preprocessed images (N, S, S, 1) float32 in
 [0, 1] (see tumorseg.preprocess.preprocess_image) and returns tumour
-probabilities (N, S, S, 1). TFLite files are run with the LiteRT interpreter
+probabilities (N, S, S, 1); a model with the type head (model.classify) also
+returns its (N, 3) type probabilities beside them. TFLite files are run with the LiteRT interpreter
 (package ai-edge-litert) when it is installed, else with tf.lite.Interpreter.
 """
 
 import json
 
 import numpy as np
+
+from tumorseg.inference import split_outputs
 
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FLOAT32 = "model.tflite"
@@ -57,7 +60,7 @@ def run_saved_model(saved_model_dir, images):
 
     loaded = tf.saved_model.load(str(saved_model_dir))
     batch = tf.constant(np.asarray(images, dtype=np.float32)[..., None])
-    return np.asarray(loaded.serve(batch)).reshape(np.shape(images))
+    return split_outputs(loaded.serve(batch))[0].reshape(np.shape(images))
 
 
 def tflite_interpreter(tflite_path):
@@ -80,8 +83,9 @@ def run_tflite(tflite_path, images):
     interpreter.allocate_tensors()
     interpreter.set_tensor(source, images[..., None])
     interpreter.invoke()
-    result = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
-    return np.asarray(result).reshape(images.shape)
+    # the mask is the 4-D output (a model with the type head also has a (N, 3) one)
+    mask = next(detail for detail in interpreter.get_output_details() if len(detail["shape"]) == 4)
+    return np.asarray(interpreter.get_tensor(mask["index"])).reshape(images.shape)
 
 
 def check_exports(model, export_dir, size, threshold, samples=2, seed=0):
@@ -91,7 +95,7 @@ def check_exports(model, export_dir, size, threshold, samples=2, seed=0):
     float16 file exists, "float16_mask_agreement" (fraction of equal mask pixels).
     """
     images = np.random.default_rng(seed).random((samples, size, size), dtype=np.float32)
-    reference = np.asarray(model.predict_on_batch(images[..., None])).reshape(images.shape)
+    reference = split_outputs(model.predict_on_batch(images[..., None]))[0].reshape(images.shape)
     saved = run_saved_model(export_dir / SAVED_MODEL_DIR, images)
     lite = run_tflite(export_dir / TFLITE_FLOAT32, images)
     result = {"max_difference": {

@@ -7,7 +7,9 @@ import numpy as np
 from tqdm import tqdm
 
 import tumorseg.losses  # noqa: F401  registers the custom loss and metric
+from tumorseg import LABEL_NAMES
 from tumorseg.data import InputError
+from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
 
 DEFAULT_BATCH_SIZE = 32
 # test-time augmentation: the flips (axes of a (N, S, S, 1) batch) whose predictions are averaged
@@ -46,30 +48,54 @@ def check_tta(tta, source="evaluate.tta"):
     return tta
 
 
-def predict_batch(model, batch, tta="none"):
+def has_type_head(model):
+    """Whether the model also predicts the tumour type (model.classify)."""
+    return TYPE_OUTPUT in getattr(model, "output_names", ())
+
+
+def split_outputs(outputs):
+    """(mask probabilities, type probabilities or None) of a model's outputs for one batch."""
+    if isinstance(outputs, dict):
+        return np.asarray(outputs[MASK_OUTPUT], np.float32), np.asarray(outputs[TYPE_OUTPUT], np.float32)
+    return np.asarray(outputs, dtype=np.float32), None
+
+
+def predict_batch(model, batch, tta="none", with_types=False):
     """The model's probabilities for a (N, S, S, 1) batch, averaged over the flips of `tta`.
 
     Each flipped copy's prediction is flipped back before averaging, so a
-    flip-equivariant model gives the same result with or without TTA.
+    flip-equivariant model gives the same result with or without TTA. With
+    `with_types`, returns (probabilities, (N, 3) type probabilities or None
+    for a model without the type head), the types averaged over the same flips.
     """
-    total = None
+    total, types = None, None
     for axes in TTA_FLIPS[check_tta(tta)]:
-        probs = np.asarray(model.predict_on_batch(np.flip(batch, axes) if axes else batch), dtype=np.float32)
+        probs, kinds = split_outputs(model.predict_on_batch(np.flip(batch, axes) if axes else batch))
         if probs.size != batch.size:
             raise InputError(f"model output {probs.shape} does not match its input {batch.shape}.")
         probs = probs.reshape(batch.shape)
         probs = np.flip(probs, axes) if axes else probs
         total = probs if total is None else total + probs
-    return total / len(TTA_FLIPS[tta])
+        if kinds is not None:
+            types = kinds if types is None else types + kinds
+    count = len(TTA_FLIPS[tta])
+    if not with_types:
+        return total / count
+    return total / count, None if types is None else types / count
 
 
-def predict_probabilities(model, images, positions, batch_size=DEFAULT_BATCH_SIZE, tta="none"):
-    """Tumour probabilities (n, S, S) float32 of images[positions], in batches, with test-time `tta`."""
+def predict_probabilities(model, images, positions, batch_size=DEFAULT_BATCH_SIZE, tta="none", with_types=False):
+    """Tumour probabilities (n, S, S) float32 of images[positions], in batches, with test-time `tta`;
+    with `with_types`, also the (n, 3) type probabilities (None without the type head)."""
     size = images.shape[1]
     out = np.empty((len(positions), size, size), dtype=np.float32)
+    types = np.empty((len(positions), len(LABEL_NAMES)), dtype=np.float32) if has_type_head(model) else None
     with tqdm(total=len(positions), desc="predict", unit="slice", disable=len(positions) <= batch_size) as bar:
         for start in range(0, len(positions), batch_size):
             batch = np.asarray(images[positions[start:start + batch_size]], dtype=np.float32)[..., None]
-            out[start:start + len(batch)] = predict_batch(model, batch, tta)[..., 0]
+            probs, kinds = predict_batch(model, batch, tta, with_types=True)
+            out[start:start + len(batch)] = probs[..., 0]
+            if types is not None:
+                types[start:start + len(batch)] = kinds
             bar.update(len(batch))
-    return out
+    return (out, types) if with_types else out

@@ -1,12 +1,16 @@
 """The reference U-Net, built by one small function (Keras 3 functional API).
 
-The decoder and the output head are shared with the pretrained-encoder
-variants of tumorseg.encoders.
+The decoder and the output heads are shared with the pretrained-encoder
+variants of tumorseg.encoders. With `classify`, the model has two outputs,
+{"mask": (N, S, S, 1) tumour probability, "tumor_type": (N, 3) class probabilities}.
 """
 
 import keras
 from keras import layers
 
+from tumorseg import LABEL_NAMES
+
+MASK_OUTPUT, TYPE_OUTPUT = "mask", "tumor_type"  # output names of a model with the type head
 MAX_FILTER_MULTIPLIER = 8  # filters double per level up to 8x the base, as in the reference
 
 
@@ -62,11 +66,25 @@ def output_head(features, hypercolumns=False):
             for index, level in enumerate(features[:-1])
         ]
         x = layers.Concatenate(name="hypercolumns")([*columns, x])
-    return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name="mask")(x)
+    return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=MASK_OUTPUT)(x)
 
 
-def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1, hypercolumns=False):
-    """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output."""
+def type_head(bottleneck, dropout):
+    """Tumour-type probabilities (softmax over LABEL_NAMES, in label order) from the pooled bottleneck."""
+    x = layers.GlobalAveragePooling2D()(bottleneck)
+    x = layers.Dropout(dropout)(x)
+    return layers.Dense(len(LABEL_NAMES), activation="softmax", dtype="float32", name=TYPE_OUTPUT)(x)
+
+
+def model_outputs(features, bottleneck, hypercolumns, classify, dropout):
+    """The mask output alone, or with `classify` the dict of the mask and the tumour-type outputs."""
+    mask = output_head(features, hypercolumns)
+    return {MASK_OUTPUT: mask, TYPE_OUTPUT: type_head(bottleneck, dropout)} if classify else mask
+
+
+def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1, hypercolumns=False,
+               classify=False):
+    """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output (and a type head)."""
     check_image_size(image_size, depth)
     widths = level_widths(filters, depth)
     inputs = keras.Input((image_size, image_size, 1), name="image")
@@ -77,6 +95,6 @@ def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, drop
         skips.append(x)
         x = layers.MaxPooling2D()(x)
         x = layers.Dropout(dropout)(x)
-    x = conv_block(x, widths[depth], batchnorm_momentum)
-    features = decoder(x, skips, widths, batchnorm_momentum, dropout) or [x]
-    return keras.Model(inputs, output_head(features, hypercolumns), name="unet")
+    bottleneck = conv_block(x, widths[depth], batchnorm_momentum)
+    features = decoder(bottleneck, skips, widths, batchnorm_momentum, dropout) or [bottleneck]
+    return keras.Model(inputs, model_outputs(features, bottleneck, hypercolumns, classify, dropout), name="unet")

@@ -26,11 +26,14 @@ from PIL import Image
 from scipy import ndimage
 from tqdm import tqdm
 
-from tumorseg import export
+from tumorseg import LABEL_NAMES, export
 from tumorseg.atomic import atomic_dir, atomic_file
 from tumorseg.data import InputError
-from tumorseg.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS, check_tta, load_model, predict_probabilities
+from tumorseg.inference import (
+    DEFAULT_BATCH_SIZE, TTA_FLIPS, check_tta, has_type_head, load_model, predict_probabilities,
+)
 from tumorseg.metrics import binarize
+from tumorseg.model import MASK_OUTPUT
 from tumorseg.config import ConfigError, load_params
 from tumorseg.postprocess import PostProcess
 from tumorseg.preprocess import normalize_intensity, preprocess_image, resize_probabilities
@@ -43,7 +46,7 @@ OUTLINE_RGB = (255, 0, 0)
 SUMMARY_COLUMNS = (
     "input", "slice", "height", "width", "spacing_row_mm", "spacing_col_mm", "tumor_pixels",
     "tumor_area_mm2", "mean_probability_in_mask", "max_probability_in_image", "threshold", "postprocess",
-    "tta", "mask_png", "overlay_png",
+    "tta", "tumor_type", "type_probability", "mask_png", "overlay_png",
 )
 
 
@@ -146,9 +149,12 @@ def resolve_percentile(args):
 
 
 def load_segmentation_model(model_path):
-    """The model and its image size S; InputError unless it maps (N, S, S, 1) to (N, S, S, 1)."""
+    """The model and its image size S; InputError unless it maps (N, S, S, 1) to (N, S, S, 1) (its mask
+    output, for a model with the type head)."""
     model = load_model(model_path)
     input_shape, output_shape = getattr(model, "input_shape", None), getattr(model, "output_shape", None)
+    if has_type_head(model) and isinstance(output_shape, list):
+        output_shape = output_shape[model.output_names.index(MASK_OUTPUT)]
     size = input_shape[1] if isinstance(input_shape, tuple) and len(input_shape) == 4 else None
     expected = (size, size, 1)
     if not isinstance(size, int) or input_shape[1:] != expected or not isinstance(output_shape, tuple) \
@@ -211,6 +217,14 @@ def slice_row(scan, index, mask, probabilities, settings, names):
     }
 
 
+def type_columns(type_probs):
+    """The summary's tumour type and its probability (blank for a model without the type head)."""
+    if type_probs is None:
+        return {"tumor_type": "", "type_probability": ""}
+    best = int(np.argmax(type_probs))
+    return {"tumor_type": LABEL_NAMES[best + 1], "type_probability": round(float(type_probs[best]), 6)}
+
+
 def write_scan_outputs(scan, stem, probability_maps, settings, out_dir):
     """Mask and overlay PNGs per slice (and a NIfTI mask volume); returns the summary rows."""
     rows, masks = [], []
@@ -237,13 +251,16 @@ def predict_pending(model, pending, settings, out_dir):
         for scan, _ in pending for image in scan.slices
     ])
     positions = np.arange(len(images))
-    probabilities = predict_probabilities(model, images, positions, settings["batch_size"], settings["tta"])
+    probabilities, types = predict_probabilities(model, images, positions, settings["batch_size"], settings["tta"],
+                                                 with_types=True)
     start = 0
     for scan, stem in pending:
         maps = probabilities[start:start + len(scan.slices)]
+        kinds = types[start:start + len(scan.slices)] if types is not None else [None] * len(scan.slices)
         start += len(scan.slices)
         try:
-            rows += write_scan_outputs(scan, stem, maps, settings, out_dir)
+            scan_rows = write_scan_outputs(scan, stem, maps, settings, out_dir)
+            rows += [{**row, **type_columns(kind)} for row, kind in zip(scan_rows, kinds)]
         except OSError as error:
             failures.append((scan.path, f"cannot write its outputs ({error})"))
     return rows, failures
@@ -310,7 +327,9 @@ def run_export(model, args, settings):
     metadata = {
         "input": f"float32 (N, {settings['size']}, {settings['size']}, 1) in [0, 1] from "
                  "tumorseg.preprocess.preprocess_image",
-        "output": "tumour probability, float32 (N, S, S, 1)",
+        "output": "tumour probability, float32 (N, S, S, 1)" if not has_type_head(model) else
+                  "mask: tumour probability, float32 (N, S, S, 1); tumor_type: probabilities of "
+                  + ", ".join(LABEL_NAMES.values()) + ", float32 (N, 3)",
         "image_size": settings["size"], "normalize_percentile": settings["percentile"],
         "threshold": settings["threshold"],
     }

@@ -16,13 +16,14 @@ import numpy as np
 from dvclive import Live
 
 from tumorseg.batches import make_batches
-from tumorseg.callbacks import CheckpointFromEpoch, EpochDVCLiveCallback, LearningRateLogger
+from tumorseg.callbacks import CheckpointFromEpoch, EpochDVCLiveCallback, LearningRateLogger, MaskMetricNames
 from tumorseg.config import ConfigError
 from tumorseg.data import load_arrays, read_split, subset_positions
 from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
 from tumorseg.hardware import cpu_flags, precision_warning
 from tumorseg.history import best_monitored
 from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
+from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
 from tumorseg.runs import (
     backup_epoch, data_digest, finish, fingerprint, phases_to_run, prepare_work_dir, training_phases,
 )
@@ -61,6 +62,18 @@ def make_loss(loss):
                        lovasz_weight=loss.lovasz_weight, lovasz_from_epoch=loss.lovasz_from_epoch)
 
 
+def compile_settings(segmentation_loss, params):
+    """compile() arguments: the segmentation loss and metrics, or with model.classify those of both outputs,
+    the type's cross-entropy weighted by train.loss.class_weight."""
+    if not params.model.classify:
+        return dict(loss=segmentation_loss, metrics=training_metrics())
+    return dict(
+        loss={MASK_OUTPUT: segmentation_loss, TYPE_OUTPUT: keras.losses.CategoricalCrossentropy()},
+        loss_weights={MASK_OUTPUT: 1.0, TYPE_OUTPUT: params.train.loss.class_weight},
+        metrics={MASK_OUTPUT: training_metrics(), TYPE_OUTPUT: [keras.metrics.CategoricalAccuracy(name="accuracy")]},
+    )
+
+
 def first_compared_epoch(loss):
     """Validation losses are comparable from this epoch on: before a Lovasz warm-up ends they lack that term."""
     return loss.lovasz_from_epoch if loss.lovasz_weight else 0
@@ -88,9 +101,11 @@ def training_batches(params, numpy_dir, split_csv, replicas):
     print(f"train: {len(train_images)} slices, val: {len(val_images)} slices")
     # Several replicas cannot share a last, partial batch (a replica may get no slice), so they skip
     # it: model selection then sees up to batch_size - 1 fewer validation slices; evaluate sees all.
+    labels = np.asarray(arrays["labels"])
+    train_labels, val_labels = (labels[train_rows], labels[val_rows]) if params.model.classify else (None, None)
     train_data = make_batches(train_images, train_masks, train.batch_size, True, train.augment, params.seed,
-                              drop_remainder=several)
-    val_data = make_batches(val_images, val_masks, train.batch_size, drop_remainder=several)
+                              drop_remainder=several, labels=train_labels)
+    val_data = make_batches(val_images, val_masks, train.batch_size, drop_remainder=several, labels=val_labels)
     steps = len(train_images) // train.batch_size if several else math.ceil(len(train_images) / train.batch_size)
     return train_data, val_data, steps, (train_images, train_masks, val_images, val_masks)
 
@@ -99,6 +114,7 @@ def phase_callbacks(phase, last, train, loss, work_dir, live, schedule_callbacks
     first_epoch = first_compared_epoch(loss)
     history_csv = work_dir / "history.csv"
     callbacks = [
+        MaskMetricNames(),  # first: the callbacks after it read the mask's metrics by their usual names
         *([LovaszSchedule(loss)] if loss.lovasz_weight else []),
         keras.callbacks.TerminateOnNaN(),
         *schedule_callbacks,
@@ -131,7 +147,7 @@ def fit_phases(model, loss, params, data, strategy, work_dir, live, prepare_fit,
         with strategy.scope():
             if params.model.encoder != "none":
                 set_encoder_trainable(model, phase.train_encoder)
-            model.compile(optimizer=keras.optimizers.Adam(lr), loss=loss, metrics=training_metrics())
+            model.compile(optimizer=keras.optimizers.Adam(lr), **compile_settings(loss, params))
             if prepare_fit:
                 prepare_fit(model)
             if phase.first:  # the decay schedule continues where the last phase left it
