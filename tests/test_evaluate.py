@@ -138,6 +138,9 @@ def test_per_image_and_per_class_tables(evaluated):
     ]
     assert per_class["class"].tolist() == ["meningioma", "glioma", "pituitary"]
     assert per_class["n"].tolist() == [2, 3, 2]
+    # a model without the type head: no type columns, an empty confusion table (no missing-plot warning)
+    assert "predicted_type" not in per_image.columns and "type_accuracy" not in result
+    assert (out / "plots" / "eval" / "confusion.csv").read_text().strip() == "actual,predicted"
 
 
 def test_largest_component_removes_the_distractors(dataset, tmp_path):

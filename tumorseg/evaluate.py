@@ -241,8 +241,10 @@ def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, pl
         sweep_table.to_csv(tmp / "threshold_sweep.csv", index=False)
         per_image.round(DECIMALS).to_csv(tmp / "per_image.csv", index=False)
         per_class.round(DECIMALS).to_csv(tmp / "per_class.csv", index=False)
-        if test_types is not None:
-            tumor_type.confusion_rows(test_labels, predicted).to_csv(tmp / "confusion.csv", index=False)
+        # without the type head an empty table: dvc plots show then draws an empty matrix instead of
+        # warning that the file is missing
+        rows = tumor_type.confusion_rows(*((test_labels, predicted) if test_types is not None else ([], [])))
+        rows.to_csv(tmp / "confusion.csv", index=False)
     write_json(metrics_path, result)
     print(format_summary(result, per_class))
     return result
