@@ -9,8 +9,9 @@ Layout of the export folder:
 Every export takes a batch of preprocessed images (N, S, S, 1) float32 in
 [0, 1] (see tumorseg.preprocess.preprocess_image) and returns tumour
 probabilities (N, S, S, 1); a model with the type head (model.classify) also
-returns its (N, 3) type probabilities beside them. TFLite files are run with the LiteRT interpreter
-(package ai-edge-litert) when it is installed, else with tf.lite.Interpreter.
+returns its (N, 3) type probabilities beside them. TFLite files are run with
+the LiteRT interpreter (package ai-edge-litert) when it is installed, else
+with tf.lite.Interpreter.
 """
 
 import json

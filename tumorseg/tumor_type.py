@@ -7,7 +7,11 @@ present among the true labels (the dev set has two).
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    precision_recall_fscore_support,
+)
 
 from tumorseg import LABEL_NAMES
 
