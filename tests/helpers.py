@@ -67,3 +67,18 @@ class StopAtEpoch(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == self.epoch:
             raise KeyboardInterrupt(f"simulated Ctrl-C after epoch {epoch}")
+
+
+def synthetic_project(root, patients, image_size, raw_size):
+    """Synthetic phantoms (4 slices per patient, raw_size pixels) in root/raw, converted to image_size
+    arrays in root/numpy and split by patient (seed 0) into root/split.csv; returns root."""
+    from tumorseg.convert import mat_to_numpy
+    from tumorseg.synthetic import write_dataset
+
+    (root / "raw").mkdir()
+    write_dataset(root / "raw", patients=patients, slices_per_patient=4, image_size=raw_size, seed=0)
+    mat_to_numpy(root / "raw", root / "numpy", image_size=image_size)
+    labels, pids = np.load(root / "numpy" / "labels.npy"), np.load(root / "numpy" / "pids.npy")
+    write_split(np.load(root / "numpy" / "ids.npy"), pids, labels, assign_subsets(pids, labels, seed=0),
+                root / "split.csv")
+    return root

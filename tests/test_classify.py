@@ -10,18 +10,15 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from tests.helpers import make_params
+from tests.helpers import make_params, synthetic_project
 from tumorseg import export
 from tumorseg.batches import ArrayBatches, make_batches, one_hot_types
-from tumorseg.convert import mat_to_numpy
 from tumorseg.encoders import build_encoder_unet
 from tumorseg.evaluate import evaluate
 from tumorseg.inference import has_type_head, predict_probabilities
 from tumorseg.losses import BceDiceLoss
 from tumorseg.model import build_unet
 from tumorseg.predict import main as predict_main
-from tumorseg.split import assign_subsets, write_split
-from tumorseg.synthetic import write_dataset
 from tumorseg.train import compile_settings, train
 from tumorseg.tumor_type import confusion_rows, predicted_labels, type_scores
 
@@ -109,13 +106,7 @@ def test_type_scores_on_a_hand_made_confusion():
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny model with the type head trained 2 epochs on synthetic slices, and its data."""
-    root = tmp_path_factory.mktemp("classify")
-    (root / "raw").mkdir()
-    write_dataset(root / "raw", patients=15, slices_per_patient=4, image_size=128, seed=0)
-    mat_to_numpy(root / "raw", root / "numpy", image_size=32)
-    labels, pids = np.load(root / "numpy" / "labels.npy"), np.load(root / "numpy" / "pids.npy")
-    write_split(np.load(root / "numpy" / "ids.npy"), pids, labels, assign_subsets(pids, labels, seed=0),
-                root / "split.csv")
+    root = synthetic_project(tmp_path_factory.mktemp("classify"), patients=15, image_size=32, raw_size=128)
     params = make_params({"data.image_size": 32, "model": {"depth": 2, "filters": 4, "classify": True},
                           "train": {"epochs": 2, "batch_size": 8}, "evaluate.bootstrap": 20})
     metrics = train(params, root / "numpy", root / "split.csv", root / "model.keras", root / "train.json",

@@ -8,10 +8,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from tests.helpers import StopAtEpoch, identity_model, make_params
-from tumorseg.convert import mat_to_numpy
-from tumorseg.split import assign_subsets, write_split
-from tumorseg.synthetic import write_dataset
+from tests.helpers import StopAtEpoch, identity_model, make_params, synthetic_project
 from tumorseg import runs as runs_module
 from tumorseg.config import Oversample
 from tumorseg.runs import finish
@@ -25,15 +22,7 @@ def small_params(filters=8, **train_overrides):
 @pytest.fixture(scope="module")
 def synthetic_data(tmp_path_factory):
     """30 synthetic patients, converted to 64x64 arrays and split by patient."""
-    root = tmp_path_factory.mktemp("synthetic")
-    (root / "raw").mkdir()
-    write_dataset(root / "raw", patients=30, slices_per_patient=4, image_size=256, seed=0)
-    mat_to_numpy(root / "raw", root / "numpy", image_size=64)
-    labels = np.load(root / "numpy" / "labels.npy")
-    pids = np.load(root / "numpy" / "pids.npy")
-    subsets = assign_subsets(pids, labels, seed=0)
-    write_split(np.load(root / "numpy" / "ids.npy"), pids, labels, subsets, root / "split.csv")
-    return root
+    return synthetic_project(tmp_path_factory.mktemp("synthetic"), patients=30, image_size=64, raw_size=256)
 
 
 def run(params, data, out, **kwargs):
