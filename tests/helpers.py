@@ -7,7 +7,9 @@ import keras
 import numpy as np
 
 from tumorseg.config import load_params
+from tumorseg.convert import mat_to_numpy
 from tumorseg.split import assign_subsets, write_split
+from tumorseg.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -72,9 +74,6 @@ class StopAtEpoch(keras.callbacks.Callback):
 def synthetic_project(root, patients, image_size, raw_size):
     """Synthetic phantoms (4 slices per patient, raw_size pixels) in root/raw, converted to image_size
     arrays in root/numpy and split by patient (seed 0) into root/split.csv; returns root."""
-    from tumorseg.convert import mat_to_numpy
-    from tumorseg.synthetic import write_dataset
-
     (root / "raw").mkdir()
     write_dataset(root / "raw", patients=patients, slices_per_patient=4, image_size=raw_size, seed=0)
     mat_to_numpy(root / "raw", root / "numpy", image_size=image_size)
