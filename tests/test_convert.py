@@ -7,7 +7,7 @@ import pytest
 from tumorseg.convert import ConversionError, mat_to_numpy
 from tumorseg.data import load_arrays
 from tumorseg.matfile import MatFormatError, Slice, write_slice
-from tumorseg.preprocess import normalize_intensity, preprocess_mask, resize_area
+from tumorseg.preprocess import normalize_intensity, preprocess_mask, resize_area, shrink
 
 
 def test_resize_area_averages_blocks():
@@ -23,6 +23,18 @@ def test_mask_stays_binary_and_keeps_majority_pixels():
     mask[2, 2] = 1  # a quarter of a block -> background
     mask[2:, :2] = [[1, 1], [0, 0]]  # half a block -> tumor
     np.testing.assert_array_equal(preprocess_mask(mask, 2), [[1, 0], [1, 0]])
+
+
+def test_shrink_averages_image_blocks_and_keeps_half_area_mask_pixels():
+    images = np.stack([np.arange(16, dtype=np.float32).reshape(4, 4) / 15, np.ones((4, 4), np.float32)])
+    masks = np.zeros((2, 4, 4), np.uint8)
+    masks[0, :2, :2] = [[1, 1], [0, 0]]  # half a block -> tumour
+    masks[0, 2, 2] = 1  # a quarter -> background
+    small_images, small_masks = shrink(images, masks, 2)
+    np.testing.assert_allclose(small_images[0], np.array([[2.5, 4.5], [10.5, 12.5]]) / 15, rtol=1e-6)
+    np.testing.assert_allclose(small_images[1], 1.0)
+    np.testing.assert_array_equal(small_masks, [[[1, 0], [0, 0]], [[0, 0], [0, 0]]])
+    assert small_images.dtype == np.float32 and small_masks.dtype == np.uint8
 
 
 def test_normalisation_uses_a_robust_percentile():

@@ -1,4 +1,5 @@
-"""Train-stage options: frozen-encoder phase then fine-tuning (with resume), Lovasz warm-up, bad option values."""
+"""Train-stage options: frozen-encoder phase then fine-tuning (with resume), progressive resizing (with resume),
+Lovasz warm-up, bad option values."""
 
 import keras
 import numpy as np
@@ -87,6 +88,53 @@ def test_interrupted_fine_tuning_resumes_in_the_right_phase(tiny_data, tmp_path,
     assert metrics["epochs"] == 3
     curve = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
     assert list(curve["step"]) == [0, 1, 2]
+
+
+class WatchSize(keras.callbacks.Callback):
+    """Per epoch: the epoch, the model's input size, whether the first kernel is the one the last epoch left."""
+
+    def __init__(self):
+        super().__init__()
+        self.epochs, self.last_kernel = [], None
+
+    def kernel(self):
+        return np.array(self.model.layers[1].get_weights()[0])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        carried = self.last_kernel is not None and np.array_equal(self.last_kernel, self.kernel())
+        self.epochs.append((epoch, self.model.input_shape[1], carried))
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.last_kernel = self.kernel()
+
+
+PROGRESSIVE = {"size": SIZE // 2, "epochs": 1}
+
+
+@pytest.mark.slow
+def test_progressive_resizing_trains_small_then_goes_on_at_full_size(tiny_data, tmp_path):
+    params = tiny_params(progressive=PROGRESSIVE)
+    watch = WatchSize()
+    metrics = run(params, tiny_data, tmp_path, extra_callbacks=[watch])
+    # epoch 0 on 16x16 slices, then the same weights go on at 32x32
+    assert watch.epochs == [(0, SIZE // 2, False), (1, SIZE, True), (2, SIZE, True)]
+    assert metrics["epochs"] == 3 and metrics["best_epoch"] >= 2  # small-slice epochs are not compared
+    assert keras.models.load_model(tmp_path / "model.keras").input_shape == (None, SIZE, SIZE, 1)
+    steps = 3  # 18 training slices in batches of 8: the cosine schedule runs on across the phases
+    schedule = keras.optimizers.schedules.CosineDecay(1.0e-3, 3 * steps, alpha=0.1)
+    lr = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")["learning_rate"]
+    np.testing.assert_allclose(lr, [float(schedule(epoch * steps)) for epoch in (1, 2, 3)], rtol=1e-4)
+
+
+@pytest.mark.slow
+def test_progressive_run_interrupted_after_the_small_epochs_resumes_at_full_size(tiny_data, tmp_path):
+    params = tiny_params(progressive=PROGRESSIVE)
+    with pytest.raises(KeyboardInterrupt):
+        run(params, tiny_data, tmp_path, extra_callbacks=[StopAtEpoch(0)])
+    watch = WatchSize()
+    metrics = run(params, tiny_data, tmp_path, extra_callbacks=[watch])
+    assert [(epoch, size) for epoch, size, _ in watch.epochs] == [(1, SIZE), (2, SIZE)]
+    assert metrics["epochs"] == 3
 
 
 @pytest.mark.slow

@@ -118,6 +118,13 @@ class Oversample(Section):
         return getattr(self, LABEL_NAMES[int(label)])
 
 
+class Progressive(Section):
+    """Progressive resizing: the first `epochs` epochs on slices shrunk to `size` px (0 and 0: off)."""
+
+    size: Count = Field(ge=0)
+    epochs: Count = Field(ge=0)
+
+
 class Train(Section):
     epochs: Count = Field(ge=1)
     batch_size: Count = Field(ge=1)
@@ -133,6 +140,7 @@ class Train(Section):
     loss: Loss
     augment: Augment
     oversample: Oversample
+    progressive: Progressive
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
     strategy: Literal["default", "mirrored", "multiworker"]
 
@@ -146,7 +154,20 @@ class Train(Section):
         if self.loss.lovasz_weight > 0 and self.loss.lovasz_from_epoch >= self.epochs:
             raise ValueError(f"train.loss.lovasz_from_epoch ({self.loss.lovasz_from_epoch}) must be below "
                              f"train.epochs ({self.epochs}), or the Lovasz term never switches on")
+        if (self.progressive.size == 0) != (self.progressive.epochs == 0):
+            raise ValueError(f"train.progressive.size ({self.progressive.size}) and train.progressive.epochs "
+                             f"({self.progressive.epochs}) are both 0 (off) or both set: set the other one")
+        if self.progressive.epochs >= self.epochs:
+            raise ValueError(f"train.progressive.epochs ({self.progressive.epochs}) must be below train.epochs "
+                             f"({self.epochs}): the last epochs train at data.image_size")
         return self
+
+    @property
+    def first_compared_epoch(self):
+        """The kept epoch is chosen from this epoch on: validation before the end of a Lovasz warm-up lacks
+        that term, and before the end of the progressive epochs it is measured on smaller slices."""
+        warm_up = self.loss.lovasz_from_epoch if self.loss.lovasz_weight else 0
+        return max(warm_up, self.progressive.epochs)
 
     @property
     def monitor_mode(self):
@@ -192,6 +213,15 @@ class Params(Section):
         if self.train.freeze_encoder_epochs and self.model.encoder == "none":
             raise ValueError("train.freeze_encoder_epochs needs a pretrained model.encoder: "
                              "set it to 0 with model.encoder none")
+        small = self.train.progressive.size
+        if small:
+            if self.model.encoder != "none":
+                raise ValueError("train.progressive needs model.encoder none (the pretrained encoders are built "
+                                 "for one size): set train.progressive.size and .epochs to 0")
+            if small >= size or size % small or small % 2**depth:
+                raise ValueError(f"train.progressive.size ({small}) must be below data.image_size ({size}), divide "
+                                 f"it, and be divisible by 2**model.depth ({2**depth}): e.g. {size // 2}")
+        return self
         return self
 
     def replaced(self, overrides):

@@ -199,14 +199,14 @@ def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momen
                        name=f"{encoder}_unet")
 
 
-def build_model(params):
-    """The model params.model describes, for params.data.image_size images."""
-    model = params.model
+def build_model(params, image_size=None):
+    """The model params.model describes, for `image_size` images (default params.data.image_size)."""
+    model, image_size = params.model, image_size or params.data.image_size
     settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
                     dropout=model.dropout, hypercolumns=model.hypercolumns, classify=model.classify)
     if model.encoder == "none":
-        return build_unet(params.data.image_size, **settings)
-    return build_encoder_unet(params.data.image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
+        return build_unet(image_size, **settings)
+    return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
 
 
 def set_encoder_trainable(model, trainable):

@@ -59,3 +59,10 @@ def resize_probabilities(probabilities, shape):
     height, width = shape
     image = Image.fromarray(np.asarray(probabilities, dtype=np.float32), mode="F")
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def shrink(images, masks, size):
+    """(n, S, S) model inputs and masks shrunk to (n, size, size) for progressive resizing: area averages
+    of the images (already normalised, so they stay in [0, 1]) and the half-area rule for the masks."""
+    return (np.stack([resize_area(image, size) for image in images]).reshape(-1, size, size),
+            np.stack([preprocess_mask(mask, size) for mask in masks]).reshape(-1, size, size))

@@ -26,24 +26,31 @@ class TrainingError(ProjectError, RuntimeError):
 
 @dataclass(frozen=True)
 class Phase:
-    """One fit() call: epochs [first, end), the encoder trained or frozen, the rate scaled by lr_factor."""
+    """One fit() call: epochs [first, end), the encoder trained or frozen, the rate scaled by lr_factor,
+    on slices of `size` px (None: data.image_size)."""
 
     first: int
     end: int
     train_encoder: bool
     lr_factor: float
     backup: str  # BackupAndRestore folder, relative to the work folder
+    size: int | None = None
 
 
 def training_phases(train):
-    """One phase; with train.freeze_encoder_epochs, decoder-only epochs and then fine-tuning at a lower rate.
+    """One phase; with train.freeze_encoder_epochs, decoder-only epochs and then fine-tuning at a lower rate;
+    with train.progressive, epochs on smaller slices and then the rest at full size.
 
-    Unfreezing takes effect only at a recompile, which Keras 3 does not allow
-    inside fit(), so each phase is its own fit() call starting at its first
-    epoch, with its own backup folder: a run interrupted while fine-tuning
-    resumes there, one interrupted earlier resumes the frozen phase.
+    Unfreezing takes effect only at a recompile, and a new size only in a new
+    model, neither of which Keras 3 allows inside fit(), so each phase is its
+    own fit() call starting at its first epoch, with its own backup folder: a
+    run interrupted in the second phase resumes there, one interrupted earlier
+    resumes the first.
     """
-    epochs, frozen = train.epochs, train.freeze_encoder_epochs
+    epochs, frozen, small = train.epochs, train.freeze_encoder_epochs, train.progressive
+    if small.epochs:
+        return [Phase(0, small.epochs, True, 1.0, "backup/small", small.size),
+                Phase(small.epochs, epochs, True, 1.0, "backup/full")]
     if frozen == 0:
         return [Phase(0, epochs, True, 1.0, "backup")]
     phases = [Phase(0, frozen, False, 1.0, "backup/frozen")]

@@ -9,6 +9,7 @@ models/, metrics/train.json and plots/train/, are written only when training end
 import math
 import shutil
 import sys
+from functools import partial
 from pathlib import Path
 
 import keras
@@ -24,6 +25,7 @@ from tumorseg.hardware import cpu_flags, precision_warning
 from tumorseg.history import best_monitored
 from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
 from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.preprocess import shrink
 from tumorseg.runs import (
     backup_epoch, data_digest, finish, fingerprint, phases_to_run, prepare_work_dir, training_phases,
 )
@@ -74,44 +76,47 @@ def compile_settings(segmentation_loss, params):
     )
 
 
-def first_compared_epoch(loss):
-    """Validation losses are comparable from this epoch on: before a Lovasz warm-up ends they lack that term."""
-    return loss.lovasz_from_epoch if loss.lovasz_weight else 0
-
-
-def training_batches(params, numpy_dir, split_csv, replicas):
-    """(train batches, val batches, steps per epoch, the arrays behind them) of the split, oversampled and
-    augmented; with several replicas every batch is full."""
+def training_arrays(params, numpy_dir, split_csv, replicas):
+    """(images, masks, labels) of the train slices (oversampled) and of the val slices of the split; labels
+    only with model.classify. Several replicas need full batches: checked here."""
     train = params.train
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("train", "val"))
     train_rows = subset_positions(split, arrays, "train", split_csv)
     train_rows = oversampled(train_rows, np.asarray(arrays["labels"])[train_rows], train.oversample)
     val_rows = subset_positions(split, arrays, "val", split_csv)
-    train_images, train_masks = arrays["images"][train_rows], arrays["masks"][train_rows]
-    val_images, val_masks = arrays["images"][val_rows], arrays["masks"][val_rows]
     if train.batch_size % replicas:
         raise ConfigError(f"train.strategy={train.strategy} splits every batch equally across {replicas} "
                           f"replicas: set train.batch_size ({train.batch_size}) to a multiple of {replicas}.")
-    several = replicas > 1
-    if several and min(len(train_images), len(val_images)) < train.batch_size:
-        raise ConfigError(f"train.strategy={train.strategy} uses full batches only: the train ({len(train_images)}) "
-                          f"and val ({len(val_images)}) subsets must each hold at least train.batch_size "
+    if replicas > 1 and min(len(train_rows), len(val_rows)) < train.batch_size:
+        raise ConfigError(f"train.strategy={train.strategy} uses full batches only: the train ({len(train_rows)}) "
+                          f"and val ({len(val_rows)}) subsets must each hold at least train.batch_size "
                           f"({train.batch_size}) slices.")
-    print(f"train: {len(train_images)} slices, val: {len(val_images)} slices")
-    # Several replicas cannot share a last, partial batch (a replica may get no slice), so they skip
-    # it: model selection then sees up to batch_size - 1 fewer validation slices; evaluate sees all.
+    print(f"train: {len(train_rows)} slices, val: {len(val_rows)} slices")
     labels = np.asarray(arrays["labels"])
-    train_labels, val_labels = (labels[train_rows], labels[val_rows]) if params.model.classify else (None, None)
+    return [(arrays["images"][rows], arrays["masks"][rows], labels[rows] if params.model.classify else None)
+            for rows in (train_rows, val_rows)]
+
+
+def training_batches(params, subsets, replicas, size=None):
+    """(train batches, val batches) of training_arrays' `subsets`, shrunk to `size` px if given; training
+    data shuffled and augmented. Several replicas cannot share a last, partial batch (a replica may get no
+    slice), so they skip it: model selection then sees up to batch_size - 1 fewer validation slices;
+    evaluate sees all."""
+    train = params.train
+    (train_images, train_masks, train_labels), (val_images, val_masks, val_labels) = subsets
+    if size:
+        train_images, train_masks = shrink(train_images, train_masks, size)
+        val_images, val_masks = shrink(val_images, val_masks, size)
+    several = replicas > 1
     train_data = make_batches(train_images, train_masks, train.batch_size, True, train.augment, params.seed,
                               drop_remainder=several, labels=train_labels)
     val_data = make_batches(val_images, val_masks, train.batch_size, drop_remainder=several, labels=val_labels)
-    steps = len(train_images) // train.batch_size if several else math.ceil(len(train_images) / train.batch_size)
-    return train_data, val_data, steps, (train_images, train_masks, val_images, val_masks)
+    return train_data, val_data
 
 
 def phase_callbacks(phase, last, train, loss, work_dir, live, schedule_callbacks):
-    first_epoch = first_compared_epoch(loss)
+    first_epoch = train.first_compared_epoch
     history_csv = work_dir / "history.csv"
     callbacks = [
         MaskMetricNames(),  # first: the callbacks after it read the mask's metrics by their usual names
@@ -137,12 +142,20 @@ def phase_callbacks(phase, last, train, loss, work_dir, live, schedule_callbacks
     return callbacks
 
 
-def fit_phases(model, loss, params, data, strategy, work_dir, live, prepare_fit, extra_callbacks):
-    """Compile and fit each phase left to run (one without a frozen encoder), continuing the LR schedule."""
-    train_data, val_data, steps_per_epoch = data
+def fit_phases(model, loss, params, batches, steps_per_epoch, strategy, work_dir, live, prepare_fit,
+               extra_callbacks):
+    """Compile and fit each phase left to run, continuing the LR schedule. `batches(size)` gives a phase's
+    (train, val) batches; a phase on another slice size goes on with the same weights in a model built for it."""
     phases = training_phases(params.train)
     plateau_lr = None
     for phase in phases_to_run(phases, work_dir):
+        size = phase.size or params.data.image_size
+        if model.input_shape[1] != size:
+            with strategy.scope():
+                resized = build_model(params, size)
+                resized.set_weights(model.get_weights())
+            model = resized
+        train_data, val_data = batches(phase.size)
         lr, schedule_callbacks = learning_rate(params.train, steps_per_epoch, phase.lr_factor, plateau_lr)
         with strategy.scope():
             if params.model.encoder != "none":
@@ -185,23 +198,26 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     if warning:
         print(f"warning: {warning}", file=sys.stderr)
 
-    train_data, val_data, steps, arrays = training_batches(params, numpy_dir, split_csv,
-                                                           strategy.num_replicas_in_sync)
+    replicas = strategy.num_replicas_in_sync
+    subsets = training_arrays(params, numpy_dir, split_csv, replicas)
+    train_rows = len(subsets[0][0])
+    steps = train_rows // train_params.batch_size if replicas > 1 else math.ceil(train_rows / train_params.batch_size)
     work_dir = Path(work_dir)
     run_id = fingerprint(params, split_csv)
     resuming = prepare_work_dir(work_dir, run_id)
     if resuming:
         print(f"resuming the interrupted run kept in {work_dir}")
     if task:
-        multiworker.check_workers_agree(strategy, run_id + data_digest(*arrays), backup_epoch(work_dir))
+        digest = data_digest(*(array for images, masks, _ in subsets for array in (images, masks)))
+        multiworker.check_workers_agree(strategy, run_id + digest, backup_epoch(work_dir))
     with strategy.scope():
         model = build_model(params)
         loss = make_loss(train_params.loss)
     chief = task is None or task.chief
     live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False) if chief else None
-    fit_phases(model, loss, params, (train_data, val_data, steps), strategy, work_dir, live,
-               multiworker.allow_fit if task else None, extra_callbacks)
-    metrics = finish(work_dir, model_path, metrics_path, plots_dir, first_compared_epoch(loss),
+    fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
+               work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
+    metrics = finish(work_dir, model_path, metrics_path, plots_dir, train_params.first_compared_epoch,
                      (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=chief)
     if scratch:
         shutil.rmtree(scratch)
