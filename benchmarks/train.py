@@ -4,6 +4,10 @@
     python benchmarks/train.py --recipe cpu   # the configuration of params.yaml with recipes/cpu.yaml applied
     python benchmarks/train.py --quick        # a few steps of a tiny model, to check the script runs
 
+A recipe with progressive resizing (train.progressive) is timed at both
+sizes; its train figure is then the mean over its epochs (so many at the
+small size, the rest at full size), which is what it saves per epoch.
+
 Training goes through the project's input pipeline with augmentation
 (tumorseg.batches.make_batches: tf.data under TensorFlow, numpy batches under
 KERAS_BACKEND=jax or torch), the loss and metrics of the train stage;
@@ -128,9 +132,16 @@ def time_prediction(model_path, images, batch, steps):
 def recipe_config(name, steps):
     """The benchmark settings of params.yaml with recipes/NAME.yaml applied."""
     params = load_params().replaced(load_recipe(name))
+    progressive = params.train.progressive
     return dict(label=f"recipe {name}", filters=params.model.filters, depth=params.model.depth,
                 size=params.data.image_size, batch=params.train.batch_size, precision=params.train.precision,
-                steps=steps)
+                steps=steps, progressive=(progressive.size, progressive.epochs, params.train.epochs)
+                if progressive.epochs else None)
+
+
+def epoch_mean(small, full, small_epochs, epochs):
+    """Slices/s over a run of `epochs` epochs, the first `small_epochs` of them at the `small` speed."""
+    return epochs / (small_epochs / small + (epochs - small_epochs) / full)
 
 
 def measure(config, compare_feed=False):
@@ -148,6 +159,14 @@ def measure(config, compare_feed=False):
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "model.keras")
         result["predict"] = time_prediction(Path(tmp) / "model.keras", images, batch, steps)
+    if config.get("progressive"):
+        small_size, small_epochs, epochs = config["progressive"]
+        small = build_unet(small_size, config["depth"], config["filters"])
+        small.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
+        small_images, small_masks = phantom_batch(batch * (steps + WARMUP_STEPS), small_size)
+        result["train_small"] = time_training(small, small_images, small_masks, batch, steps)[0]
+        result["train_full"] = result["train"]
+        result["train"] = epoch_mean(result["train_small"], result["train_full"], small_epochs, epochs)
     keras.mixed_precision.set_global_policy("float32")
     return result
 
@@ -158,6 +177,11 @@ def report(result):
           f"({result['parameters']:,} parameters), batch {result['batch']}, {result['precision']}")
     print(f"train: {result['train']:.2f} slices/s ({result['steps']} steps, input pipeline with augmentation; "
           f"{result['busy']:.1f} of {os.cpu_count()} cores busy on average)")
+    if result.get("progressive"):
+        small_size, small_epochs, epochs = result["progressive"]
+        print(f"  progressive resizing: {result['train_small']:.2f} slices/s at {small_size}x{small_size} for "
+              f"{small_epochs} epochs, {result['train_full']:.2f} at {result['size']}x{result['size']} for "
+              f"{epochs - small_epochs}: {result['train']:.2f} slices/s over the run's {epochs} epochs")
     if "premade" in result:
         print(f"train on a pre-made batch: {result['premade']:.2f} slices/s (input pipeline at "
               f"{100 * result['train'] / result['premade']:.0f}% of that speed)")
