@@ -108,33 +108,23 @@ class WatchSize(keras.callbacks.Callback):
         self.last_kernel = self.kernel()
 
 
-PROGRESSIVE = {"size": SIZE // 2, "epochs": 1}
-
-
 @pytest.mark.slow
-def test_progressive_resizing_trains_small_then_goes_on_at_full_size(tiny_data, tmp_path):
-    params = tiny_params(progressive=PROGRESSIVE)
+def test_progressive_resizing_trains_small_then_goes_on_at_full_size_and_resumes_there(tiny_data, tmp_path):
+    params = tiny_params(progressive={"size": SIZE // 2, "epochs": 1})
     watch = WatchSize()
-    metrics = run(params, tiny_data, tmp_path, extra_callbacks=[watch])
+    with pytest.raises(KeyboardInterrupt):
+        run(params, tiny_data, tmp_path, extra_callbacks=[watch, StopAtEpoch(1)])
     # epoch 0 on 16x16 slices, then the same weights go on at 32x32
-    assert watch.epochs == [(0, SIZE // 2, False), (1, SIZE, True), (2, SIZE, True)]
+    assert watch.epochs == [(0, SIZE // 2, False), (1, SIZE, True)]
+    resumed = WatchSize()
+    metrics = run(params, tiny_data, tmp_path, extra_callbacks=[resumed])
+    assert [(epoch, size) for epoch, size, _ in resumed.epochs] == [(2, SIZE)]  # from the full-size backup
     assert metrics["epochs"] == 3 and metrics["best_epoch"] >= 2  # small-slice epochs are not compared
     assert keras.models.load_model(tmp_path / "model.keras").input_shape == (None, SIZE, SIZE, 1)
     steps = 3  # 18 training slices in batches of 8: the cosine schedule runs on across the phases
     schedule = keras.optimizers.schedules.CosineDecay(1.0e-3, 3 * steps, alpha=0.1)
     lr = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "learning_rate.tsv", sep="\t")["learning_rate"]
     np.testing.assert_allclose(lr, [float(schedule(epoch * steps)) for epoch in (1, 2, 3)], rtol=1e-4)
-
-
-@pytest.mark.slow
-def test_progressive_run_interrupted_after_the_small_epochs_resumes_at_full_size(tiny_data, tmp_path):
-    params = tiny_params(progressive=PROGRESSIVE)
-    with pytest.raises(KeyboardInterrupt):
-        run(params, tiny_data, tmp_path, extra_callbacks=[StopAtEpoch(0)])
-    watch = WatchSize()
-    metrics = run(params, tiny_data, tmp_path, extra_callbacks=[watch])
-    assert [(epoch, size) for epoch, size, _ in watch.epochs] == [(1, SIZE), (2, SIZE)]
-    assert metrics["epochs"] == 3
 
 
 @pytest.mark.slow

@@ -222,7 +222,6 @@ class Params(Section):
                 raise ValueError(f"train.progressive.size ({small}) must be below data.image_size ({size}), divide "
                                  f"it, and be divisible by 2**model.depth ({2**depth}): e.g. {size // 2}")
         return self
-        return self
 
     def replaced(self, overrides):
         """A copy with {"section.key": value} overrides applied, checked again."""

@@ -64,5 +64,5 @@ def resize_probabilities(probabilities, shape):
 def shrink(images, masks, size):
     """(n, S, S) model inputs and masks shrunk to (n, size, size) for progressive resizing: area averages
     of the images (already normalised, so they stay in [0, 1]) and the half-area rule for the masks."""
-    return (np.stack([resize_area(image, size) for image in images]).reshape(-1, size, size),
-            np.stack([preprocess_mask(mask, size) for mask in masks]).reshape(-1, size, size))
+    return (np.array([resize_area(image, size) for image in images], np.float32).reshape(-1, size, size),
+            np.array([preprocess_mask(mask, size) for mask in masks], np.uint8).reshape(-1, size, size))
