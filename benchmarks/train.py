@@ -144,14 +144,20 @@ def epoch_mean(small, full, small_epochs, epochs):
     return epochs / (small_epochs / small + (epochs - small_epochs) / full)
 
 
+def compiled_unet(size, config):
+    """The configuration's U-Net for `size` x `size` slices, compiled with the train stage's loss and metrics."""
+    model = build_unet(size, config["depth"], config["filters"])
+    model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
+    return model
+
+
 def measure(config, compare_feed=False):
     """Train and predict slices/s (and cores busy) of one configuration."""
     keras.mixed_precision.set_global_policy(config["precision"])
     keras.utils.set_random_seed(0)
     batch, steps = config["batch"], config["steps"]
     images, masks = phantom_batch(batch * (steps + WARMUP_STEPS), config["size"])
-    model = build_unet(config["size"], config["depth"], config["filters"])
-    model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
+    model = compiled_unet(config["size"], config)
     result = dict(config, parameters=model.count_params())
     result["train"], result["busy"] = time_training(model, images, masks, batch, steps)
     if compare_feed:
@@ -161,8 +167,7 @@ def measure(config, compare_feed=False):
         result["predict"] = time_prediction(Path(tmp) / "model.keras", images, batch, steps)
     if config.get("progressive"):
         small_size, small_epochs, epochs = config["progressive"]
-        small = build_unet(small_size, config["depth"], config["filters"])
-        small.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
+        small = compiled_unet(small_size, config)
         small_images, small_masks = phantom_batch(batch * (steps + WARMUP_STEPS), small_size)
         result["train_small"] = time_training(small, small_images, small_masks, batch, steps)[0]
         result["train_full"] = result["train"]
