@@ -62,3 +62,18 @@ def test_loss_by_hand():
     np.testing.assert_allclose(float(BceDiceLoss(2.0, 3.0)(truth, prediction)), 2 * bce + 3 * (1 - dice), rtol=1e-5)
     empty = masks([0, 0, 0, 0])
     assert float(BceDiceLoss(0.0, 1.0)(empty, empty)) == pytest.approx(0.0)
+
+
+def test_separable_convolutions_below_the_top_level_only():
+    plain, separable = build_unet(32, depth=2, filters=4), build_unet(32, depth=2, filters=4, separable=True)
+    kinds = {type(layer).__name__ for layer in separable.layers}
+    assert "SeparableConv2D" in kinds
+    full = [layer for layer in separable.layers if type(layer) is keras.layers.Conv2D and layer.kernel_size == (3, 3)]
+    # the top level's two encoder and two decoder convolutions stay full ones, at the top level's width
+    assert len(full) == 4 and {layer.filters for layer in full} == {4}
+    for layer in separable.layers:
+        if isinstance(layer, keras.layers.SeparableConv2D):
+            assert layer.filters in (8, 16)  # levels 1 and 2
+    assert separable.count_params() < plain.count_params()
+    output = separable(np.zeros((2, 32, 32, 1), np.float32))
+    assert tuple(output.shape) == (2, 32, 32, 1)

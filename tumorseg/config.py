@@ -77,6 +77,7 @@ class Model(Section):
     batchnorm_momentum: float = Field(ge=0, lt=1)
     dropout: float = Field(ge=0, lt=1)
     hypercolumns: StrictBool
+    separable: StrictBool
     encoder: Literal[ENCODER_NAMES]
     encoder_weights: str = Field(min_length=1)
     classify: StrictBool

@@ -176,7 +176,7 @@ def set_batchnorm_momentum(backbone, momentum):
 
 
 def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1,
-                       hypercolumns=False, encoder_weights="imagenet", classify=False):
+                       hypercolumns=False, encoder_weights="imagenet", classify=False, separable=False):
     """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder."""
     check_encoder(encoder, encoder_weights, image_size, depth)
     backbone = load_backbone(encoder, encoder_weights, image_size)
@@ -194,7 +194,7 @@ def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momen
                 f"{image_size // 2**level}; use a data.image_size divisible by 32."
             )
     skips = [maps.get(level) for level in range(depth)]
-    features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout)
+    features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout, separable)
     return keras.Model(inputs, model_outputs(features, maps[depth], hypercolumns, classify, dropout),
                        name=f"{encoder}_unet")
 
@@ -203,7 +203,8 @@ def build_model(params, image_size=None):
     """The model params.model describes, for `image_size` images (default params.data.image_size)."""
     model, image_size = params.model, image_size or params.data.image_size
     settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
-                    dropout=model.dropout, hypercolumns=model.hypercolumns, classify=model.classify)
+                    dropout=model.dropout, hypercolumns=model.hypercolumns, classify=model.classify,
+                    separable=model.separable)
     if model.encoder == "none":
         return build_unet(image_size, **settings)
     return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)

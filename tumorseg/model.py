@@ -14,10 +14,14 @@ MASK_OUTPUT, TYPE_OUTPUT = "mask", "tumor_type"  # output names of a model with 
 MAX_FILTER_MULTIPLIER = 8  # filters double per level up to 8x the base, as in the reference
 
 
-def conv_block(x, filters, batchnorm_momentum):
-    """Two 3x3 convolutions, each followed by batch norm and ReLU."""
+def conv_block(x, filters, batchnorm_momentum, separable=False):
+    """Two 3x3 convolutions (depthwise-separable ones with `separable`), each followed by batch norm and ReLU."""
     for _ in range(2):
-        x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal")(x)
+        if separable:
+            x = layers.SeparableConv2D(filters, 3, padding="same", depthwise_initializer="he_normal",
+                                       pointwise_initializer="he_normal")(x)
+        else:
+            x = layers.Conv2D(filters, 3, padding="same", kernel_initializer="he_normal")(x)
         x = layers.BatchNormalization(momentum=batchnorm_momentum)(x)
         x = layers.Activation("relu")(x)
     return x
@@ -37,8 +41,9 @@ def level_widths(filters, depth):
     return [filters * min(2**level, MAX_FILTER_MULTIPLIER) for level in range(depth + 1)]
 
 
-def decoder(x, skips, widths, batchnorm_momentum, dropout):
+def decoder(x, skips, widths, batchnorm_momentum, dropout, separable=False):
     """Up levels from the bottleneck `x`, deepest first; skips[level] may be None (no skip).
+    With `separable`, the blocks below the top level use depthwise-separable convolutions.
 
     Returns the features of every level, deepest first (the last one is at full resolution).
     """
@@ -48,7 +53,7 @@ def decoder(x, skips, widths, batchnorm_momentum, dropout):
         if skips[level] is not None:
             x = layers.Concatenate()([x, skips[level]])
         x = layers.Dropout(dropout)(x)
-        x = conv_block(x, widths[level], batchnorm_momentum)
+        x = conv_block(x, widths[level], batchnorm_momentum, separable and level > 0)
         features.append(x)
     return features
 
@@ -83,18 +88,22 @@ def model_outputs(features, bottleneck, hypercolumns, classify, dropout):
 
 
 def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1, hypercolumns=False,
-               classify=False):
-    """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output (and a type head)."""
+               classify=False, separable=False):
+    """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output (and a type head).
+
+    With `separable`, every level below the top one uses depthwise-separable 3x3 convolutions; the top
+    level (the image's one channel in, the fewest channels at the most pixels) keeps full ones.
+    """
     check_image_size(image_size, depth)
     widths = level_widths(filters, depth)
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = inputs
     skips = []
     for level in range(depth):
-        x = conv_block(x, widths[level], batchnorm_momentum)
+        x = conv_block(x, widths[level], batchnorm_momentum, separable and level > 0)
         skips.append(x)
         x = layers.MaxPooling2D()(x)
         x = layers.Dropout(dropout)(x)
-    bottleneck = conv_block(x, widths[depth], batchnorm_momentum)
-    features = decoder(bottleneck, skips, widths, batchnorm_momentum, dropout) or [bottleneck]
+    bottleneck = conv_block(x, widths[depth], batchnorm_momentum, separable)
+    features = decoder(bottleneck, skips, widths, batchnorm_momentum, dropout, separable) or [bottleneck]
     return keras.Model(inputs, model_outputs(features, bottleneck, hypercolumns, classify, dropout), name="unet")
