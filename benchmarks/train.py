@@ -2,6 +2,7 @@
 
     python benchmarks/train.py [--filters 64] [--size 128] [--batch 32] [--precision float32] [--steps 10]
     python benchmarks/train.py --recipe cpu   # the configuration of params.yaml with recipes/cpu.yaml applied
+    python benchmarks/train.py --recipe cpu16 --recipe my/recipe.yaml   # side by side, a recipe file of your own
     python benchmarks/train.py --quick        # a few steps of a tiny model, to check the script runs
 
 A recipe with progressive resizing (train.progressive) is timed at both
@@ -130,13 +131,15 @@ def time_prediction(model_path, images, batch, steps):
 
 
 def recipe_config(name, steps):
-    """The benchmark settings of params.yaml with recipes/NAME.yaml applied."""
-    params = load_params().replaced(load_recipe(name))
+    """The benchmark settings of params.yaml with recipes/NAME.yaml (or a recipe file NAME.yaml elsewhere) applied."""
+    path = Path(name)
+    overrides = load_recipe(path.stem, path.parent) if path.suffix == ".yaml" else load_recipe(name)
+    params = load_params().replaced(overrides)
     progressive = params.train.progressive
-    return dict(label=f"recipe {name}", filters=params.model.filters, depth=params.model.depth,
-                size=params.data.image_size, batch=params.train.batch_size, precision=params.train.precision,
-                steps=steps, progressive=(progressive.size, progressive.epochs, params.train.epochs)
-                if progressive.epochs else None)
+    return dict(label=f"recipe {path.stem}", filters=params.model.filters, depth=params.model.depth,
+                separable=params.model.separable, size=params.data.image_size, batch=params.train.batch_size,
+                precision=params.train.precision, steps=steps,
+                progressive=(progressive.size, progressive.epochs, params.train.epochs) if progressive.epochs else None)
 
 
 def epoch_mean(small, full, small_epochs, epochs):
@@ -146,7 +149,7 @@ def epoch_mean(small, full, small_epochs, epochs):
 
 def compiled_unet(size, config):
     """The configuration's U-Net for `size` x `size` slices, compiled with the train stage's loss and metrics."""
-    model = build_unet(size, config["depth"], config["filters"])
+    model = build_unet(size, config["depth"], config["filters"], separable=config.get("separable", False))
     model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
     return model
 
@@ -178,8 +181,9 @@ def measure(config, compare_feed=False):
 
 def report(result):
     label = f"{result['label']}: " if result["label"] else ""
+    separable = ", separable convolutions below the top level" if result.get("separable") else ""
     print(f"config: {label}{result['size']}x{result['size']}, depth {result['depth']}, {result['filters']} base filters "
-          f"({result['parameters']:,} parameters), batch {result['batch']}, {result['precision']}")
+          f"({result['parameters']:,} parameters){separable}, batch {result['batch']}, {result['precision']}")
     print(f"train: {result['train']:.2f} slices/s ({result['steps']} steps, input pipeline with augmentation; "
           f"{result['busy']:.1f} of {os.cpu_count()} cores busy on average)")
     if result.get("progressive"):
@@ -204,8 +208,8 @@ def main():
     parser.add_argument("--compare-feed", action="store_true",
                         help="also time training on a pre-made in-memory batch (no input pipeline)")
     parser.add_argument("--recipe", metavar="NAME", action="append",
-                        help="filters, depth, size, batch and precision of params.yaml with recipes/NAME.yaml "
-                             "applied; repeat it to time recipes side by side (speed relative to the first)")
+                        help="the model, size, batch and precision of params.yaml with recipes/NAME.yaml (or a "
+                             "file NAME.yaml) applied; repeat it to time recipes side by side (speed relative to the first)")
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
     if args.quick:

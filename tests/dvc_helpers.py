@@ -12,16 +12,9 @@ from tests.helpers import make_params
 
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("download", "mat_to_numpy", "split", "train", "evaluate", "render_samples")
-SMALL = {
-    "data": {"source": "synthetic", "image_size": 64, "synthetic": {"patients": 21, "slices_per_patient": 3, "image_size": 128}},
-    "model": {"depth": 3, "filters": 4},
-    "train": {"epochs": 2, "batch_size": 16},
-    "evaluate": {"bootstrap": 100},
-    "render": {"per_class": 1},
-}
 # Two-fold cross-validation needs at least one validation patient per class in each training part:
 # 30 patients give 15 test and 3 validation patients per fold.
-SMALL_CV = {
+SMALL = {
     "data": {"source": "synthetic", "image_size": 64, "synthetic": {"patients": 30, "slices_per_patient": 3, "image_size": 128}},
     "split": {"folds": 2},
     "model": {"depth": 3, "filters": 4},
@@ -74,11 +67,12 @@ def copy_project(root, overrides=SMALL):
 _reproduced = {}
 
 
-def reproduced_project(tmp_path_factory, name, overrides):
+def reproduced_project(tmp_path_factory, name, overrides=SMALL):
     """A fresh copy of a small project whose `dvc repro` is done and committed with its outputs.
 
-    The repro runs once per set of overrides and pytest session; each caller gets its own copy
-    (git history, DVC cache and workspace), so tests do not see each other's changes.
+    The repro runs once per set of overrides and pytest session (or not at all when a test kept its
+    own, see keep_reproduced); each caller gets its own copy (git history, DVC cache and workspace),
+    so tests do not see each other's changes.
     """
     key = repr(overrides)
     if key not in _reproduced:
@@ -90,6 +84,13 @@ def reproduced_project(tmp_path_factory, name, overrides):
     root = tmp_path_factory.mktemp(name) / "repo"
     shutil.copytree(_reproduced[key], root, symlinks=True, ignore=_ignore_dvc_tmp)
     return root
+
+
+def keep_reproduced(tmp_path_factory, project, overrides=SMALL):
+    """Keep a copy of `project`, just reproduced with `overrides` and committed, for reproduced_project."""
+    template = tmp_path_factory.mktemp("reproduced") / "repo"
+    shutil.copytree(project, template, symlinks=True, ignore=_ignore_dvc_tmp)
+    _reproduced.setdefault(repr(overrides), template)
 
 
 def _ignore_dvc_tmp(folder, names):

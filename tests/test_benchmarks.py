@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -26,12 +28,18 @@ def test_train_benchmark_quick():
         assert line in output
 
 
-def test_train_benchmark_times_recipes_side_by_side():
-    output = run_script("benchmarks/train.py", "--recipe", "cpu", "--recipe", "cpu16-progressive", "--steps", "1")
-    assert "command: python benchmarks/train.py --recipe cpu --recipe cpu16-progressive" in output
-    assert "config: recipe cpu: 96x96" in output and "config: recipe cpu16-progressive: 128x128" in output
-    assert "progressive resizing:" in output and "at 64x64 for 20 epochs" in output and "at 128x128 for 5" in output
-    assert "recipe cpu16-progressive against recipe cpu: train" in output
+def test_train_benchmark_times_recipes_side_by_side(tmp_path):
+    tiny = {"data.image_size": 32, "model.depth": 2, "model.filters": 2, "train.batch_size": 4}
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
+    (tmp_path / "tiny-progressive.yaml").write_text(yaml.safe_dump(
+        {**tiny, "model.separable": True, "train.epochs": 5, "train.progressive.size": 16,
+         "train.progressive.epochs": 3}))
+    output = run_script("benchmarks/train.py", "--recipe", str(tmp_path / "tiny.yaml"),
+                        "--recipe", str(tmp_path / "tiny-progressive.yaml"), "--steps", "1")
+    assert "config: recipe tiny: 32x32, depth 2, 2 base filters" in output
+    assert "config: recipe tiny-progressive: 32x32" in output and "separable convolutions below the top" in output
+    assert "progressive resizing:" in output and "at 16x16 for 3 epochs" in output and "at 32x32 for 2" in output
+    assert "recipe tiny-progressive against recipe tiny: train" in output
 
 
 def test_progressive_recipes_are_timed_by_their_mean_epoch():

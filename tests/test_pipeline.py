@@ -6,9 +6,12 @@ import shutil
 
 import pytest
 
-from tests.dvc_helpers import STAGES, copy_project, dvc, git, ran_stages
+from tests.dvc_helpers import STAGES, copy_project, dvc, git, keep_reproduced, ran_stages
 
-pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"), pytest.mark.slow]
+# One pytest-xdist worker runs the three DVC test files in turn: the queue and remote tests start from
+# a copy of the project the pipeline test reproduced (tests.dvc_helpers.keep_reproduced).
+pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"),
+              pytest.mark.slow, pytest.mark.xdist_group("dvc-projects")]
 
 
 @pytest.fixture(scope="module")
@@ -17,7 +20,7 @@ def project(tmp_path_factory):
     return copy_project(tmp_path_factory.mktemp("project"))
 
 
-def test_pipeline_end_to_end(project, tmp_path):
+def test_pipeline_end_to_end(project, tmp_path, tmp_path_factory):
     # dvc repro runs all six stages and produces every declared output
     output = dvc("repro", cwd=project)
     assert ran_stages(output) == set(STAGES)
@@ -36,16 +39,17 @@ def test_pipeline_end_to_end(project, tmp_path):
     assert "Data and pipelines are up to date" in dvc("status", cwd=project)
     git("add", "-A", cwd=project)
     git("commit", "-qm", "baseline run", cwd=project)
+    keep_reproduced(tmp_path_factory, project)  # the queue and remote tests start from a copy of it
 
     # an experiment with another epoch count shows up with its metrics
-    output = dvc("exp", "run", "-n", "longer", "-S", "train.epochs=3", cwd=project)
+    output = dvc("exp", "run", "-n", "longer", "-S", "train.epochs=2", cwd=project)
     assert ran_stages(output) == {"train", "evaluate", "render_samples"}
     experiments = json.loads(dvc("exp", "show", "--json", cwd=project))
     found = json.dumps(experiments)
     assert '"longer"' in found and '"dice"' in found and '"iou"' in found
     diff = dvc("metrics", "diff", "--json", cwd=project)
     changed = json.loads(diff)["metrics/train.json"]
-    assert changed["epochs"] == {"old": 2, "new": 3, "diff": 1}
+    assert changed["epochs"] == {"old": 1, "new": 2, "diff": 1}
     table = dvc("metrics", "diff", "--all", "--md", cwd=project)
     for metric in ("dice", "iou"):
         assert re.search(rf"\|\s*metrics/eval.json\s*\|\s*{metric}\s*\|", table), table
@@ -58,6 +62,6 @@ def test_pipeline_end_to_end(project, tmp_path):
     assert any(p.name.endswith("grid.png") for p in (tmp_path / "plots" / "static").iterdir())
 
     # changing only an evaluate parameter re-runs evaluate, not the stages before it
-    output = dvc("exp", "run", "-S", "evaluate.bootstrap=50", cwd=project)
+    output = dvc("exp", "run", "-S", "evaluate.bootstrap=40", cwd=project)
     assert "evaluate" in ran_stages(output)
     assert not ran_stages(output) & {"download", "mat_to_numpy", "split", "train"}

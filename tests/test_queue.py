@@ -13,14 +13,17 @@ import time
 import pandas as pd
 import pytest
 
-from tests.dvc_helpers import SMALL_CV, STAGES, dvc, git, reproduced_project, run
+from tests.dvc_helpers import SMALL, STAGES, dvc, git, reproduced_project, run
 from tumorseg import summarize
 
-QUEUE_TIMEOUT_S = 360
+QUEUE_TIMEOUT_S = 600
 POLL_S = 3
 UNFINISHED_STATES = ("Queued", "Running")
 
-pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"), pytest.mark.slow]
+# One pytest-xdist worker runs the DVC test files in turn (xdist_group): this one starts from a copy of
+# the project that tests/test_pipeline.py reproduced (tests.dvc_helpers.keep_reproduced).
+pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"),
+              pytest.mark.slow, pytest.mark.xdist_group("dvc-projects")]
 
 
 def queue_tasks(project):
@@ -58,7 +61,7 @@ def wait_for_queue(project, timeout_s=QUEUE_TIMEOUT_S):
 @pytest.fixture(scope="module")
 def cv_project(tmp_path_factory):
     """A reproduced small project whose 2-fold CV ran through the queue; its workers stopped afterwards."""
-    project = reproduced_project(tmp_path_factory, "queue", SMALL_CV)
+    project = reproduced_project(tmp_path_factory, "queue", SMALL)
     assert git("status", "--porcelain", cwd=project) == ""  # everything committed before queueing
     queued = dvc("exp", "run", "--queue", "-S", "split.fold=0,1", cwd=project)
     assert queued.count("Queued experiment") == 2, queued
@@ -85,9 +88,9 @@ def test_queued_folds_succeed_with_metrics(cv_project):
         assert 0 <= metrics["dice"] <= 1 and 0 <= metrics["iou"] <= 1
         assert all(f"{name}_dice" in metrics for name in ("meningioma", "glioma", "pituitary"))
     # the two test folds are disjoint and cover every patient and slice once
-    patients = SMALL_CV["data"]["synthetic"]["patients"]
+    patients = SMALL["data"]["synthetic"]["patients"]
     assert results[0]["test_patients"] + results[1]["test_patients"] == patients
-    assert results[0]["test_images"] + results[1]["test_images"] == patients * SMALL_CV["data"]["synthetic"]["slices_per_patient"]
+    assert results[0]["test_images"] + results[1]["test_images"] == patients * SMALL["data"]["synthetic"]["slices_per_patient"]
 
     # the queued runs reused the committed baseline's data: only split and what follows ran
     log = dvc("queue", "logs", experiments[0]["name"], cwd=cv_project)

@@ -5,12 +5,15 @@ import shutil
 
 import pytest
 
-from tests.dvc_helpers import SMALL_CV, dvc, git, ran_stages, reproduced_project
+from tests.dvc_helpers import SMALL, dvc, git, ran_stages, reproduced_project
 
 # Outputs kept in the DVC cache: they travel through the remote, not through git.
 CACHED_OUTPUTS = ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras")
 
-pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC"), pytest.mark.slow]
+# One pytest-xdist worker runs the DVC test files in turn (xdist_group): this one starts from a copy of
+# the project that tests/test_pipeline.py reproduced (tests.dvc_helpers.keep_reproduced).
+pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC"),
+              pytest.mark.slow, pytest.mark.xdist_group("dvc-projects")]
 
 
 def workspace_metrics(shown):
@@ -21,7 +24,7 @@ def workspace_metrics(shown):
 
 
 def test_push_clone_pull_is_up_to_date(tmp_path_factory, tmp_path):
-    project = reproduced_project(tmp_path_factory, "remote", SMALL_CV)
+    project = reproduced_project(tmp_path_factory, "remote", SMALL)
     storage = tmp_path / "storage"
     dvc("remote", "add", "-d", "local", str(storage), cwd=project)
     git("add", ".dvc/config", cwd=project)
