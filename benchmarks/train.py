@@ -3,6 +3,7 @@
     python benchmarks/train.py [--filters 64] [--size 128] [--batch 32] [--precision float32] [--steps 10]
     python benchmarks/train.py --recipe cpu   # the configuration of params.yaml with recipes/cpu.yaml applied
     python benchmarks/train.py --recipe cpu16 --recipe my/recipe.yaml   # side by side, a recipe file of your own
+    python benchmarks/train.py --recipe cpu16 --recipe cpu8-batch4 --slices 320   # the same slices at batches 16 and 4
     python benchmarks/train.py --quick        # a few steps of a tiny model, to check the script runs
 
 A recipe with progressive resizing (train.progressive) is timed at both
@@ -210,6 +211,9 @@ def main():
     parser.add_argument("--recipe", metavar="NAME", action="append",
                         help="the model, size, batch and precision of params.yaml with recipes/NAME.yaml (or a "
                              "file NAME.yaml) applied; repeat it to time recipes side by side (speed relative to the first)")
+    parser.add_argument("--slices", type=int,
+                        help="time this many training slices per configuration instead of --steps (steps = slices / "
+                             "batch): the same work for configurations of different batch sizes")
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
     if args.quick:
@@ -219,6 +223,9 @@ def main():
     else:
         configs = [dict(label="", filters=args.filters, depth=args.depth, size=args.size, batch=args.batch,
                         precision=args.precision, steps=args.steps)]
+    if args.slices:
+        for config in configs:
+            config["steps"] = max(1, args.slices // config["batch"])
     results = [measure(config, args.compare_feed) for config in configs]
 
     print(f"command: python benchmarks/train.py {' '.join(sys.argv[1:])}".strip())

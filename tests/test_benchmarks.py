@@ -32,12 +32,13 @@ def test_train_benchmark_times_recipes_side_by_side(tmp_path):
     tiny = {"data.image_size": 32, "model.depth": 2, "model.filters": 2, "train.batch_size": 4}
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(tiny))
     (tmp_path / "tiny-progressive.yaml").write_text(yaml.safe_dump(
-        {**tiny, "model.separable": True, "train.epochs": 5, "train.progressive.size": 16,
+        {**tiny, "model.separable": True, "train.batch_size": 2, "train.epochs": 5, "train.progressive.size": 16,
          "train.progressive.epochs": 3}))
     output = run_script("benchmarks/train.py", "--recipe", str(tmp_path / "tiny.yaml"),
-                        "--recipe", str(tmp_path / "tiny-progressive.yaml"), "--steps", "1")
+                        "--recipe", str(tmp_path / "tiny-progressive.yaml"), "--slices", "8")
     assert "config: recipe tiny: 32x32, depth 2, 2 base filters" in output
     assert "config: recipe tiny-progressive: 32x32" in output and "separable convolutions below the top" in output
+    assert "(2 steps, input pipeline" in output and "(4 steps, input pipeline" in output  # 8 slices at batch 4 and 2
     assert "progressive resizing:" in output and "at 16x16 for 3 epochs" in output and "at 32x32 for 2" in output
     assert "recipe tiny-progressive against recipe tiny: train" in output
 

@@ -43,8 +43,8 @@ def level_widths(filters, depth):
 
 def decoder(x, skips, widths, batchnorm_momentum, dropout, separable=False):
     """Up levels from the bottleneck `x`, deepest first; skips[level] may be None (no skip).
-    With `separable`, the blocks below the top level use depthwise-separable convolutions.
 
+    With `separable`, the blocks below the top level use depthwise-separable convolutions.
     Returns the features of every level, deepest first (the last one is at full resolution).
     """
     features = []
