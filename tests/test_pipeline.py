@@ -2,16 +2,12 @@
 
 import json
 import re
-import shutil
 
 import pytest
 
-from tests.dvc_helpers import STAGES, copy_project, dvc, git, keep_reproduced, ran_stages
+from tests.dvc_helpers import DVC_TEST_MARKS, STAGES, copy_project, dvc, git, keep_reproduced, ran_stages
 
-# One pytest-xdist worker runs the three DVC test files in turn: the queue and remote tests start from
-# a copy of the project the pipeline test reproduced (tests.dvc_helpers.keep_reproduced).
-pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"),
-              pytest.mark.slow, pytest.mark.xdist_group("dvc-projects")]
+pytestmark = DVC_TEST_MARKS
 
 
 @pytest.fixture(scope="module")

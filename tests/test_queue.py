@@ -6,24 +6,20 @@ queued run shows that the pipeline needs nothing untracked.
 """
 
 import json
-import shutil
 import sys
 import time
 
 import pandas as pd
 import pytest
 
-from tests.dvc_helpers import SMALL, STAGES, dvc, git, reproduced_project, run
+from tests.dvc_helpers import DVC_TEST_MARKS, SMALL, STAGES, dvc, git, reproduced_project, run
 from tumorseg import summarize
 
 QUEUE_TIMEOUT_S = 600
 POLL_S = 3
 UNFINISHED_STATES = ("Queued", "Running")
 
-# One pytest-xdist worker runs the DVC test files in turn (xdist_group): this one starts from a copy of
-# the project that tests/test_pipeline.py reproduced (tests.dvc_helpers.keep_reproduced).
-pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC experiments"),
-              pytest.mark.slow, pytest.mark.xdist_group("dvc-projects")]
+pytestmark = DVC_TEST_MARKS
 
 
 def queue_tasks(project):

@@ -1,19 +1,14 @@
 """Share a run through a DVC remote (a local folder): push, clone, pull, and nothing left to reproduce."""
 
 import json
-import shutil
 
-import pytest
 
-from tests.dvc_helpers import SMALL, dvc, git, ran_stages, reproduced_project
+from tests.dvc_helpers import DVC_TEST_MARKS, SMALL, dvc, git, ran_stages, reproduced_project
 
 # Outputs kept in the DVC cache: they travel through the remote, not through git.
 CACHED_OUTPUTS = ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras")
 
-# One pytest-xdist worker runs the DVC test files in turn (xdist_group): this one starts from a copy of
-# the project that tests/test_pipeline.py reproduced (tests.dvc_helpers.keep_reproduced).
-pytestmark = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC"),
-              pytest.mark.slow, pytest.mark.xdist_group("dvc-projects")]
+pytestmark = DVC_TEST_MARKS
 
 
 def workspace_metrics(shown):
