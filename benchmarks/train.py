@@ -133,11 +133,9 @@ def time_prediction(model_path, images, batch, steps):
 
 def recipe_config(name, steps):
     """The benchmark settings of params.yaml with recipes/NAME.yaml (or a recipe file NAME.yaml elsewhere) applied."""
-    path = Path(name)
-    overrides = load_recipe(path.stem, path.parent) if path.suffix == ".yaml" else load_recipe(name)
-    params = load_params().replaced(overrides)
+    params = load_params().replaced(load_recipe(name))
     progressive = params.train.progressive
-    return dict(label=f"recipe {path.stem}", filters=params.model.filters, depth=params.model.depth,
+    return dict(label=f"recipe {Path(name).stem}", filters=params.model.filters, depth=params.model.depth,
                 separable=params.model.separable, size=params.data.image_size, batch=params.train.batch_size,
                 precision=params.train.precision, steps=steps,
                 progressive=(progressive.size, progressive.epochs, params.train.epochs) if progressive.epochs else None)

@@ -22,7 +22,7 @@ def test_options_are_yaml_values_that_read_back(tmp_path):
         assert yaml.safe_load(option.split("=", 1)[1]) == value
 
 
-def test_unknown_parameter_or_recipe_is_a_named_error(tmp_path):
+def test_recipe_files_by_name_or_path_and_named_errors(tmp_path):
     (tmp_path / "typo.yaml").write_text("train.augment.rotaton: 10\n")
     with pytest.raises(RecipeError, match="unknown key train.augment.rotaton: did you mean train.augment.rotation"):
         load_recipe("typo", tmp_path, "params.yaml")
@@ -31,6 +31,8 @@ def test_unknown_parameter_or_recipe_is_a_named_error(tmp_path):
         load_recipe("zoomed", tmp_path, "params.yaml")
     with pytest.raises(RecipeError, match="no such recipe; choose one of: typo"):
         load_recipe("gpu", tmp_path, "params.yaml")
+    (tmp_path / "mine.yaml").write_text("model.filters: 8\n")
+    assert load_recipe(str(tmp_path / "mine.yaml"), params_path="params.yaml") == {"model.filters": 8}
 
 
 def test_command_prints_the_options(capsys):

@@ -33,8 +33,9 @@ def available(recipes_dir=RECIPES_DIR):
 
 
 def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
-    """The overrides of recipes/NAME.yaml as {dotted path: value}, checked as applied to params.yaml."""
-    path = Path(recipes_dir) / f"{name}.yaml"
+    """The overrides of recipes/NAME.yaml (or of the recipe file NAME, a path ending in .yaml) as
+    {dotted path: value}, checked as applied to params.yaml."""
+    path = Path(name) if str(name).endswith(".yaml") else Path(recipes_dir) / f"{name}.yaml"
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe; choose one of: {', '.join(available(recipes_dir)) or 'none'}.")
     overrides = yaml.safe_load(path.read_text()) or {}
@@ -58,7 +59,7 @@ def as_options(overrides):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m tumorseg.recipe", description=__doc__.splitlines()[0])
-    parser.add_argument("name", nargs="?", help="recipe name (a file recipes/NAME.yaml)")
+    parser.add_argument("name", nargs="?", help="recipe name (a file recipes/NAME.yaml) or a recipe file's path")
     parser.add_argument("--list", action="store_true", help="list the recipes")
     args = parser.parse_args(argv)
     if args.list or not args.name:
