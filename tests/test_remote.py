@@ -2,7 +2,6 @@
 
 import json
 
-
 from tests.dvc_helpers import DVC_TEST_MARKS, SMALL, dvc, git, ran_stages, reproduced_project
 
 # Outputs kept in the DVC cache: they travel through the remote, not through git.
