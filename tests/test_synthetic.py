@@ -46,7 +46,7 @@ def distance_to_head_edge(slice_):
 def test_writes_numbered_files_and_returns_count(dataset):
     folder, count = dataset
     assert count == PATIENTS * SLICES
-    assert sorted(p.name for p in folder.iterdir()) == sorted(f"{i}.mat" for i in range(1, count + 1))
+    assert sorted(p.name for p in folder.iterdir()) == sorted([f"{i}.mat" for i in range(1, count + 1)] + ["cvind.mat"])
 
 
 def test_same_seed_same_arrays_other_seed_differs(tmp_path):

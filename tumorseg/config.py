@@ -57,6 +57,7 @@ class Data(Section):
 
 
 class Split(Section):
+    scheme: Literal["random", "cvind"]
     val: float = Field(gt=0, lt=1)
     test: float = Field(ge=0, lt=1)
     folds: Count = Field(ge=2)
@@ -64,6 +65,13 @@ class Split(Section):
 
     @model_validator(mode="after")
     def _fractions(self):
+        if self.scheme == "cvind":
+            if self.fold is None or self.fold > 4:
+                raise ValueError(
+                    f"split.scheme cvind tests on official fold split.fold + 1, so split.fold must be 0..4, "
+                    f"got {self.fold}: e.g. -S split.fold=0 (official fold 1), or -S split.scheme=random"
+                )
+            return self
         if self.fold is None and self.val + self.test >= 1:
             raise ValueError(f"split.val + split.test ({self.val} + {self.test}) must be below 1: lower one of them")
         if self.fold is not None and self.fold >= self.folds:

@@ -23,13 +23,13 @@ import requests
 from tqdm import tqdm
 
 from tumorseg.atomic import atomic_dir
+from tumorseg.cvind import CVIND
 from tumorseg.errors import ProjectError
 from tumorseg.matfile import SLICE_NAME
 from tumorseg.synthetic import write_dataset
 
 FIGSHARE_URL = "https://ndownloader.figshare.com/files"
 TOTAL_SLICES = 3064
-CVIND = "cvind.mat"
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1"}
 RETRY_STATUS = {429, 500, 502, 503, 504}
 CHUNK_BYTES = 1 << 16  # small: a cut connection loses at most one chunk

@@ -115,7 +115,7 @@ def read_slice(path, with_border=True):
     )
 
 
-def _matlab_header():
+def matlab_header():
     created = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(0))
     text = f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {created} HDF5 schema 1.00 ."
     header = text.encode("ascii").ljust(116, b" ")
@@ -148,4 +148,4 @@ def write_slice(path, slice_):
         put("tumorBorder", slice_.border.reshape(1, -1).astype(np.float64), "double")
         put("tumorMask", slice_.mask.astype(np.uint8).T, "logical", chunks=(width, max(height // 4, 1)), int_decode=1)
     with open(path, "r+b") as f:
-        f.write(_matlab_header())
+        f.write(matlab_header())

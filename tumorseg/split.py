@@ -101,8 +101,9 @@ def write_split(ids, pids, labels, subsets, path):
     return table
 
 
-def summary(table):
-    """Slices and patients per subset and class, as a printable table."""
+def summary(table, moved=None):
+    """Slices and patients per subset and class, as a printable table; `moved`: slices that followed
+    their family to another official fold (split.scheme cvind)."""
     table = table.assign(cls=table["label"].map(LABEL_NAMES))
     slices = table.pivot_table(index="subset", columns="cls", values="index", aggfunc="count", fill_value=0)
     patients = table.pivot_table(index="subset", columns="cls", values="pid", aggfunc="nunique", fill_value=0)
@@ -110,4 +111,5 @@ def summary(table):
     return (
         "slices per subset and class:\n" + slices.loc[order].to_string()
         + "\n\npatients per subset and class:\n" + patients.loc[order].to_string()
+        + ("" if moved is None else f"\n\nslices moved to their family's official fold: {moved}")
     )

@@ -15,6 +15,7 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
+from tumorseg.cvind import CVIND, OFFICIAL_FOLDS, write_cvind
 from tumorseg.matfile import Slice, write_slice
 
 INNER_SKULL = 0.87  # inner skull edge, in units of the head ellipse radius
@@ -195,10 +196,21 @@ def plan_patients(patients, seed):
     return [int(label) for label in labels], [str(pid) for pid in pids]
 
 
+def patient_folds(labels):
+    """An official-style fold (1..5) per patient: each class's patients take the folds in turn."""
+    seen = {}
+    folds = []
+    for label in labels:
+        folds.append(seen.get(label, 0) % len(OFFICIAL_FOLDS) + 1)
+        seen[label] = seen.get(label, 0) + 1
+    return folds
+
+
 def write_dataset(out_dir, patients, slices_per_patient, image_size=512, seed=0):
-    """Write out_dir/1.mat .. out_dir/<patients*slices_per_patient>.mat; return the count."""
+    """Write out_dir/1.mat .. out_dir/<patients*slices_per_patient>.mat and their cvind.mat; return the count."""
     out_dir = Path(out_dir)
     labels, pids = plan_patients(patients, seed)
+    folds = np.repeat(patient_folds(labels), slices_per_patient)
     index = 0
     with tqdm(total=patients * slices_per_patient, desc="synthetic slices", unit="slice") as bar:
         for p, (label, pid) in enumerate(zip(labels, pids)):
@@ -210,4 +222,5 @@ def write_dataset(out_dir, patients, slices_per_patient, image_size=512, seed=0)
                 index += 1
                 write_slice(out_dir / f"{index}.mat", make_slice(rng, label, pid, size, patient, position))
                 bar.update()
+    write_cvind(out_dir / CVIND, folds)
     return index

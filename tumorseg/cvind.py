@@ -1,0 +1,169 @@
+"""The dataset's own patient-level folds: cvind.mat, and the split built on them.
+
+figshare publishes `cvind.mat` beside the slices: one fold (1..5) for each
+of the 3,064 indices, entry N-1 for `N.mat` (the split of Cheng et al. 2015
+and of most papers on the dataset). With split.scheme = cvind, split.fold = k
+makes official fold k+1 the test set.
+
+cvind puts a few patient families in two folds (`MR048294` in one,
+`MR048294B` in another); a family moves whole to the fold that holds most
+of its slices, so no patient is in test and in train or val.
+
+Validation is drawn from the other folds, class by class: families in a
+seeded random order join it while the class's validation slices stay within
+split.val of that class's slices. A family larger than what is left is
+passed over, so validation is made of whole families, balanced per class,
+and the large PNG-rebuilt groups of the dev set (150-290 slices) train.
+"""
+
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from tumorseg.errors import ProjectError
+from tumorseg.matfile import matlab_header
+
+CVIND = "cvind.mat"
+OFFICIAL_FOLDS = (1, 2, 3, 4, 5)
+DATASET_SLICES = 3064
+
+
+class CvindError(ProjectError, ValueError):
+    """cvind.mat is missing or unusable, or its folds cannot make the requested split."""
+
+
+def _read_v73(path):
+    with h5py.File(path, "r") as f:
+        if "cvind" not in f or not isinstance(f["cvind"], h5py.Dataset):
+            raise CvindError(f"{path}: no dataset 'cvind'; use the cvind.mat of the figshare download.")
+        return f["cvind"][()]
+
+
+def _read_v5(path):
+    from scipy.io import loadmat
+
+    content = loadmat(path)
+    if "cvind" not in content:
+        raise CvindError(f"{path}: no variable 'cvind'; use the cvind.mat of the figshare download.")
+    return content["cvind"]
+
+
+def read_cvind(path):
+    """The official fold of each index: an int array, entry N-1 for N.mat. MATLAB v7.3 (HDF5) or v5."""
+    path = Path(path)
+    fix = "copy the cvind.mat of the figshare download into the data source, or use split.scheme=random."
+    if not path.is_file():
+        raise CvindError(f"{path}: not found; split.scheme=cvind needs the dataset's fold file: {fix}")
+    with open(path, "rb") as f:
+        head = f.read(520)
+    try:
+        if head[512:520] == b"\x89HDF\r\n\x1a\n" or head.startswith(b"\x89HDF"):
+            folds = _read_v73(path)
+        elif head.startswith(b"MATLAB 5.0"):
+            folds = _read_v5(path)
+        else:
+            raise CvindError(f"{path}: not a MATLAB v5 or v7.3 file; the file is corrupt: {fix}")
+    except CvindError:
+        raise
+    except Exception as error:  # h5py and scipy raise many kinds on damaged files
+        raise CvindError(f"{path}: unreadable ({error}); the file is corrupt or truncated: {fix}") from error
+    folds = np.asarray(folds)
+    if folds.ndim != 2 or 1 not in folds.shape or not np.issubdtype(folds.dtype, np.number):
+        raise CvindError(
+            f"{path}: 'cvind' must be one number per index of the dataset, shape 1x{DATASET_SLICES} or "
+            f"{DATASET_SLICES}x1, found {folds.dtype} {folds.shape}: {fix}"
+        )
+    folds = folds.ravel()
+    bad = ~np.isin(folds, OFFICIAL_FOLDS)
+    if bad.any():
+        first = int(np.flatnonzero(bad)[0])
+        raise CvindError(
+            f"{path}: folds must be whole numbers 1..5, found {folds[first]!r} at index {first + 1} "
+            f"({int(bad.sum())} such entries): {fix}"
+        )
+    return folds.astype(int)
+
+
+def folds_of(ids, cvind, path=CVIND):
+    """The official fold of each slice id (N of N.mat)."""
+    ids = np.asarray(ids, dtype=int)
+    outside = (ids < 1) | (ids > len(cvind))
+    if outside.any():
+        raise CvindError(
+            f"{path}: {int(outside.sum())} slice(s) have no fold (cvind holds {len(cvind)} indices; first id "
+            f"without one: {int(ids[outside][0])}); the slices and cvind.mat come from different data: "
+            "use the cvind.mat of the same download, or split.scheme=random."
+        )
+    return cvind[ids - 1]
+
+
+def write_cvind(path, folds):
+    """Write `folds` (one per index) as cvind.mat, MATLAB v7.3 laid out as the figshare file is."""
+    folds = np.asarray(folds, dtype=np.float64).reshape(-1, 1)  # MATLAB's 1xN, column-major, as HDF5 sees it
+    with h5py.File(path, "w", userblock_size=512, libver="earliest") as f:
+        dataset = f.create_dataset("cvind", data=folds)
+        dataset.attrs["MATLAB_class"] = np.bytes_("double")
+    with open(path, "r+b") as f:
+        f.write(matlab_header())
+
+
+def unite_families(families, folds):
+    """Each slice's fold after moving every family whole to the fold that holds most of its slices.
+
+    Ties go to the lower fold. Returns (folds, moved): moved counts the slices whose fold changed.
+    """
+    table = pd.DataFrame({"family": families, "fold": np.asarray(folds, dtype=int)})
+    counts = table.groupby(["family", "fold"]).size().reset_index(name="n")
+    counts = counts.sort_values(["family", "n", "fold"], ascending=[True, False, True])
+    home = counts.drop_duplicates("family").set_index("family")["fold"]
+    united = table["family"].map(home).to_numpy(dtype=int)
+    return united, int((united != table["fold"].to_numpy()).sum())
+
+
+def draw_validation(families, labels, candidates, fraction, seed):
+    """Families (among `candidates`, a boolean mask of slices) for validation, balanced per class."""
+    table = pd.DataFrame({"family": families, "label": labels})[candidates]
+    family_label = table.groupby("family")["label"].agg(lambda x: x.mode().iloc[0])
+    family_size = table.groupby("family").size()
+    rng = np.random.default_rng(seed)
+    chosen = []
+    for label in sorted(family_label.unique()):
+        members = family_label.index[family_label == label].to_numpy()
+        if len(members) < 2:
+            raise CvindError(
+                f"{CVIND}: class {label} has {len(members)} patient(s) outside the test fold; validation and "
+                "training each need one: use more data or split.scheme=random."
+            )
+        members = members[rng.permutation(len(members))]
+        target = fraction * family_size[members].sum()
+        taken, size = [], 0
+        for family in members:
+            if size + family_size[family] <= target:
+                taken.append(family)
+                size += family_size[family]
+        if not taken:  # every family is larger than the target: the smallest one
+            taken = [min(members, key=lambda family: (family_size[family], family))]
+        chosen.extend(taken)
+    return set(chosen)
+
+
+def assign_official(pids, labels, ids, cvind, fold, val, seed, families, path=CVIND):
+    """Subset of each slice (train/val/test): official fold `fold`+1 is test; and the slices moved.
+
+    `families` maps PIDs to patient families (tumorseg.split.patient_families).
+    """
+    folds, moved = unite_families(families, folds_of(ids, cvind, path))
+    test_fold = fold + 1
+    present = sorted(set(folds.tolist()))
+    if test_fold not in present:
+        raise CvindError(
+            f"{path}: official fold {test_fold} (split.fold={fold}) has no slices in data/raw; folds present: "
+            f"{', '.join(map(str, present))}: set split.fold to one of "
+            f"{', '.join(str(k - 1) for k in present)}."
+        )
+    test = folds == test_fold
+    val_families = draw_validation(families, np.asarray(labels), ~test, val, seed)
+    subsets = np.where(test, "test", np.where(np.isin(families, list(val_families)), "val", "train"))
+    return subsets, moved
