@@ -10,14 +10,12 @@ import argparse
 import os
 import platform
 import resource
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tumorseg.convert import mat_to_numpy  # noqa: E402
+from tumorseg.data.convert import mat_to_numpy
+from tumorseg.data.synthetic import write_dataset
 
 SAMPLE = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "figshare-sample" / "mat"
 
@@ -27,7 +25,6 @@ def make_inputs(folder, count):
         sources = sorted(SAMPLE.glob("*.mat"))
         origin = f"real sample ({len(sources)} files, linked)"
     else:
-        from tumorseg.synthetic import write_dataset
 
         synthetic = folder / "synthetic"
         synthetic.mkdir()

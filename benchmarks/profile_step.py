@@ -6,7 +6,7 @@ by layer kind, forward and backward, next to the input pipeline and the validati
     python benchmarks/profile_step.py --quick            # a tiny model, to check the script runs
 
 The train step is profiled with TensorFlow's profiler on one batch held in memory (self-time of every
-op, grouped by the Keras layer it belongs to); the input pipeline (tumorseg.batches.make_batches with
+op, grouped by the Keras layer it belongs to); the input pipeline (tumorseg.train.batches.make_batches with
 the recipe's augmentation) and the validation pass (model.evaluate) are timed on their own, and the
 epoch is estimated for --train-slices and --val-slices (default: the dev set's fixed split).
 """
@@ -20,25 +20,22 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tumorseg  # noqa: E402,F401  (sets TensorFlow's CPU defaults before keras loads it)
 os.environ["KERAS_BACKEND"] = "tensorflow"
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-from tensorflow.python.profiler.internal import _pywrap_profiler_plugin  # noqa: E402
+import tumorseg  # noqa: F401, I001  (first: it sets TensorFlow's CPU defaults before keras loads it)
+import keras
+import numpy as np
+import tensorflow as tf
+from tensorflow.python.profiler.internal import _pywrap_profiler_plugin
 
-from benchmarks.train import phantom_batch  # noqa: E402
-from tumorseg.batches import make_batches  # noqa: E402
-from tumorseg.hardware import cpu_flags, cpu_summary  # noqa: E402
-from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
-from tumorseg.model import build_unet  # noqa: E402
-from tumorseg.config import load_params  # noqa: E402
-from tumorseg.recipe import load_recipe  # noqa: E402
+from tumorseg.config import load_params
+from tumorseg.data.phantoms import phantom_arrays
+from tumorseg.experiments.recipe import load_recipe
+from tumorseg.model.build import build_model, compile_model, make_loss
+from tumorseg.train.batches import make_batches
+from tumorseg.train.devices import cpu_flags, cpu_summary
 
 WARMUP_STEPS = 3
 OPTIMIZER_OPS = ("ResourceApplyAdam", "AssignVariableOp", "AssignAddVariableOp", "ReadVariableOp")
@@ -137,15 +134,16 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
     params = load_params().replaced(load_recipe(args.recipe)) if args.recipe else load_params()
+    params = params.replaced({"model.classify": False})  # the mask's train step: one target, as profiled below
+    if args.quick:
+        params = params.replaced({"data.image_size": 32, "model.depth": 2, "model.filters": 4, "train.batch_size": 4})
+        args.steps, args.train_slices, args.val_slices = 2, 8, 8
     size, depth, filters = params.data.image_size, params.model.depth, params.model.filters
     batch, augment = params.train.batch_size, params.train.augment
-    if args.quick:
-        size, depth, filters, batch, args.steps, args.train_slices, args.val_slices = 32, 2, 4, 4, 2, 8, 8
 
     keras.utils.set_random_seed(0)
-    images, masks = phantom_batch(max(batch, 64), size)
-    model = build_unet(size, depth, filters)
-    model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
+    images, masks, _ = phantom_arrays(max(batch, 64), size)
+    model = compile_model(build_model(params), params, make_loss(params.train.loss), params.train.lr_max)
     step_seconds, shares = profile_train_step(model, images[:batch, ..., None],
                                               masks[:batch, ..., None].astype("float32"), args.steps)
     pipeline = time_pipeline(images, masks, batch, augment, args.train_slices)

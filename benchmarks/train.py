@@ -10,9 +10,12 @@ A recipe with progressive resizing (train.progressive) is timed at both
 sizes; its train figure is then the mean over its epochs (so many at the
 small size, the rest at full size), which is what it saves per epoch.
 
-Training goes through the project's input pipeline with augmentation
-(tumorseg.batches.make_batches: tf.data under TensorFlow, numpy batches under
-KERAS_BACKEND=jax or torch), the loss and metrics of the train stage;
+Each configuration is params.yaml with the recipe or options applied, and
+what is timed is what the train stage builds from it: the model (dropout,
+encoder, type head included), its loss and metrics (tumorseg.model.build),
+the input pipeline with the params' augmentation (tumorseg.train.batches:
+tf.data under TensorFlow, numpy batches under KERAS_BACKEND=jax or torch),
+on the project's phantom slices (tumorseg.data.synthetic);
 prediction goes through a saved and reloaded .keras model, as users load it.
 The first steps (graph tracing, XLA compilation) are not timed. On a GPU it
 also prints the device and its peak memory (benchmarks/gpu.sh runs it there).
@@ -26,43 +29,37 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-import tumorseg  # noqa: E402,F401  (sets TensorFlow's CPU defaults before keras loads it)
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
+import tumorseg  # noqa: F401, I001  (first: it sets TensorFlow's CPU defaults before keras loads it)
+import keras
+import numpy as np
 
-from tumorseg.batches import make_batches  # noqa: E402
-from tumorseg.hardware import cpu_flags, cpu_summary  # noqa: E402
-from tumorseg.losses import BceDiceLoss, training_metrics  # noqa: E402
-from tumorseg.model import build_unet  # noqa: E402
-from tumorseg.config import Augment, load_params  # noqa: E402
-from tumorseg.recipe import load_recipe  # noqa: E402
+from tumorseg.config import load_params
+from tumorseg.data.phantoms import phantom_arrays
+from tumorseg.experiments.recipe import load_recipe
+from tumorseg.model.build import build_model, compile_model, make_loss
+from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
+from tumorseg.train.batches import make_batches
+from tumorseg.train.devices import cpu_flags, cpu_summary
 
 WARMUP_STEPS = 2
 
 
-def phantom_batch(count, size, seed=0):
-    """Images with one bright disk each, and their masks."""
-    rng = np.random.default_rng(seed)
-    rows, cols = np.mgrid[:size, :size]
-    images = rng.random((count, size, size), dtype=np.float32) * 0.3
-    masks = np.zeros((count, size, size), np.uint8)
-    for i in range(count):
-        r, c, radius = rng.integers(size // 4, 3 * size // 4, 2).tolist() + [size // 10]
-        masks[i] = (rows - r) ** 2 + (cols - c) ** 2 < radius**2
-        images[i][masks[i] > 0] += 0.5
-    return images, masks
-
-
-def time_training(model, images, masks, batch, steps, premade=False):
-    """Training slices/s through the input pipeline, or on one pre-made batch held in memory, and the
-    number of cores kept busy on average (CPU time of all of this process's threads over wall time)."""
+def time_training(model, params, images, masks, labels, steps, premade=False):
+    """Training slices/s through the train stage's input pipeline (its augmentation, its targets), or on one
+    pre-made batch held in memory, and the number of cores kept busy on average (CPU time of all of this
+    process's threads over wall time)."""
+    batch = params.train.batch_size
+    labels = labels if params.model.classify else None
     if premade:
-        data = RepeatedBatch(images[:batch, ..., None], masks[:batch, ..., None].astype(np.float32))
+        mask_target = masks[:batch, ..., None].astype(np.float32)
+        target = mask_target if labels is None else {MASK_OUTPUT: mask_target,
+                                                     TYPE_OUTPUT: one_hot_types(labels[:batch])}
+        data = RepeatedBatch(images[:batch, ..., None], target)
     else:
-        data = make_batches(images, masks, batch, training=True, augment=Augment(hflip=True), seed=0)
+        data = make_batches(images, masks, batch, training=True, augment=params.train.augment, seed=params.seed,
+                            labels=labels)
         data = data.repeat() if hasattr(data, "repeat") else data  # tf.data repeats; a PyDataset restarts
     model.fit(data, steps_per_epoch=WARMUP_STEPS, epochs=1, shuffle=False, verbose=0)
     start, start_cpu = time.perf_counter(), time.process_time()
@@ -74,9 +71,9 @@ def time_training(model, images, masks, batch, steps, premade=False):
 class RepeatedBatch(keras.utils.PyDataset):
     """One batch, already a tensor of the backend (on the GPU where there is one), served again and again."""
 
-    def __init__(self, images, masks, length=1_000_000):
+    def __init__(self, images, targets, length=1_000_000):
         super().__init__()
-        self.batch = (keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(masks))
+        self.batch = (keras.ops.convert_to_tensor(images), keras.tree.map_structure(keras.ops.convert_to_tensor, targets))
         self.length = length
 
     def __len__(self):
@@ -132,13 +129,8 @@ def time_prediction(model_path, images, batch, steps):
 
 
 def recipe_config(name, steps):
-    """The benchmark settings of params.yaml with recipes/NAME.yaml (or a recipe file NAME.yaml elsewhere) applied."""
-    params = load_params().replaced(load_recipe(name))
-    progressive = params.train.progressive
-    return dict(label=f"recipe {Path(name).stem}", filters=params.model.filters, depth=params.model.depth,
-                separable=params.model.separable, size=params.data.image_size, batch=params.train.batch_size,
-                precision=params.train.precision, steps=steps,
-                progressive=(progressive.size, progressive.epochs, params.train.epochs) if progressive.epochs else None)
+    """(label, params, steps): params.yaml with recipes/NAME.yaml (or a recipe file NAME.yaml elsewhere) applied."""
+    return f"recipe {Path(name).stem}", load_params().replaced(load_recipe(name)), steps
 
 
 def epoch_mean(small, full, small_epochs, epochs):
@@ -146,54 +138,66 @@ def epoch_mean(small, full, small_epochs, epochs):
     return epochs / (small_epochs / small + (epochs - small_epochs) / full)
 
 
-def compiled_unet(size, config):
-    """The configuration's U-Net for `size` x `size` slices, compiled with the train stage's loss and metrics."""
-    model = build_unet(size, config["depth"], config["filters"], separable=config.get("separable", False))
-    model.compile(optimizer=keras.optimizers.Adam(1.0e-3), loss=BceDiceLoss(), metrics=training_metrics())
-    return model
+def compiled_model(params, size):
+    """The model the train stage builds from params, for `size` x `size` slices, compiled with its loss and
+    metrics (tumorseg.model.build)."""
+    return compile_model(build_model(params, size), params, make_loss(params.train.loss), params.train.lr_max)
 
 
-def measure(config, compare_feed=False):
+def measure(label, params, steps, compare_feed=False):
     """Train and predict slices/s (and cores busy) of one configuration."""
-    keras.mixed_precision.set_global_policy(config["precision"])
+    keras.mixed_precision.set_global_policy(params.train.precision)
     keras.utils.set_random_seed(0)
-    batch, steps = config["batch"], config["steps"]
-    images, masks = phantom_batch(batch * (steps + WARMUP_STEPS), config["size"])
-    model = compiled_unet(config["size"], config)
-    result = dict(config, parameters=model.count_params())
-    result["train"], result["busy"] = time_training(model, images, masks, batch, steps)
+    batch, size = params.train.batch_size, params.data.image_size
+    images, masks, labels = phantom_arrays(batch * (steps + WARMUP_STEPS), size)
+    model = compiled_model(params, size)
+    result = dict(label=label, params=params, steps=steps, parameters=model.count_params())
+    result["train"], result["busy"] = time_training(model, params, images, masks, labels, steps)
     if compare_feed:
-        result["premade"] = time_training(model, images, masks, batch, steps, premade=True)[0]
+        result["premade"] = time_training(model, params, images, masks, labels, steps, premade=True)[0]
     with tempfile.TemporaryDirectory() as tmp:
         model.save(Path(tmp) / "model.keras")
         result["predict"] = time_prediction(Path(tmp) / "model.keras", images, batch, steps)
-    if config.get("progressive"):
-        small_size, small_epochs, epochs = config["progressive"]
-        small = compiled_unet(small_size, config)
-        small_images, small_masks = phantom_batch(batch * (steps + WARMUP_STEPS), small_size)
-        result["train_small"] = time_training(small, small_images, small_masks, batch, steps)[0]
+    progressive = params.train.progressive
+    if progressive.epochs:
+        small = compiled_model(params, progressive.size)
+        small_images, small_masks, _ = phantom_arrays(batch * (steps + WARMUP_STEPS), progressive.size)
+        result["train_small"] = time_training(small, params, small_images, small_masks, labels, steps)[0]
         result["train_full"] = result["train"]
-        result["train"] = epoch_mean(result["train_small"], result["train_full"], small_epochs, epochs)
+        result["train"] = epoch_mean(result["train_small"], result["train_full"], progressive.epochs,
+                                     params.train.epochs)
     keras.mixed_precision.set_global_policy("float32")
     return result
 
 
 def report(result):
+    params = result["params"]
+    model, size = params.model, params.data.image_size
     label = f"{result['label']}: " if result["label"] else ""
-    separable = ", separable convolutions below the top level" if result.get("separable") else ""
-    print(f"config: {label}{result['size']}x{result['size']}, depth {result['depth']}, {result['filters']} base filters "
-          f"({result['parameters']:,} parameters){separable}, batch {result['batch']}, {result['precision']}")
+    variants = [text for on, text in ((model.separable, "separable convolutions below the top level"),
+                                      (model.classify, "the type head"), (model.encoder != "none",
+                                      f"{model.encoder} encoder")) if on]
+    print(f"config: {label}{size}x{size}, depth {model.depth}, {model.filters} base filters "
+          f"({result['parameters']:,} parameters){''.join(', ' + text for text in variants)}, dropout "
+          f"{model.dropout:g}, batch {params.train.batch_size}, {params.train.precision}")
     print(f"train: {result['train']:.2f} slices/s ({result['steps']} steps, input pipeline with augmentation; "
           f"{result['busy']:.1f} of {os.cpu_count()} cores busy on average)")
-    if result.get("progressive"):
-        small_size, small_epochs, epochs = result["progressive"]
-        print(f"  progressive resizing: {result['train_small']:.2f} slices/s at {small_size}x{small_size} for "
-              f"{small_epochs} epochs, {result['train_full']:.2f} at {result['size']}x{result['size']} for "
-              f"{epochs - small_epochs}: {result['train']:.2f} slices/s over the run's {epochs} epochs")
+    progressive = params.train.progressive
+    if progressive.epochs:
+        print(f"  progressive resizing: {result['train_small']:.2f} slices/s at {progressive.size}x{progressive.size} "
+              f"for {progressive.epochs} epochs, {result['train_full']:.2f} at {size}x{size} for "
+              f"{params.train.epochs - progressive.epochs}: {result['train']:.2f} slices/s over the run's "
+              f"{params.train.epochs} epochs")
     if "premade" in result:
         print(f"train on a pre-made batch: {result['premade']:.2f} slices/s (input pipeline at "
               f"{100 * result['train'] / result['premade']:.0f}% of that speed)")
     print(f"predict: {result['predict']:.2f} slices/s (saved .keras model)")
+
+
+def options(filters, depth, size, batch, precision):
+    """params.yaml with the command line's model size, input size, batch and precision."""
+    return load_params().replaced({"model.filters": filters, "model.depth": depth, "data.image_size": size,
+                                   "train.batch_size": batch, "train.precision": precision})
 
 
 def main():
@@ -215,16 +219,14 @@ def main():
     parser.add_argument("--quick", action="store_true", help="tiny model, 2 steps")
     args = parser.parse_args()
     if args.quick:
-        configs = [dict(label="", filters=4, depth=2, size=32, batch=4, precision=args.precision, steps=2)]
+        configs = [("", options(4, 2, 32, 4, args.precision), 2)]
     elif args.recipe:
         configs = [recipe_config(name, args.steps) for name in args.recipe]
     else:
-        configs = [dict(label="", filters=args.filters, depth=args.depth, size=args.size, batch=args.batch,
-                        precision=args.precision, steps=args.steps)]
+        configs = [("", options(args.filters, args.depth, args.size, args.batch, args.precision), args.steps)]
     if args.slices:
-        for config in configs:
-            config["steps"] = max(1, args.slices // config["batch"])
-    results = [measure(config, args.compare_feed) for config in configs]
+        configs = [(label, params, max(1, args.slices // params.train.batch_size)) for label, params, _ in configs]
+    results = [measure(*config, compare_feed=args.compare_feed) for config in configs]
 
     print(f"command: python benchmarks/train.py {' '.join(sys.argv[1:])}".strip())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {cpu_summary(cpu_flags())}, "

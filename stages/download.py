@@ -2,7 +2,7 @@
 
 from stages import run
 from tumorseg.config import load_params
-from tumorseg.download import prepare_raw
+from tumorseg.data.sources import prepare_raw
 
 
 def main():

@@ -2,7 +2,7 @@
 
 from stages import run
 from tumorseg.config import load_params
-from tumorseg.evaluate import evaluate
+from tumorseg.evaluate.report import evaluate
 
 
 def main():

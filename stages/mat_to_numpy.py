@@ -2,7 +2,7 @@
 
 from stages import run
 from tumorseg.config import load_params
-from tumorseg.convert import mat_to_numpy
+from tumorseg.data.convert import mat_to_numpy
 
 
 def main():

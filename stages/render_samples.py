@@ -1,25 +1,20 @@
 """render_samples stage: test predictions per class -> plots/samples/, every test slice -> plots/review/index.html
 (as evaluate chose: metrics/eval.json)"""
 
-import json
-from pathlib import Path
-
 from stages import run
 from tumorseg.config import load_params
-from tumorseg.postprocess import PostProcess
-from tumorseg.render import render_samples
-from tumorseg.review import write_review
-
-METRICS = Path("metrics/eval.json")
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.render import render_samples
+from tumorseg.evaluate.review import write_review
 
 
 def main():
     params = load_params()
-    chosen = json.loads(METRICS.read_text()) if METRICS.is_file() else {}
-    threshold, postprocess, tta = chosen.get("threshold", 0.5), PostProcess.chosen_in(chosen), chosen.get("tta", "none")
+    chosen = Choices.load("metrics/eval.json")
     render_samples("models/model.keras", "data/numpy", "data/split.csv", params, "plots/samples",
-                   threshold, postprocess, tta)
-    write_review("models/model.keras", "data/numpy", "data/split.csv", "plots/review", threshold, postprocess, tta)
+                   chosen.threshold, chosen.postprocess, chosen.tta)
+    write_review("models/model.keras", "data/numpy", "data/split.csv", "plots/review", chosen.threshold,
+                 chosen.postprocess, chosen.tta)
 
 
 if __name__ == "__main__":

@@ -2,9 +2,9 @@
 
 from stages import run
 from tumorseg.config import load_params
-from tumorseg.cvind import CVIND, assign_official, read_cvind
-from tumorseg.data import load_arrays
-from tumorseg.split import assign_subsets, patient_families, summary, write_split
+from tumorseg.data.arrays import load_arrays
+from tumorseg.data.cvind import CVIND, assign_official, read_cvind
+from tumorseg.data.split import assign_subsets, patient_families, summary, write_split
 
 
 def main():

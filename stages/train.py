@@ -2,7 +2,7 @@
 
 from stages import run
 from tumorseg.config import load_params
-from tumorseg.train import train
+from tumorseg.train.loop import train
 
 
 def main():

@@ -7,9 +7,9 @@ import keras
 import numpy as np
 
 from tumorseg.config import load_params
-from tumorseg.convert import mat_to_numpy
-from tumorseg.split import assign_subsets, write_split
-from tumorseg.synthetic import write_dataset
+from tumorseg.data.convert import mat_to_numpy
+from tumorseg.data.split import assign_subsets, write_split
+from tumorseg.data.synthetic import write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -126,6 +126,6 @@ def test_a_stage_with_a_bad_value_fails_in_one_line_before_any_work(tmp_path):
     result = subprocess.run([sys.executable, "-m", "stages.mat_to_numpy"], cwd=tmp_path, capture_output=True,
                             text=True, env={"PYTHONPATH": str(REPO), "PATH": ""})
     assert result.returncode == 1
-    assert result.stderr.strip() == ("mat_to_numpy: params.yaml: data.image_size (100) must be divisible by "
+    assert result.stderr.strip() == ("mat_to_numpy: error: params.yaml: data.image_size (100) must be divisible by "
                                      "2**model.depth (16): change one of them")
     assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()

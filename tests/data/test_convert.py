@@ -4,10 +4,15 @@ import os
 import numpy as np
 import pytest
 
-from tumorseg.convert import ConversionError, mat_to_numpy
-from tumorseg.data import load_arrays
-from tumorseg.matfile import MatFormatError, Slice, write_slice
-from tumorseg.preprocess import normalize_intensity, preprocess_mask, resize_area, shrink
+from tumorseg.data.arrays import load_arrays
+from tumorseg.data.convert import ConversionError, ConvertError, mat_to_numpy
+from tumorseg.data.matfile import MatFormatError, Slice, write_slice
+from tumorseg.data.preprocess import (
+    normalize_intensity,
+    preprocess_mask,
+    resize_area,
+    shrink,
+)
 
 
 def test_resize_area_averages_blocks():
@@ -110,7 +115,7 @@ def test_empty_or_missing_folder(tmp_path):
     (tmp_path / "raw").mkdir()
     with pytest.raises(ValueError, match="no N.mat"):
         mat_to_numpy(tmp_path / "raw", tmp_path / "numpy")
-    with pytest.raises(FileNotFoundError, match="download"):
+    with pytest.raises(ConvertError, match="download"):
         mat_to_numpy(tmp_path / "nowhere", tmp_path / "numpy")
 
 

@@ -8,12 +8,18 @@ import pytest
 from scipy.io import savemat
 
 from tumorseg.config import ConfigError, load_params
-from tumorseg.cvind import CvindError, assign_official, read_cvind, unite_families, write_cvind
-from tumorseg.split import patient_families
-from tumorseg.synthetic import write_dataset
+from tumorseg.data.cvind import (
+    CvindError,
+    assign_official,
+    read_cvind,
+    unite_families,
+    write_cvind,
+)
+from tumorseg.data.split import patient_families
+from tumorseg.data.synthetic import write_dataset
 
-FOLDS_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "figshare-folds"
-PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+FOLDS_DIR = Path(__file__).resolve().parents[3] / "shared" / "data" / "figshare-folds"
+PARAMS = Path(__file__).resolve().parents[2] / "params.yaml"
 
 
 def test_v73_round_trip_reads_the_folds(tmp_path):

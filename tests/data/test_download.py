@@ -9,20 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from tumorseg import download
 from tumorseg.config import Synthetic
-from tumorseg.download import (
-    ArchiveError,
-    DownloadError,
-    RemoteFile,
-    SourceError,
-    check_base_url,
-    download_file,
-    format_ranges,
-    prepare_raw,
-)
-from tumorseg.matfile import Slice, read_slice, write_slice
-
+from tumorseg.data import archives, fetch
+from tumorseg.data.archives import ArchiveError, SourceError
+from tumorseg.data.fetch import DownloadError, RemoteFile, check_base_url, download_file
+from tumorseg.data.matfile import Slice, read_slice, write_slice
+from tumorseg.data.sources import format_ranges, prepare_raw
 
 # ---------------------------------------------------------------- fixtures
 
@@ -221,7 +213,7 @@ def test_retries_server_errors_then_gives_up(tmp_path, server, monkeypatch):
     server.add(10, body)
     server.fail_statuses["/files/10"] = [503, 429]
     delays = []
-    monkeypatch.setattr(download.time, "sleep", delays.append)
+    monkeypatch.setattr(fetch.time, "sleep", delays.append)
     download_file(f"{server.base_url}/10", tmp_path / "a.zip", md5(body), retries=2, backoff=0.5)
     assert (tmp_path / "a.zip").read_bytes() == body
     assert delays == [0.5, 1.0]
@@ -262,7 +254,7 @@ def test_redirect_to_plain_http_is_refused_and_loopback_followed(tmp_path, serve
 
 @pytest.mark.parametrize("url", ["http://example.com/files", "ftp://127.0.0.1/files", "ndownloader.figshare.com"])
 def test_non_https_url_rejected(tmp_path, url):
-    with pytest.raises(ValueError, match="https"):
+    with pytest.raises(DownloadError, match="https"):
         prepare_raw("figshare", tmp_path / "raw", url, files=[])
     assert not (tmp_path / "raw").exists()
 
@@ -348,7 +340,7 @@ def test_nested_zips_of_one_name_and_deeper_nesting_are_all_extracted(tmp_path, 
 
 def test_zips_nested_too_deep_are_an_error_not_skipped(tmp_path, mat_bytes):
     body = make_zip({"1.mat": mat_bytes["1.mat"]})
-    for level in range(download.MAX_ZIP_NESTING + 1):
+    for level in range(archives.MAX_ZIP_NESTING + 1):
         body = make_zip({f"level{level}.zip": body})
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "outer.zip").write_bytes(body)
@@ -359,8 +351,8 @@ def test_zips_nested_too_deep_are_an_error_not_skipped(tmp_path, mat_bytes):
 
 @pytest.mark.parametrize("member", ["7.mat", "inner.zip"])
 def test_a_member_expanding_past_the_cap_is_refused(tmp_path, monkeypatch, member):
-    monkeypatch.setattr(download, "MAX_SLICE_BYTES", 1 << 20)
-    monkeypatch.setattr(download, "MAX_NESTED_ZIP_BYTES", 1 << 20)
+    monkeypatch.setattr(archives, "MAX_SLICE_BYTES", 1 << 20)
+    monkeypatch.setattr(archives, "MAX_NESTED_ZIP_BYTES", 1 << 20)
     (tmp_path / "src").mkdir()
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
@@ -407,12 +399,12 @@ def test_format_ranges():
 def test_synthetic_source_writes_readable_slices(tmp_path):
     options = Synthetic(patients=3, slices_per_patient=2, image_size=32, seed=5)
     prepare_raw("synthetic", tmp_path / "raw", "https://unused", synthetic=options)
-    assert names(tmp_path / "raw") == [f"{i}.mat" for i in range(1, 7)]
+    assert names(tmp_path / "raw") == [f"{i}.mat" for i in range(1, 7)] + ["cvind.mat"]
     labels = {read_slice(tmp_path / "raw" / f"{i}.mat").label for i in range(1, 7)}
     assert labels == {1, 2, 3}
 
 
 def test_synthetic_source_needs_its_params(tmp_path):
-    with pytest.raises(ValueError, match="data.synthetic"):
+    with pytest.raises(SourceError, match="data.synthetic"):
         prepare_raw("synthetic", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()

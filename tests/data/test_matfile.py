@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tumorseg.matfile import MatFormatError, Slice, read_slice, write_slice
+from tumorseg.data.matfile import MatFormatError, Slice, read_slice, write_slice
 
 
 def border_on_mask_boundary(slice_):

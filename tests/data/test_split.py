@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tumorseg.data import read_split
-from tumorseg.split import assign_subsets, patient_family, summary, write_split
+from tumorseg.data.arrays import read_split
+from tumorseg.data.split import assign_subsets, patient_family, summary, write_split
 
 
 def dataset(patients=40, slices=5, seed=0):

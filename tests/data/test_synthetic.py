@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tumorseg.matfile import read_slice
-from tumorseg.synthetic import make_slice, write_dataset
+from tumorseg.data.matfile import read_slice
+from tumorseg.data.synthetic import make_slice, write_dataset
 
-REAL_SAMPLE = Path(__file__).parents[1] / ".." / "shared" / "data" / "figshare-sample"
+REAL_SAMPLE = Path(__file__).parents[2] / ".." / "shared" / "data" / "figshare-sample"
 PATIENTS, SLICES = 10, 3
 
 

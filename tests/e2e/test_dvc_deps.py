@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = ("tumorseg", "stages")
 
 
 def module_file(name, root):
-    """The file of a project module name (e.g. tumorseg.train), or None for anything else."""
+    """The file of a project module name (e.g. tumorseg.train.loop), or None for anything else."""
     if name.split(".")[0] not in PACKAGES:
         return None
     path = root / Path(*name.split("."))
@@ -78,9 +78,9 @@ def test_every_stage_lists_the_project_modules_it_imports():
 
 def test_the_closure_follows_imports_through_modules_and_packages():
     closure = import_closure("stages.train", ROOT)
-    assert {"stages/__init__.py", "stages/train.py", "tumorseg/__init__.py", "tumorseg/train.py"} <= closure
-    assert "tumorseg/model.py" in closure  # imported by tumorseg/train.py, not by the stage script
-    assert "tumorseg/download.py" not in closure
+    assert {"stages/__init__.py", "stages/train.py", "tumorseg/__init__.py", "tumorseg/train/loop.py"} <= closure
+    assert "tumorseg/model/unet.py" in closure  # imported by tumorseg/train/loop.py, not by the stage script
+    assert "tumorseg/data/sources.py" not in closure
 
 
 @pytest.mark.parametrize("stage", ["train", "evaluate"])
@@ -88,6 +88,6 @@ def test_a_removed_dep_is_reported(tmp_path, stage):
     for name in PACKAGES:
         shutil.copytree(ROOT / name, tmp_path / name)
     dvc = yaml.safe_load((ROOT / "dvc.yaml").read_text())
-    dvc["stages"][stage]["deps"].remove("tumorseg/losses.py")
+    dvc["stages"][stage]["deps"].remove("tumorseg/model/losses.py")
     (tmp_path / "dvc.yaml").write_text(yaml.safe_dump(dvc))
-    assert missing_deps(tmp_path / "dvc.yaml", tmp_path) == {stage: ["tumorseg/losses.py"]}
+    assert missing_deps(tmp_path / "dvc.yaml", tmp_path) == {stage: ["tumorseg/model/losses.py"]}

@@ -5,7 +5,15 @@ import re
 
 import pytest
 
-from tests.dvc_helpers import DVC_TEST_MARKS, STAGES, copy_project, dvc, git, keep_reproduced, ran_stages
+from tests.dvc_helpers import (
+    DVC_TEST_MARKS,
+    STAGES,
+    copy_project,
+    dvc,
+    git,
+    keep_reproduced,
+    ran_stages,
+)
 
 pytestmark = DVC_TEST_MARKS
 

@@ -12,8 +12,16 @@ import time
 import pandas as pd
 import pytest
 
-from tests.dvc_helpers import DVC_TEST_MARKS, SMALL, STAGES, dvc, git, reproduced_project, run
-from tumorseg import summarize
+from tests.dvc_helpers import (
+    DVC_TEST_MARKS,
+    SMALL,
+    STAGES,
+    dvc,
+    git,
+    reproduced_project,
+    run,
+)
+from tumorseg.experiments import summarize
 
 QUEUE_TIMEOUT_S = 600
 POLL_S = 3
@@ -95,7 +103,7 @@ def test_queued_folds_succeed_with_metrics(cv_project):
 
 
 def test_summarize_the_queued_study(cv_project):
-    output = run([sys.executable, "-m", "tumorseg.summarize", "--out", "cv/plot.png", "--csv", "cv/summary.csv",
+    output = run([sys.executable, "-m", "tumorseg.experiments.summarize", "--out", "cv/plot.png", "--csv", "cv/summary.csv",
                   "--experiments-csv", "cv/folds.csv"], cv_project)
     assert "test Dice and IoU of 2 experiment(s)" in output
     assert "mean and standard deviation (n - 1) across experiments:" in output

@@ -2,7 +2,14 @@
 
 import json
 
-from tests.dvc_helpers import DVC_TEST_MARKS, SMALL, dvc, git, ran_stages, reproduced_project
+from tests.dvc_helpers import (
+    DVC_TEST_MARKS,
+    SMALL,
+    dvc,
+    git,
+    ran_stages,
+    reproduced_project,
+)
 
 # Outputs kept in the DVC cache: they travel through the remote, not through git.
 CACHED_OUTPUTS = ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras")

@@ -11,16 +11,17 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.helpers import make_params, synthetic_project
-from tumorseg import export
-from tumorseg.batches import ArrayBatches, make_batches, one_hot_types
-from tumorseg.encoders import build_encoder_unet
-from tumorseg.evaluate import evaluate
-from tumorseg.inference import has_type_head, predict_probabilities
-from tumorseg.losses import BceDiceLoss
-from tumorseg.model import build_unet
-from tumorseg.predict import main as predict_main
-from tumorseg.train import compile_settings, train
-from tumorseg.tumor_type import confusion_rows, predicted_labels, type_scores
+from tumorseg.evaluate.report import evaluate
+from tumorseg.evaluate.tumor_type import confusion_rows, predicted_labels, type_scores
+from tumorseg.model.build import compile_settings
+from tumorseg.model.encoders import build_encoder_unet
+from tumorseg.model.inference import has_type_head, predict_probabilities
+from tumorseg.model.losses import BceDiceLoss
+from tumorseg.model.unet import build_unet, one_hot_types
+from tumorseg.serve import export
+from tumorseg.serve.predict import main as predict_main
+from tumorseg.train.batches import ArrayBatches, make_batches
+from tumorseg.train.loop import TrainPaths, train
 
 
 def test_the_head_adds_a_type_output_beside_the_mask():
@@ -109,8 +110,7 @@ def trained(tmp_path_factory):
     root = synthetic_project(tmp_path_factory.mktemp("classify"), patients=15, image_size=32, raw_size=128)
     params = make_params({"data.image_size": 32, "model": {"depth": 2, "filters": 4, "classify": True},
                           "train": {"epochs": 2, "batch_size": 8}, "evaluate.bootstrap": 20})
-    metrics = train(params, root / "numpy", root / "split.csv", root / "model.keras", root / "train.json",
-                    root / "plots", root / "work")
+    metrics = train(params, TrainPaths.under(root))
     return root, params, metrics
 
 

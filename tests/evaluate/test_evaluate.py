@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 from tests.helpers import identity_model, make_params
-from tumorseg.data import InputError
-from tumorseg.evaluate import evaluate
-from tumorseg.matfile import Slice, write_slice
+from tumorseg.data.arrays import InputError
+from tumorseg.data.matfile import Slice, write_slice
+from tumorseg.evaluate.report import evaluate
 
 SIZE = 16
 # patient -> (subset, label, slices)

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from tumorseg import metrics
+from tumorseg.evaluate import metrics
 
 
 def _masks(*pixel_lists, size=3):

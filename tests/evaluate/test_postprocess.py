@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from tumorseg.data import InputError
-from tumorseg.inference import predict_probabilities
-from tumorseg.postprocess import MIN_SIZE_FRACTIONS, PostProcess, candidates
+from tumorseg.data.arrays import InputError
+from tumorseg.evaluate.postprocess import MIN_SIZE_FRACTIONS, PostProcess, candidates
+from tumorseg.model.inference import predict_probabilities
 
 
 def three_blobs():

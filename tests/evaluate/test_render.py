@@ -5,7 +5,7 @@ from PIL import Image
 
 from tests.helpers import identity_model, make_params
 from tumorseg import LABEL_NAMES
-from tumorseg.render import (
+from tumorseg.evaluate.render import (
     DPI,
     GRID_CELL,
     GRID_MARGIN,

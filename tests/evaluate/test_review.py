@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 
 from tests.helpers import identity_model, write_tiny_dataset
-from tumorseg.postprocess import PostProcess
-from tumorseg.render import Sample
-from tumorseg.review import review_page, write_review
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.evaluate.render import Sample
+from tumorseg.evaluate.review import review_page, write_review
 
 SIZE = 32
 

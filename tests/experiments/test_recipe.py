@@ -3,7 +3,15 @@
 import pytest
 import yaml
 
-from tumorseg.recipe import RECIPES_DIR, RecipeError, as_options, available, load_recipe, main
+from tumorseg.cli import exit_status
+from tumorseg.experiments.recipe import (
+    RECIPES_DIR,
+    RecipeError,
+    as_options,
+    available,
+    load_recipe,
+    main,
+)
 
 
 def test_every_shipped_recipe_names_real_parameters():
@@ -39,6 +47,6 @@ def test_command_prints_the_options(capsys):
     assert main(["cpu"]) == 0
     printed = capsys.readouterr().out.split()
     assert printed == as_options(load_recipe("cpu"))
-    assert main(["no-such-recipe"]) == 2
+    assert exit_status("recipe", main, ["no-such-recipe"]) == 1
     assert "no such recipe" in capsys.readouterr().err
     assert RECIPES_DIR.name == "recipes"

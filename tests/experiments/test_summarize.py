@@ -8,7 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tumorseg import summarize
+from tumorseg.cli import exit_status
+from tumorseg.experiments import summarize
 
 PARAMS = {"seed": 42, "split": {"folds": 3, "fold": None}, "train": {"epochs": 2, "augment": {"hflip": True}}}
 CLASS_SCORES = {"meningioma": (0.5, 0.6, 0.7), "glioma": (0.8, 0.9, 1.0), "pituitary": (0.2, 0.3, None)}
@@ -158,9 +159,11 @@ def test_command_prints_and_writes(exp_show, tmp_path, capsys):
 def test_command_reports_bad_input(tmp_path, capsys):
     source = tmp_path / "exps.json"
     source.write_text("ERROR: not json")
-    assert summarize.main(["--json", str(source), "--out", str(tmp_path / "cv.png")]) == 1
+    assert exit_status("summarize", summarize.main, ["--json", str(source), "--out", str(tmp_path / "cv.png")]) \
+        == 1
     assert "is not JSON" in capsys.readouterr().err
     source.write_text(json.dumps({"workspace": {}}))
-    assert summarize.main(["--json", str(source), "--out", str(tmp_path / "cv.png")]) == 1
+    assert exit_status("summarize", summarize.main, ["--json", str(source), "--out", str(tmp_path / "cv.png")]) \
+        == 1
     assert "expected a list of commits" in capsys.readouterr().err
     assert not (tmp_path / "cv.png").exists()

@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import make_params
-from tumorseg.encoders import ENCODERS, IMAGENET_STDDEV_RGB, build_encoder_unet, build_model
-from tumorseg.model import build_unet
+from tumorseg.model.build import build_model
+from tumorseg.model.encoders import ENCODERS, IMAGENET_STDDEV_RGB, build_encoder_unet
+from tumorseg.model.unet import build_unet
 
 SIZE = 64
 

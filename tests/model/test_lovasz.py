@@ -6,8 +6,13 @@ import keras
 import numpy as np
 import pytest
 
-from tumorseg.losses import BceDiceLoss, LovaszSchedule, lovasz_hinge, probability_logits
-from tumorseg.model import build_unet
+from tumorseg.model.losses import (
+    BceDiceLoss,
+    LovaszSchedule,
+    lovasz_hinge,
+    probability_logits,
+)
+from tumorseg.model.unet import build_unet
 
 
 def jaccard_loss_of_errors(truth, wrong):

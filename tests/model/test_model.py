@@ -2,8 +2,8 @@ import keras
 import numpy as np
 import pytest
 
-from tumorseg.losses import BceDiceLoss, dice_score, training_metrics
-from tumorseg.model import build_unet
+from tumorseg.model.losses import BceDiceLoss, dice_score, training_metrics
+from tumorseg.model.unet import build_unet
 
 
 @pytest.mark.parametrize("image_size, depth, filters", [(32, 1, 4), (64, 3, 4), (128, 4, 2), (64, 5, 2)])

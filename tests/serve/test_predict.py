@@ -1,8 +1,8 @@
 """The predict command: readers, outputs at native resolution, areas, bad inputs, exports."""
 
 import csv
-from pathlib import Path
 import json
+from pathlib import Path
 
 import keras
 import nibabel as nib
@@ -14,13 +14,14 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from tests.helpers import identity_model, make_params
-from tumorseg import export
-from tumorseg.inference import predict_probabilities
-from tumorseg.matfile import read_slice
-from tumorseg.model import build_unet
-from tumorseg.predict import main, parse_args, resolve_percentile
-from tumorseg.preprocess import preprocess_image
-from tumorseg.readers import find_inputs, read_dicom, read_image, read_scan
+from tumorseg.data.matfile import read_slice
+from tumorseg.data.preprocess import preprocess_image
+from tumorseg.model.inference import predict_probabilities
+from tumorseg.model.unet import build_unet
+from tumorseg.serve import export
+from tumorseg.cli import exit_status
+from tumorseg.serve.predict import main, parse_args, resolve_percentile
+from tumorseg.serve.readers import find_inputs, read_dicom, read_image, read_scan
 
 SIZE = 32
 
@@ -38,6 +39,11 @@ def model_path(tmp_path_factory):
 def in_tmp(tmp_path, monkeypatch):
     """Run in an empty folder so no params.yaml or metrics/eval.json is picked up."""
     monkeypatch.chdir(tmp_path)
+
+
+def predict(argv):
+    """The exit status of the predict command run with argv, as from the shell."""
+    return exit_status("predict", main, argv)
 
 
 def scan_image(shape, seed=0):
@@ -105,7 +111,7 @@ def test_png_masks_keep_native_resolution(tmp_path, model_path):
         write_png(tmp_path / "colour.jpg", (40, 30), rgb=True),
     ]
     out = tmp_path / "out"
-    assert main([*map(str, inputs), "--out", str(out), "--model", str(model_path)]) == 0
+    assert predict([*map(str, inputs), "--out", str(out), "--model", str(model_path)]) == 0
     rows = read_rows(out)
     assert [row["input"] for row in rows] == [str(p) for p in inputs]
     for row, shape in zip(rows, [(50, 70), (60, 64), (40, 30)]):
@@ -133,7 +139,7 @@ def test_dicom_rescale_spacing_and_area(tmp_path, model_path):
 
     out = tmp_path / "out"
     argv = [str(tmp_path / "slice.dcm"), "--out", str(out), "--model", str(model_path), "--threshold", "0"]
-    assert main(argv) == 0
+    assert predict(argv) == 0
     (row,) = read_rows(out)
     assert int(row["tumor_pixels"]) == 48 * 40  # threshold 0: every pixel is tumour
     assert float(row["tumor_area_mm2"]) == pytest.approx(48 * 40 * 0.5 * 0.8)
@@ -144,7 +150,7 @@ def test_nifti_slices_area_and_mask_volume(tmp_path, model_path):
     affine = write_nifti(tmp_path / "volume.nii.gz", shape=(36, 28, 3), zooms=(0.9, 1.1, 3.0))
     out = tmp_path / "out"
     argv = [str(tmp_path / "volume.nii.gz"), "--out", str(out), "--model", str(model_path), "--threshold", "0"]
-    assert main(argv) == 0
+    assert predict(argv) == 0
     rows = read_rows(out)
     assert [int(row["slice"]) for row in rows] == [0, 1, 2]
     for row in rows:
@@ -161,7 +167,7 @@ def test_nifti_mask_volume_matches_slice_masks(tmp_path, model_path):
     write_nifti(tmp_path / "volume.nii", shape=(36, 28, 3))
     out = tmp_path / "out"
     argv = [str(tmp_path / "volume.nii"), "--out", str(out), "--model", str(model_path), "--axis", "0"]
-    assert main(argv) == 0
+    assert predict(argv) == 0
     rows = read_rows(out)
     assert len(rows) == 36  # one slice per index along voxel axis 0
     volume = np.asarray(nib.load(out / "volume_mask.nii.gz").dataobj)
@@ -173,7 +179,7 @@ def test_nifti_mask_volume_matches_slice_masks(tmp_path, model_path):
 def test_real_figshare_slices(tmp_path, model_path, real_sample):
     files = sorted((real_sample / "mat").glob("*.mat"))[:2]
     out = tmp_path / "out"
-    assert main([*map(str, files), "--out", str(out), "--model", str(model_path)]) == 0
+    assert predict([*map(str, files), "--out", str(out), "--model", str(model_path)]) == 0
     for row, path in zip(read_rows(out), files):
         assert png_shape(out / row["mask_png"]) == read_slice(path).image.shape
 
@@ -188,7 +194,7 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path, model_path, capsys):
     (folder / "notes.txt").write_text("not a scan")
     out = tmp_path / "out"
 
-    assert main([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
     assert "broken.png" in capsys.readouterr().err
     assert {row["input"] for row in read_rows(out)} == {
         str(folder / "sub" / "a.png"), str(folder / "IM0001"), str(folder / "b.nii.gz")
@@ -208,7 +214,7 @@ def test_every_output_name_is_unique_and_an_unnamable_input_is_skipped(tmp_path,
     odd = tmp_path / "..png"  # its name minus .png is "."
     odd.write_bytes((folder / "vol_slice001.png").read_bytes())
     out = tmp_path / "out"
-    assert main([str(folder), str(odd), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(folder), str(odd), "--out", str(out), "--model", str(model_path)]) == 1
     assert "..png: its name gives no output name" in capsys.readouterr().err
     rows = read_rows(out)
     assert len(rows) == 3
@@ -223,7 +229,7 @@ def test_every_frame_of_a_multipage_tiff_is_a_slice(tmp_path, model_path):
     frames = [Image.fromarray((scan_image((30, 26), seed) * 255).astype(np.uint8)) for seed in range(3)]
     frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
     out = tmp_path / "out"
-    assert main([str(tmp_path / "stack.tif"), "--out", str(out), "--model", str(model_path)]) == 0
+    assert predict([str(tmp_path / "stack.tif"), "--out", str(out), "--model", str(model_path)]) == 0
     rows = read_rows(out)
     assert [(row["slice"], row["mask_png"]) for row in rows] == [
         (str(k), f"stack_slice{k:03d}_mask.png") for k in range(3)
@@ -238,10 +244,10 @@ def test_an_overwrite_rerun_reports_only_its_own_failures(tmp_path, model_path):
     write_png(folder / "a.png", (30, 30))
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert main([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
     assert (out / "failures.csv").is_file()
     (folder / "broken.png").unlink()
-    assert main([str(folder), "--out", str(out), "--model", str(model_path), "--overwrite"]) == 0
+    assert predict([str(folder), "--out", str(out), "--model", str(model_path), "--overwrite"]) == 0
     assert not (out / "failures.csv").exists()
     assert [row["mask_png"] for row in read_rows(out)] == ["a_mask.png"]
 
@@ -250,7 +256,7 @@ def test_unsupported_file_named_explicitly_fails(tmp_path, model_path, capsys):
     (tmp_path / "notes.txt").write_text("not a scan")
     good = write_png(tmp_path / "good.png", (30, 30))
     out = tmp_path / "out"
-    assert main([str(tmp_path / "notes.txt"), str(good), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(tmp_path / "notes.txt"), str(good), "--out", str(out), "--model", str(model_path)]) == 1
     assert "unsupported file type" in capsys.readouterr().err
     assert (out / "good_mask.png").is_file()
 
@@ -259,27 +265,27 @@ def test_nothing_overwritten_without_flag(tmp_path, model_path, capsys):
     image = write_png(tmp_path / "a.png", (30, 30))
     out = tmp_path / "out"
     argv = [str(image), "--out", str(out), "--model", str(model_path)]
-    assert main(argv + ["--threshold", "0"]) == 0
+    assert predict(argv + ["--threshold", "0"]) == 0
     before = (out / "a_mask.png").read_bytes()
 
-    assert main(argv + ["--threshold", "1"]) == 2
+    assert predict(argv + ["--threshold", "1"]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (out / "a_mask.png").read_bytes() == before
 
-    assert main(argv + ["--threshold", "1", "--overwrite"]) == 0
+    assert predict(argv + ["--threshold", "1", "--overwrite"]) == 0
     assert (out / "a_mask.png").read_bytes() != before
 
 
 def test_missing_or_foreign_model_fails_before_any_work(tmp_path, capsys):
     image = write_png(tmp_path / "a.png", (30, 30))
     out = tmp_path / "out"
-    assert main([str(image), "--out", str(out), "--model", str(tmp_path / "absent.keras")]) == 2
+    assert predict([str(image), "--out", str(out), "--model", str(tmp_path / "absent.keras")]) == 1
     assert "model file not found" in capsys.readouterr().err
 
     inputs = keras.Input((SIZE, SIZE, 3))
     foreign = tmp_path / "classifier.keras"
     keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs))).save(foreign)
-    assert main([str(image), "--out", str(out), "--model", str(foreign)]) == 2
+    assert predict([str(image), "--out", str(out), "--model", str(foreign)]) == 1
     assert "segmentation model" in capsys.readouterr().err
     assert not out.exists()
 
@@ -288,11 +294,11 @@ def test_threshold_from_eval_metrics_and_override(tmp_path, model_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"threshold": 0.0}))
     image = write_png(tmp_path / "a.png", (30, 30))
-    assert main([str(image), "--out", "out1", "--model", str(model_path)]) == 0
+    assert predict([str(image), "--out", "out1", "--model", str(model_path)]) == 0
     (row,) = read_rows(tmp_path / "out1")
     assert float(row["threshold"]) == 0.0 and int(row["tumor_pixels"]) == 900
 
-    assert main([str(image), "--out", "out2", "--model", str(model_path), "--threshold", "1"]) == 0
+    assert predict([str(image), "--out", "out2", "--model", str(model_path), "--threshold", "1"]) == 0
     (row,) = read_rows(tmp_path / "out2")
     assert float(row["threshold"]) == 1.0 and int(row["tumor_pixels"]) == 0
 
@@ -306,16 +312,16 @@ def test_postprocessing_and_tta_from_eval_metrics_and_override(tmp_path):
     (tmp_path / "metrics").mkdir()
     chosen = {"threshold": 0.5, "postprocess": "largest", "postprocess_min_fraction": 0.0, "tta": "hflip"}
     (tmp_path / "metrics" / "eval.json").write_text(json.dumps(chosen))
-    assert main(["two.png", "--out", "out1", "--model", str(model)]) == 0
+    assert predict(["two.png", "--out", "out1", "--model", str(model)]) == 0
     (row,) = read_rows(tmp_path / "out1")
     assert (row["postprocess"], row["tta"], int(row["tumor_pixels"])) == ("largest", "hflip", 100)
-    assert main(["two.png", "--out", "out2", "--model", str(model), "--postprocess", "none", "--tta", "none"]) == 0
+    assert predict(["two.png", "--out", "out2", "--model", str(model), "--postprocess", "none", "--tta", "none"]) == 0
     (row,) = read_rows(tmp_path / "out2")
     assert (row["postprocess"], row["tta"], int(row["tumor_pixels"])) == ("none", "none", 109)
     (tmp_path / "metrics" / "eval.json").write_text(json.dumps({**chosen, "tta": "rotate"}))
-    assert main(["two.png", "--out", "out3", "--model", str(model)]) == 2
+    assert predict(["two.png", "--out", "out3", "--model", str(model)]) == 1
     (tmp_path / "metrics" / "eval.json").write_text("{not json")
-    assert main(["two.png", "--out", "out4", "--model", str(model), "--threshold", "0.5"]) == 2
+    assert predict(["two.png", "--out", "out4", "--model", str(model), "--threshold", "0.5"]) == 1
 
 
 def test_percentile_from_params_or_option(tmp_path):
@@ -328,7 +334,7 @@ def test_percentile_from_params_or_option(tmp_path):
 
 def test_exports_match_keras(tmp_path, model_path):
     exported = tmp_path / "exported"
-    assert main(["--export", str(exported), "--float16", "--model", str(model_path)]) == 0
+    assert predict(["--export", str(exported), "--float16", "--model", str(model_path)]) == 0
     files = [write_png(tmp_path / "a.png", (50, 70)), write_png(tmp_path / "b.png", (64, 48), bits=16)]
     write_dicom(tmp_path / "c.dcm", (40, 40))
     files.append(tmp_path / "c.dcm")
@@ -349,7 +355,7 @@ def test_export_folder_not_replaced_without_overwrite(tmp_path, model_path, caps
     exported = tmp_path / "exported"
     exported.mkdir()
     (exported / "keep.txt").write_text("mine")
-    assert main(["--export", str(exported), "--model", str(model_path)]) == 2
+    assert predict(["--export", str(exported), "--model", str(model_path)]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (exported / "keep.txt").read_text() == "mine"
 

@@ -6,7 +6,7 @@ import tensorflow as tf
 from scipy import ndimage
 
 from tumorseg.config import Augment
-from tumorseg.dataset import _augment, make_dataset
+from tumorseg.train.tfdata import _augment, make_dataset
 
 SIZE = 32
 GEOMETRIC = [{"hflip": True}, {"vflip": True}, {"zoom": 0.3}, {"rotation": 30.0}]

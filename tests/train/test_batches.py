@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from tumorseg.batches import ArrayBatches, augment_pair, center_fit
 from tumorseg.config import Augment
+from tumorseg.train.batches import ArrayBatches, augment_pair, center_fit
 
 SIZE = 32
 ALL_GEOMETRIC = Augment(hflip=True, vflip=True, zoom=0.2, rotation=20.0)

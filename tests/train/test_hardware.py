@@ -2,7 +2,7 @@
 
 import pytest
 
-from tumorseg.hardware import cpu_flags, cpu_summary, precision_warning
+from tumorseg.train.devices import cpu_flags, cpu_summary, precision_warning
 
 AVX2_ONLY = {"fpu", "sse2", "avx", "avx2", "fma"}
 AVX512_BF16 = AVX2_ONLY | {"avx512f", "avx512_bf16"}

@@ -18,7 +18,7 @@ from tests.helpers import make_params, write_tiny_dataset
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("jax") is None, reason="jax is not installed (pip install -r requirements-backends.txt)"
 )]
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 TRAIN = """
 import sys
@@ -33,11 +33,10 @@ class NoTensorFlow:  # as on a GPU image without TensorFlow: importing it fails
 sys.meta_path.insert(0, NoTensorFlow())
 import json
 from tumorseg.config import load_params
-from tumorseg.train import train
+from tumorseg.train.loop import TrainPaths, train
 params = load_params(sys.argv[1])
 root = sys.argv[2]
-metrics = train(params, f"{root}/numpy", f"{root}/split.csv", f"{root}/model.keras", f"{root}/train.json",
-                f"{root}/plots", f"{root}/work")
+metrics = train(params, TrainPaths.under(root))
 import keras
 print(json.dumps({"backend": keras.backend.backend(), "tensorflow_imported": "tensorflow" in sys.modules}))
 """

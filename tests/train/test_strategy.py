@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 
 from tests.helpers import write_tiny_dataset
-from tumorseg.multiworker import cluster_task
+from tumorseg.train.multiworker import cluster_task
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 SCRIPT = textwrap.dedent(
     """
@@ -27,16 +27,15 @@ SCRIPT = textwrap.dedent(
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     from tests.helpers import make_params, write_tiny_dataset
-    from tumorseg.strategy import get_strategy
-    from tumorseg.train import train
+    from tumorseg.train.devices import get_strategy
+    from tumorseg.train.loop import TrainPaths, train
 
     out = sys.argv[1]
     size = 32
     write_tiny_dataset(out, size)
     params = make_params({"data.image_size": size, "model": {"depth": 2, "filters": 4},
                           "train": {"epochs": 2, "batch_size": 8, "strategy": "mirrored"}})
-    metrics = train(params, f"{out}/numpy", f"{out}/split.csv", f"{out}/model.keras", f"{out}/train.json",
-                    f"{out}/plots", f"{out}/work")
+    metrics = train(params, TrainPaths.under(out))
     print(json.dumps({"replicas": get_strategy("mirrored").num_replicas_in_sync, "epochs": metrics["epochs"]}))
     """
 )
@@ -58,7 +57,7 @@ WORKER_SCRIPT = textwrap.dedent(
     import json, sys
     import keras
     from tests.helpers import StopAtEpoch, make_params
-    from tumorseg.train import train
+    from tumorseg.train.loop import TrainPaths, train
 
     data, out, strategy, stop_after = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 
@@ -75,8 +74,7 @@ WORKER_SCRIPT = textwrap.dedent(
                           "train": {"epochs": 2, "batch_size": 4, "strategy": strategy}})
     last = LastLogs()
     callbacks = [last] + ([StopAtEpoch(stop_after)] if stop_after >= 0 else [])
-    metrics = train(params, f"{data}/numpy", f"{data}/split.csv", f"{out}/model.keras", f"{out}/train.json",
-                    f"{out}/plots", f"{out}/work", extra_callbacks=callbacks)
+    metrics = train(params, TrainPaths.under(out, f"{data}/numpy", f"{data}/split.csv"), extra_callbacks=callbacks)
     print(json.dumps({"epochs": metrics["epochs"], "epochs_run": last.epochs_run, "loss": last.logs["loss"],
                       "val_loss": last.logs["val_loss"]}))
     """

@@ -9,10 +9,11 @@ import pytest
 from PIL import Image
 
 from tests.helpers import StopAtEpoch, identity_model, make_params, synthetic_project
-from tumorseg import runs as runs_module
 from tumorseg.config import Oversample
-from tumorseg.runs import finish
-from tumorseg.train import learning_rate, oversampled, train
+from tumorseg.train import phases as runs_module
+from tumorseg.train.loop import TrainPaths, learning_rate, oversampled, train
+from tumorseg.train.phases import finish
+
 
 def small_params(filters=8, **train_overrides):
     train = {"epochs": 8, "batch_size": 8, "lr_max": 3.0e-3, "lr_min": 3.0e-4, **train_overrides}
@@ -26,8 +27,7 @@ def synthetic_data(tmp_path_factory):
 
 
 def run(params, data, out, **kwargs):
-    return train(params, data / "numpy", data / "split.csv", out / "model.keras", out / "train.json",
-                 out / "plots", out / "work", **kwargs)
+    return train(params, TrainPaths.under(out, data / "numpy", data / "split.csv"), **kwargs)
 
 
 def validation_dice(model_path, data):
@@ -47,7 +47,7 @@ def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
     params = small_params(monitor="val_dice")
     untrained = tmp_path / "untrained.keras"
     keras.utils.set_random_seed(0)
-    from tumorseg.model import build_unet
+    from tumorseg.model.unet import build_unet
 
     build_unet(64, depth=3, filters=8).save(untrained)
     metrics = run(params, synthetic_data, tmp_path)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from tests.helpers import StopAtEpoch, make_params, write_tiny_dataset
-from tumorseg.train import train
+from tumorseg.train.loop import TrainPaths, train
 
 SIZE = 32
 
@@ -24,8 +24,7 @@ def tiny_params(model=None, loss=None, **train_overrides):
 
 
 def run(params, data, out, **kwargs):
-    return train(params, data / "numpy", data / "split.csv", out / "model.keras", out / "train.json",
-                 out / "plots", out / "work", **kwargs)
+    return train(params, TrainPaths.under(out, data / "numpy", data / "split.csv"), **kwargs)
 
 
 VGG = {"encoder": "vgg16", "encoder_weights": "none"}
@@ -148,5 +147,5 @@ def test_lovasz_warm_up_and_model_selection_after_it(tiny_data, tmp_path):
 def test_encoder_settings_it_cannot_serve_fail_before_any_work(model, message, tmp_path):
     params = make_params({"data.image_size": 64, "model": model})
     with pytest.raises(ValueError, match=message):
-        train(params, tmp_path / "absent", tmp_path / "absent.csv", work_dir=tmp_path / "work")
+        train(params, TrainPaths(tmp_path / "absent", tmp_path / "absent.csv", work_dir=tmp_path / "work"))
     assert not (tmp_path / "work").exists()

@@ -19,22 +19,27 @@ import numpy as np
 from tqdm import tqdm
 
 from tumorseg.atomic import atomic_dir
-from tumorseg.matfile import SLICE_NAME, MatFormatError, read_slice
-from tumorseg.preprocess import preprocess_image, preprocess_mask
+from tumorseg.data.matfile import SLICE_NAME, MatFormatError, read_slice
+from tumorseg.data.preprocess import preprocess_image, preprocess_mask
+from tumorseg.errors import ProjectError
+
+
+class ConvertError(ProjectError, ValueError):
+    """data/raw is missing or holds no slices, or the conversion settings are unusable."""
 
 
 def list_slices(raw_dir):
     """Sorted (index, path) of the N.mat files in raw_dir."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
-        raise FileNotFoundError(f"{raw_dir}: no such folder; run the download stage first (dvc repro download).")
+        raise ConvertError(f"{raw_dir}: no such folder; run the download stage first (dvc repro download).")
     found = []
     for path in raw_dir.iterdir():
         match = SLICE_NAME.match(path.name)
         if match:
             found.append((int(match.group(1)), path))
     if not found:
-        raise ValueError(f"{raw_dir}: no N.mat slice files; run the download stage first (dvc repro download).")
+        raise ConvertError(f"{raw_dir}: no N.mat slice files; run the download stage first (dvc repro download).")
     return sorted(found)
 
 
@@ -68,7 +73,7 @@ def mat_to_numpy(raw_dir, out_dir, image_size=128, percentile=99.5, workers=None
     (one line each) and nothing is written.
     """
     if image_size < 8:
-        raise ValueError(f"data.image_size must be at least 8, got {image_size}.")
+        raise ConvertError(f"data.image_size must be at least 8, got {image_size}.")
     slices = list_slices(raw_dir)
     count = len(slices)
     workers = workers or os.cpu_count() or 1

@@ -22,8 +22,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
+from tumorseg.data.matfile import matlab_header
 from tumorseg.errors import ProjectError
-from tumorseg.matfile import matlab_header
 
 CVIND = "cvind.mat"
 OFFICIAL_FOLDS = (1, 2, 3, 4, 5)
@@ -152,7 +152,7 @@ def draw_validation(families, labels, candidates, fraction, seed):
 def assign_official(pids, labels, ids, cvind, fold, val, seed, families, path=CVIND):
     """Subset of each slice (train/val/test): official fold `fold`+1 is test; and the slices moved.
 
-    `families` maps PIDs to patient families (tumorseg.split.patient_families).
+    `families` maps PIDs to patient families (tumorseg.data.split.patient_families).
     """
     folds, moved = unite_families(families, folds_of(ids, cvind, path))
     test_fold = fold + 1

@@ -19,8 +19,13 @@ from sklearn.model_selection import StratifiedGroupKFold, train_test_split
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
+from tumorseg.errors import ProjectError
 
 SUBSETS = ("train", "val", "test")
+
+
+class SplitError(ProjectError, ValueError):
+    """The patients cannot make the requested split; the message names the setting to change."""
 
 
 FAMILY_SUFFIX = re.compile(r"(?<=\d)[A-Za-z]+$")
@@ -51,7 +56,7 @@ def _split_patients(patients, fraction, seed, what):
     n_second = int(np.ceil(fraction * len(patients)))
     n_classes = patients["label"].nunique()
     if n_second < n_classes or len(patients) - n_second < n_classes:
-        raise ValueError(
+        raise SplitError(
             f"too few patients for the requested split: {len(patients)} patients, {n_classes} classes, "
             f"{what} fraction {fraction} gives {n_second} patients; each subset needs at least one patient "
             "per class. Use more patients (e.g. data.synthetic.patients) or larger split fractions."
@@ -68,18 +73,18 @@ def assign_subsets(pids, labels, val=0.15, test=0.15, folds=5, fold=None, seed=4
     labels = np.asarray(labels)
     for name, value in (("split.val", val), ("split.test", test)):
         if not 0 < value < 1:
-            raise ValueError(f"{name} must be a fraction between 0 and 1, got {value}.")
+            raise SplitError(f"{name} must be a fraction between 0 and 1, got {value}.")
     patients = patient_table(pids, labels)
     if fold is None:
         if val + test >= 1:
-            raise ValueError(f"split.val + split.test must be below 1, got {val} + {test}.")
+            raise SplitError(f"split.val + split.test must be below 1, got {val} + {test}.")
         rest, test_patients = _split_patients(patients, test, seed, "test")
         train_patients, val_patients = _split_patients(rest, val / (1 - test), seed, "val")
     else:
         if not 0 <= fold < folds:
-            raise ValueError(f"split.fold must be in 0..{folds - 1} (split.folds = {folds}), got {fold}.")
+            raise SplitError(f"split.fold must be in 0..{folds - 1} (split.folds = {folds}), got {fold}.")
         if patients["label"].value_counts().min() < folds:
-            raise ValueError(
+            raise SplitError(
                 f"too few patients for {folds}-fold cross-validation: every class needs at least "
                 f"{folds} patients, found {patients['label'].value_counts().to_dict()}."
             )

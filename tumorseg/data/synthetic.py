@@ -15,8 +15,8 @@ import numpy as np
 from scipy import ndimage
 from tqdm import tqdm
 
-from tumorseg.cvind import CVIND, OFFICIAL_FOLDS, write_cvind
-from tumorseg.matfile import Slice, write_slice
+from tumorseg.data.cvind import CVIND, OFFICIAL_FOLDS, write_cvind
+from tumorseg.data.matfile import Slice, write_slice
 
 INNER_SKULL = 0.87  # inner skull edge, in units of the head ellipse radius
 SHELL_KNOTS = (0.0, 0.85, 0.865, 0.875, 0.925, 0.945, 0.985, 1.005)
@@ -224,3 +224,4 @@ def write_dataset(out_dir, patients, slices_per_patient, image_size=512, seed=0)
                 bar.update()
     write_cvind(out_dir / CVIND, folds)
     return index
+

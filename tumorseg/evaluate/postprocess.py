@@ -38,11 +38,6 @@ class PostProcess:
         if not 0.0 <= self.min_fraction < 1.0:
             raise ValueError(f"post-processing min_fraction must be in [0, 1), got {self.min_fraction}.")
 
-    @classmethod
-    def chosen_in(cls, eval_metrics):
-        """The post-processing evaluate chose, from the dict of its metrics JSON (none when absent)."""
-        return cls(eval_metrics.get("postprocess", "none"), float(eval_metrics.get("postprocess_min_fraction", 0)))
-
     def __str__(self):
         return f"min_size {self.min_fraction:g}" if self.method == "min_size" else self.method
 

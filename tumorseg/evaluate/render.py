@@ -12,11 +12,16 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch
 
-from tumorseg import LABEL_NAMES, metrics
+from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir
-from tumorseg.data import load_arrays, read_split, subset_positions
-from tumorseg.inference import check_model_input, load_model, predict_probabilities
-from tumorseg.postprocess import PostProcess
+from tumorseg.data.arrays import load_arrays, read_split, subset_positions
+from tumorseg.evaluate import metrics
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.model.inference import (
+    check_model_input,
+    load_model,
+    predict_probabilities,
+)
 
 DPI = 100
 SAMPLE_FIGSIZE = (12.0, 3.6)  # inches: four panels side by side

@@ -1,6 +1,6 @@
 """Score the trained model: choose the threshold on validation, report test.
 
-The threshold and the post-processing (tumorseg.postprocess) are tuned on
+The threshold and the post-processing (tumorseg.evaluate.postprocess) are tuned on
 the validation patients only and then applied unchanged to the test
 patients; with evaluate.tta the probabilities are averaged over flips
 first. Outputs: a flat metrics JSON (for `dvc metrics`) and a folder of CSV
@@ -12,14 +12,20 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tumorseg import LABEL_NAMES, metrics, tumor_type
+from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir, write_json
-from tumorseg.data import InputError, load_arrays, read_split, subset_positions
-from tumorseg.inference import DEFAULT_BATCH_SIZE, check_model_input, load_model, predict_probabilities
-from tumorseg.matfile import read_slice
-from tumorseg.postprocess import PostProcess, candidates
-from tumorseg.preprocess import resize_probabilities
-from tumorseg.split import patient_families
+from tumorseg.data.arrays import InputError, load_arrays, read_split, subset_positions
+from tumorseg.data.matfile import read_slice
+from tumorseg.data.preprocess import resize_probabilities
+from tumorseg.data.split import patient_families
+from tumorseg.evaluate import metrics, tumor_type
+from tumorseg.evaluate.postprocess import PostProcess, candidates
+from tumorseg.model.inference import (
+    DEFAULT_BATCH_SIZE,
+    check_model_input,
+    load_model,
+    predict_probabilities,
+)
 
 DECIMALS = 4
 FAILURE_DICE = 0.1  # a test slice below this Dice counts as a failure (tumour missed or wrong region)
@@ -102,7 +108,7 @@ def per_image_table(ids, pids, labels, truth, pred, native):
 def confidence_intervals(part, resamples, seed):
     """95% patient-bootstrap intervals of mean Dice and native-resolution Dice of a per-image table.
 
-    Patients are resampled by family (tumorseg.split.patient_family): a
+    Patients are resampled by family (tumorseg.data.split.patient_family): a
     patient's further scans are not independent of the first.
     """
     if not len(part):
@@ -169,7 +175,7 @@ def _fmt(value):
 
 def format_summary(result, per_class):
     """A few lines for stdout: threshold, test Dice with its CI, per class."""
-    postprocess = str(PostProcess.chosen_in(result))
+    postprocess = str(PostProcess(result["postprocess"], result["postprocess_min_fraction"]))
     lines = [
         f"threshold {result['threshold']:g}, post-processing {postprocess} (chosen on validation, mean IoU "
         f"{_fmt(result['val_iou'])}); test-time augmentation {result['tta']}",

@@ -16,10 +16,10 @@ from PIL import Image
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir
-from tumorseg.data import load_arrays, read_split, subset_positions
-from tumorseg.inference import check_model_input, load_model
-from tumorseg.postprocess import PostProcess
-from tumorseg.render import ERROR_COLORS, build_samples, error_view
+from tumorseg.data.arrays import load_arrays, read_split, subset_positions
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.evaluate.render import ERROR_COLORS, build_samples, error_view
+from tumorseg.model.inference import check_model_input, load_model
 
 MIN_PICTURE_SIZE = 160  # pixels: small model inputs are enlarged (nearest neighbour) to at least this
 

@@ -1,7 +1,7 @@
 """Named sets of parameter overrides kept in recipes/NAME.yaml, printed as `dvc exp run` options.
 
-    dvc exp run $(python -m tumorseg.recipe cpu)      # run the CPU recipe
-    python -m tumorseg.recipe --list                  # the recipes there are
+    dvc exp run $(python -m tumorseg.experiments.recipe cpu)      # run the CPU recipe
+    python -m tumorseg.experiments.recipe --list                  # the recipes there are
 
 A recipe file maps dotted parameter paths of params.yaml to values:
 
@@ -13,15 +13,15 @@ Every path must name an existing parameter and every value must be valid
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import yaml
 
-from tumorseg.errors import ProjectError
+from tumorseg.cli import run
 from tumorseg.config import ConfigError, load_params
+from tumorseg.errors import ProjectError
 
-RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
+RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
 class RecipeError(ProjectError, ValueError):
@@ -58,20 +58,16 @@ def as_options(overrides):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m tumorseg.recipe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m tumorseg.experiments.recipe", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="recipe name (a file recipes/NAME.yaml) or a recipe file's path")
     parser.add_argument("--list", action="store_true", help="list the recipes")
     args = parser.parse_args(argv)
     if args.list or not args.name:
         print("\n".join(available()))
         return 0
-    try:
-        print(" ".join(as_options(load_recipe(args.name))))
-    except RecipeError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    print(" ".join(as_options(load_recipe(args.name))))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("recipe", main)

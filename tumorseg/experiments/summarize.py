@@ -1,8 +1,8 @@
 """Summarise a cross-validation study, or any set of DVC experiments: test Dice and IoU across them.
 
-    python -m tumorseg.summarize                       # every finished experiment of the HEAD baseline
-    python -m tumorseg.summarize --exps fold0 fold1    # the named ones (names or commit SHAs)
-    python -m tumorseg.summarize --json exps.json      # from a saved `dvc exp show --json`
+    python -m tumorseg.experiments.summarize                       # every finished experiment of the HEAD baseline
+    python -m tumorseg.experiments.summarize --exps fold0 fold1    # the named ones (names or commit SHAs)
+    python -m tumorseg.experiments.summarize --json exps.json      # from a saved `dvc exp show --json`
 
 For each experiment it takes the test Dice and IoU, overall and per class, from
 metrics/eval.json and the parameters whose values differ between the experiments
@@ -25,6 +25,7 @@ from matplotlib.figure import Figure
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
+from tumorseg.cli import run
 from tumorseg.errors import ProjectError
 
 METRICS_FILE = "metrics/eval.json"
@@ -307,7 +308,7 @@ def summarize(exp_show, names=None, out="plots/cv_summary.png", csv="plots/cv_su
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(
-        prog="python -m tumorseg.summarize",
+        prog="python -m tumorseg.experiments.summarize",
         description="Mean and standard deviation of test Dice and IoU (overall and per class) across DVC "
                     "experiments, e.g. the folds of a cross-validation study.",
     )
@@ -326,16 +327,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        exp_show = load_exp_show(args.json, args.all_commits)
-        _, _, report = summarize(exp_show, args.exps, args.out, args.csv, args.experiments_csv)
-    except SummaryError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    exp_show = load_exp_show(args.json, args.all_commits)
+    _, _, report = summarize(exp_show, args.exps, args.out, args.csv, args.experiments_csv)
     print(report)
     print(f"\nwrote {args.out}, {args.csv}, {args.experiments_csv}")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("summarize", main)

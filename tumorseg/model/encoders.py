@@ -13,7 +13,7 @@ Feature maps taken from each encoder, by level (level L is 1/2**L of the input s
 
 With model.depth d (1 to 5), the map of level d is the bottleneck and the maps
 of levels d-1..0 are the skip connections of the decoder (the reference
-decoder of tumorseg.model); ResNet50 and EfficientNetB0 have no
+decoder of tumorseg.model.unet); ResNet50 and EfficientNetB0 have no
 full-resolution map, so their last up level has no skip. Layers past level d
 are left out of the model.
 
@@ -32,7 +32,7 @@ import numpy as np
 from keras import layers
 
 from tumorseg.config import ENCODER_NAMES, ConfigError
-from tumorseg.model import build_unet, check_image_size, decoder, level_widths, model_outputs
+from tumorseg.model.unet import check_image_size, decoder, level_widths, model_outputs
 
 MIN_IMAGE_SIZE = 32  # keras.applications refuse smaller inputs
 IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
@@ -108,19 +108,19 @@ def grey_to_encoder_input(encoder, x):
 
 
 def load_weights_file(backbone, path, encoder):
-    """Load a weights file into the application, or raise ValueError if it is not for this architecture."""
+    """Load a weights file into the application, or raise ConfigError if it is not for this architecture."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             backbone.load_weights(path)
         except Exception as error:  # Keras raises ValueError, KeyError or OSError for a foreign file
             message = str(error).splitlines()[0] if str(error) else type(error).__name__
-            raise ValueError(
+            raise ConfigError(
                 f"model.encoder_weights: {path} does not hold {encoder} no-top weights ({message})."
             ) from error
     skipped = [str(w.message) for w in caught if "Skipping" in str(w.message) or "not be loaded" in str(w.message)]
     if skipped:
-        raise ValueError(f"model.encoder_weights: {path} does not hold {encoder} no-top weights ({skipped[0]}).")
+        raise ConfigError(f"model.encoder_weights: {path} does not hold {encoder} no-top weights ({skipped[0]}).")
 
 
 def match_imagenet_normalization(backbone):
@@ -149,7 +149,7 @@ def load_backbone(encoder, encoder_weights, image_size):
         try:
             return application(include_top=False, weights="imagenet", input_shape=shape)
         except Exception as error:  # no network: keras.utils.get_file raises a plain Exception
-            raise ValueError(
+            raise ConfigError(
                 f"model.encoder_weights: the ImageNet weights of {encoder} are not in Keras's cache "
                 f"(~/.keras/models/) and could not be downloaded ({error}). Copy the no-top file there from a "
                 "machine with network, or set model.encoder_weights to its path."
@@ -189,7 +189,7 @@ def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momen
     maps = dict(zip(levels, maps if isinstance(maps, (list, tuple)) else [maps]))
     for level, feature in maps.items():
         if feature.shape[1] != image_size // 2**level:
-            raise ValueError(
+            raise ConfigError(
                 f"model.encoder {encoder}: its level-{level} map is {feature.shape[1]} pixels wide, not "
                 f"{image_size // 2**level}; use a data.image_size divisible by 32."
             )
@@ -197,17 +197,6 @@ def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momen
     features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout, separable)
     return keras.Model(inputs, model_outputs(features, maps[depth], hypercolumns, classify, dropout),
                        name=f"{encoder}_unet")
-
-
-def build_model(params, image_size=None):
-    """The model params.model describes, for `image_size` images (default params.data.image_size)."""
-    model, image_size = params.model, image_size or params.data.image_size
-    settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
-                    dropout=model.dropout, hypercolumns=model.hypercolumns, classify=model.classify,
-                    separable=model.separable)
-    if model.encoder == "none":
-        return build_unet(image_size, **settings)
-    return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
 
 
 def set_encoder_trainable(model, trainable):

@@ -6,10 +6,10 @@ import keras
 import numpy as np
 from tqdm import tqdm
 
-import tumorseg.losses  # noqa: F401  registers the custom loss and metric
+import tumorseg.model.losses  # noqa: F401  registers the custom loss and metric
 from tumorseg import LABEL_NAMES
-from tumorseg.data import InputError
-from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.data.arrays import InputError
+from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT
 
 DEFAULT_BATCH_SIZE = 32
 # test-time augmentation: the flips (axes of a (N, S, S, 1) batch) whose predictions are averaged

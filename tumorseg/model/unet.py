@@ -1,17 +1,24 @@
 """The reference U-Net, built by one small function (Keras 3 functional API).
 
 The decoder and the output heads are shared with the pretrained-encoder
-variants of tumorseg.encoders. With `classify`, the model has two outputs,
+variants of tumorseg.model.encoders. With `classify`, the model has two outputs,
 {"mask": (N, S, S, 1) tumour probability, "tumor_type": (N, 3) class probabilities}.
 """
 
 import keras
+import numpy as np
 from keras import layers
 
 from tumorseg import LABEL_NAMES
+from tumorseg.config import ConfigError
 
 MASK_OUTPUT, TYPE_OUTPUT = "mask", "tumor_type"  # output names of a model with the type head
 MAX_FILTER_MULTIPLIER = 8  # filters double per level up to 8x the base, as in the reference
+
+
+def one_hot_types(labels):
+    """(n, 3) float32 one-hot tumour types of labels 1, 2, 3 (the order of the type head's outputs)."""
+    return np.eye(len(LABEL_NAMES), dtype=np.float32)[np.asarray(labels, dtype=np.int64) - 1]
 
 
 def conv_block(x, filters, batchnorm_momentum, separable=False):
@@ -30,7 +37,7 @@ def conv_block(x, filters, batchnorm_momentum, separable=False):
 def check_image_size(image_size, depth):
     """Each level halves the image, so the size must divide by 2**depth."""
     if image_size % 2**depth:
-        raise ValueError(
+        raise ConfigError(
             f"data.image_size ({image_size}) must be divisible by 2**model.depth ({2 ** depth}); "
             "change one of them."
         )

@@ -7,7 +7,7 @@ Layout of the export folder:
   export.json           the preprocessing contract and the threshold
 
 Every export takes a batch of preprocessed images (N, S, S, 1) float32 in
-[0, 1] (see tumorseg.preprocess.preprocess_image) and returns tumour
+[0, 1] (see tumorseg.data.preprocess.preprocess_image) and returns tumour
 probabilities (N, S, S, 1); a model with the type head (model.classify) also
 returns its (N, 3) type probabilities beside them. TFLite files are run with
 the LiteRT interpreter (package ai-edge-litert) when it is installed, else
@@ -18,7 +18,7 @@ import json
 
 import numpy as np
 
-from tumorseg.inference import split_outputs
+from tumorseg.model.inference import split_outputs
 
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FLOAT32 = "model.tflite"

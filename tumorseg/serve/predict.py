@@ -1,58 +1,46 @@
-"""Segment new slices with the trained model, and export it for serving.
+"""The predict command: segment new slices with the trained model, or export it for serving.
 
-    python -m tumorseg.predict scans/ extra.dcm --out predictions/
-    python -m tumorseg.predict --export exported/ --float16
+    python -m tumorseg.serve.predict scans/ extra.dcm --out predictions/
+    python -m tumorseg.serve.predict --export exported/ --float16
 
-Each slice goes through tumorseg.preprocess.preprocess_image (the same resize
-and normalisation as training) and its probability map is resized back to the
-slice's own resolution with resize_probabilities before thresholding. The
-threshold, post-processing and test-time augmentation are those evaluate
-chose and scored (metrics/eval.json), unless options say otherwise.
+The threshold, post-processing and test-time augmentation are those evaluate
+chose and scored (metrics/eval.json), unless options say otherwise; the work
+is done by tumorseg.serve.segment.
 
-Exit status: 0 when every input was segmented, 1 when some input failed (it is
-reported and skipped, the others are still written), 2 when nothing could be
-done (missing or unsuitable model, bad option, output folder not empty).
+Exit status: 0 when every input was segmented; 1 when some input failed (it is
+reported and skipped, the others are still written) or nothing could be done
+(missing or unsuitable model, unusable choices, output folder not empty); 2
+for a usage error.
 """
 
 import argparse
-import csv
-import gzip
-import json
 import sys
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
-from scipy import ndimage
-from tqdm import tqdm
-
-from tumorseg import LABEL_NAMES, export
-from tumorseg.atomic import atomic_dir, atomic_file
-from tumorseg.data import InputError
-from tumorseg.inference import (
-    DEFAULT_BATCH_SIZE, TTA_FLIPS, check_tta, has_type_head, load_model, predict_probabilities,
-)
-from tumorseg.metrics import binarize
-from tumorseg.model import MASK_OUTPUT
+from tumorseg import LABEL_NAMES
+from tumorseg.atomic import atomic_dir
+from tumorseg.cli import run
 from tumorseg.config import ConfigError, load_params
-from tumorseg.postprocess import PostProcess
-from tumorseg.preprocess import normalize_intensity, preprocess_image, resize_probabilities
-from tumorseg.readers import find_inputs, nifti_mask_volume, read_scan, unique_stem
-
-EXIT_OK, EXIT_INPUT_FAILED, EXIT_SETUP = 0, 1, 2
-DEFAULT_PERCENTILE = 99.5
-DEFAULT_THRESHOLD = 0.5
-OUTLINE_RGB = (255, 0, 0)
-SUMMARY_COLUMNS = (
-    "input", "slice", "height", "width", "spacing_row_mm", "spacing_col_mm", "tumor_pixels",
-    "tumor_area_mm2", "mean_probability_in_mask", "max_probability_in_image", "threshold", "postprocess",
-    "tta", "tumor_type", "type_probability", "mask_png", "overlay_png",
+from tumorseg.data.arrays import InputError
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.model.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS, has_type_head
+from tumorseg.serve import export
+from tumorseg.serve.readers import find_inputs
+from tumorseg.serve.segment import (
+    PredictSettings,
+    load_segmentation_model,
+    segment_inputs,
 )
+from tumorseg.serve.writers import SUMMARY_COLUMNS, write_csv
+
+EXIT_OK, EXIT_INPUT_FAILED = 0, 1
+DEFAULT_PERCENTILE = 99.5
 
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(
-        prog="python -m tumorseg.predict",
+        prog="python -m tumorseg.serve.predict",
         description="Segment brain-tumour slices with the trained model, or export the model for serving.",
         epilog="Exit status: 0 all inputs done, 1 some inputs failed (reported and skipped), "
         "2 nothing done (model, options or output folder).",
@@ -95,41 +83,11 @@ def parse_args(argv):
     return args
 
 
-def resolve_threshold(args):
-    """--threshold, else evaluate's threshold from --eval-metrics when that file exists, else 0.5."""
-    if args.threshold is not None:
-        threshold, source = args.threshold, "--threshold"
-    elif args.eval_metrics.is_file():
-        try:
-            threshold = float(json.loads(args.eval_metrics.read_text())["threshold"])
-        except (ValueError, KeyError, TypeError) as error:
-            raise InputError(
-                f"{args.eval_metrics}: no numeric 'threshold' ({error!r}); "
-                "re-run the evaluate stage (dvc repro evaluate) or pass --threshold."
-            ) from error
-        source = str(args.eval_metrics)
-    else:
-        return DEFAULT_THRESHOLD
-    if not 0.0 <= threshold <= 1.0:
-        raise InputError(f"{source}: threshold {threshold} must lie in [0, 1].")
-    return threshold
-
-
-def resolve_postprocessing(args):
-    """(PostProcess, tta): each from its option, else evaluate's choice in --eval-metrics, else none."""
-    try:
-        chosen = json.loads(args.eval_metrics.read_text()) if args.eval_metrics.is_file() else {}
-        if args.postprocess:
-            postprocess = PostProcess(args.postprocess)
-        else:
-            postprocess = PostProcess.chosen_in(chosen)
-        tta = check_tta(args.tta or chosen.get("tta", "none"), f"{args.eval_metrics} 'tta'")
-    except (ValueError, TypeError, AttributeError) as error:
-        raise InputError(
-            f"{args.eval_metrics}: unusable post-processing or tta ({error}); "
-            "re-run the evaluate stage (dvc repro evaluate) or pass --postprocess and --tta."
-        ) from error
-    return postprocess, tta
+def resolve_choices(args):
+    """Evaluate's choices from --eval-metrics when that file exists (else a threshold of 0.5, no
+    post-processing, no TTA), each replaced by its option when given."""
+    chosen = Choices.load(args.eval_metrics) if args.eval_metrics.is_file() else Choices()
+    return chosen.with_options(args.threshold, PostProcess(args.postprocess) if args.postprocess else None, args.tta)
 
 
 def resolve_percentile(args):
@@ -148,157 +106,12 @@ def resolve_percentile(args):
     return float(percentile)
 
 
-def load_segmentation_model(model_path):
-    """The model and its image size S; InputError unless it maps (N, S, S, 1) to (N, S, S, 1) (its mask
-    output, for a model with the type head)."""
-    model = load_model(model_path)
-    input_shape, output_shape = getattr(model, "input_shape", None), getattr(model, "output_shape", None)
-    if has_type_head(model) and isinstance(output_shape, list):
-        output_shape = output_shape[model.output_names.index(MASK_OUTPUT)]
-    size = input_shape[1] if isinstance(input_shape, tuple) and len(input_shape) == 4 else None
-    expected = (size, size, 1)
-    if not isinstance(size, int) or input_shape[1:] != expected or not isinstance(output_shape, tuple) \
-            or output_shape[1:] != expected:
-        raise InputError(
-            f"{model_path}: input {input_shape} and output {output_shape} are not those of this project's "
-            "segmentation model ((None, S, S, 1) to (None, S, S, 1)); pass --model models/model.keras "
-            "written by the train stage."
-        )
-    return model, size
-
-
 def check_free(path, overwrite, option):
     """InputError when `path` is a non-empty folder (or a file) and --overwrite was not given."""
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: {option} must be a folder, found a file; choose another path.")
     if not overwrite and path.is_dir() and any(path.iterdir()):
         raise InputError(f"{path}: {option} folder is not empty; choose a new folder or pass --overwrite.")
-
-
-def overlay_image(image, mask, percentile):
-    """RGB uint8 of the slice (scaled like the model input) with the mask outline drawn on it."""
-    gray = (normalize_intensity(image, percentile) * 255).astype(np.uint8)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
-    outline = mask & ~ndimage.binary_erosion(mask, border_value=0)
-    rgb[outline] = OUTLINE_RGB
-    return rgb
-
-
-def write_png(path, array):
-    with atomic_file(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
-
-
-def write_nifti_mask(path, scan, masks):
-    """The masks as a uint8 .nii.gz with the input's affine and header geometry."""
-    import nibabel as nib
-
-    header = scan.nifti.header.copy()
-    header.set_data_dtype(np.uint8)
-    volume = nib.Nifti1Image(nifti_mask_volume(scan, masks), scan.nifti.affine, header=header)
-    with atomic_file(path) as tmp:
-        tmp.write_bytes(gzip.compress(volume.to_bytes()))
-
-
-def slice_row(scan, index, mask, probabilities, settings, names):
-    """One summary line; area only when the file records the pixel spacing."""
-    pixels = int(mask.sum())
-    spacing = scan.spacing
-    inside = probabilities[mask]
-    return {
-        "input": str(scan.path), "slice": index, "height": mask.shape[0], "width": mask.shape[1],
-        "spacing_row_mm": spacing[0] if spacing else "", "spacing_col_mm": spacing[1] if spacing else "",
-        "tumor_pixels": pixels,
-        "tumor_area_mm2": round(pixels * spacing[0] * spacing[1], 4) if spacing else "",
-        "mean_probability_in_mask": round(float(inside.mean()), 6) if pixels else "",
-        "max_probability_in_image": round(float(probabilities.max()), 6),
-        "threshold": settings["threshold"], "postprocess": str(settings["postprocess"]), "tta": settings["tta"],
-        **names,
-    }
-
-
-def type_columns(type_probs):
-    """The summary's tumour type and its probability (blank for a model without the type head)."""
-    if type_probs is None:
-        return {"tumor_type": "", "type_probability": ""}
-    best = int(np.argmax(type_probs))
-    return {"tumor_type": LABEL_NAMES[best + 1], "type_probability": round(float(type_probs[best]), 6)}
-
-
-def write_scan_outputs(scan, stem, probability_maps, settings, out_dir):
-    """Mask and overlay PNGs per slice (and a NIfTI mask volume); returns the summary rows."""
-    rows, masks = [], []
-    for index, image, small in zip(scan.slice_indices, scan.slices, probability_maps):
-        probabilities = resize_probabilities(small, image.shape)
-        mask = settings["postprocess"].apply(binarize(probabilities, settings["threshold"]))
-        name = stem if len(scan.slices) == 1 and scan.kind != "nifti" else f"{stem}_slice{index:03d}"
-        name = unique_stem(name, settings["names_taken"])  # vol.nii.gz slice 1 and vol_slice001.png differ
-        names = {"mask_png": f"{name}_mask.png", "overlay_png": f"{name}_overlay.png"}
-        write_png(out_dir / names["mask_png"], mask.astype(np.uint8) * 255)
-        write_png(out_dir / names["overlay_png"], overlay_image(image, mask, settings["percentile"]))
-        rows.append(slice_row(scan, index, mask, probabilities, settings, names))
-        masks.append(mask)
-    if scan.kind == "nifti":
-        write_nifti_mask(out_dir / f"{stem}_mask.nii.gz", scan, masks)
-    return rows
-
-
-def predict_pending(model, pending, settings, out_dir):
-    """Predict all slices of the read scans in batches and write their outputs."""
-    rows, failures = [], []
-    images = np.stack([
-        preprocess_image(image, settings["size"], settings["percentile"])
-        for scan, _ in pending for image in scan.slices
-    ])
-    positions = np.arange(len(images))
-    probabilities, types = predict_probabilities(model, images, positions, settings["batch_size"], settings["tta"],
-                                                 with_types=True)
-    start = 0
-    for scan, stem in pending:
-        maps = probabilities[start:start + len(scan.slices)]
-        kinds = types[start:start + len(scan.slices)] if types is not None else [None] * len(scan.slices)
-        start += len(scan.slices)
-        try:
-            scan_rows = write_scan_outputs(scan, stem, maps, settings, out_dir)
-            rows += [{**row, **type_columns(kind)} for row, kind in zip(scan_rows, kinds)]
-        except OSError as error:
-            failures.append((scan.path, f"cannot write its outputs ({error})"))
-    return rows, failures
-
-
-def failure_reason(path, error):
-    """The error text without a leading file name (the report adds it)."""
-    text = str(error) or type(error).__name__
-    prefix = f"{path}: "
-    return text[len(prefix):] if text.startswith(prefix) else f"{type(error).__name__}: {text}"
-
-
-def segment_inputs(model, inputs, settings, out_dir):
-    """Read, predict and write every input; a file that fails is reported and skipped."""
-    rows, failures, pending, pending_slices = [], [], [], 0
-    for path, stem in tqdm(inputs, unit="file", disable=None, desc="predict"):
-        try:
-            scan = read_scan(path, settings["axis"])
-        except Exception as error:  # any decoder error of one file must not stop the others
-            failures.append((path, failure_reason(path, error)))
-            tqdm.write(f"skipped {path}: {failures[-1][1]}", file=sys.stderr)
-            continue
-        pending.append((scan, stem))
-        pending_slices += len(scan.slices)
-        if pending_slices >= settings["batch_size"]:
-            new_rows, new_failures = predict_pending(model, pending, settings, out_dir)
-            rows, failures, pending, pending_slices = rows + new_rows, failures + new_failures, [], 0
-    if pending:
-        new_rows, new_failures = predict_pending(model, pending, settings, out_dir)
-        rows, failures = rows + new_rows, failures + new_failures
-    return rows, failures
-
-
-def write_csv(path, columns, rows):
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
 
 
 def run_predict(model, args, settings):
@@ -318,24 +131,24 @@ def run_predict(model, args, settings):
     else:  # an --overwrite rerun: the failures of an earlier run are not this run's
         (args.out / "failures.csv").unlink(missing_ok=True)
     print(f"{len(rows)} slice(s) from {len(inputs) - len(read_failures)} file(s) written to {args.out}; "
-          f"{len(failures)} input(s) failed (threshold {settings['threshold']:g})")
+          f"{len(failures)} input(s) failed (threshold {settings.choices.threshold:g})")
     return EXIT_INPUT_FAILED if failures else EXIT_OK
 
 
 def run_export(model, args, settings):
     """SavedModel and TFLite files into --export DIR, then a check that they agree with Keras."""
     metadata = {
-        "input": f"float32 (N, {settings['size']}, {settings['size']}, 1) in [0, 1] from "
-                 "tumorseg.preprocess.preprocess_image",
+        "input": f"float32 (N, {settings.size}, {settings.size}, 1) in [0, 1] from "
+                 "tumorseg.data.preprocess.preprocess_image",
         "output": "tumour probability, float32 (N, S, S, 1)" if not has_type_head(model) else
                   "mask: tumour probability, float32 (N, S, S, 1); tumor_type: probabilities of "
                   + ", ".join(LABEL_NAMES.values()) + ", float32 (N, 3)",
-        "image_size": settings["size"], "normalize_percentile": settings["percentile"],
-        "threshold": settings["threshold"],
+        "image_size": settings.size, "normalize_percentile": settings.percentile,
+        "threshold": settings.choices.threshold,
     }
     with atomic_dir(args.export) as tmp:
         export.export_all(model, tmp, metadata, float16=args.float16)
-    check = export.check_exports(model, args.export, settings["size"], settings["threshold"])
+    check = export.check_exports(model, args.export, settings.size, settings.choices.threshold)
     print(f"exported to {args.export}; max |probability difference| to Keras on random inputs: "
           + ", ".join(f"{name} {value:.2g}" for name, value in check["max_difference"].items()))
     if "float16_mask_agreement" in check:
@@ -344,23 +157,17 @@ def run_export(model, args, settings):
 
 def main(argv=None):
     args = parse_args(argv)
-    try:
-        settings = {"threshold": resolve_threshold(args), "percentile": resolve_percentile(args),
-                    "axis": args.axis, "batch_size": args.batch_size}
-        settings["postprocess"], settings["tta"] = resolve_postprocessing(args)
-        settings["names_taken"] = set()  # output names given so far in this run
-        if args.inputs:
-            check_free(args.out, args.overwrite, "--out")
-        if args.export is not None:
-            check_free(args.export, args.overwrite, "--export")
-        model, settings["size"] = load_segmentation_model(args.model)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_SETUP
+    choices, percentile = resolve_choices(args), resolve_percentile(args)
+    if args.inputs:
+        check_free(args.out, args.overwrite, "--out")
+    if args.export is not None:
+        check_free(args.export, args.overwrite, "--export")
+    model, size = load_segmentation_model(args.model)
+    settings = PredictSettings(size, choices, percentile, args.axis, args.batch_size)
     if args.export is not None:
         run_export(model, args, settings)
     return run_predict(model, args, settings) if args.inputs else EXIT_OK
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run("predict", main)

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageSequence
 
+from tumorseg.data.matfile import read_slice
 from tumorseg.errors import ProjectError
-from tumorseg.matfile import read_slice
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")

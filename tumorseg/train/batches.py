@@ -1,6 +1,6 @@
 """The training input pipeline for the Keras backend in use.
 
-Under TensorFlow (the default) it is tumorseg.dataset's tf.data pipeline.
+Under TensorFlow (the default) it is tumorseg.train.tfdata's tf.data pipeline.
 Under JAX or PyTorch (KERAS_BACKEND=jax|torch), where TensorFlow may not be
 installed at all (the usual GPU image for JAX), it is ArrayBatches: numpy
 batches through keras.utils.PyDataset, with the same augmentations applied
@@ -17,9 +17,8 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-from tumorseg import LABEL_NAMES
 from tumorseg.config import Augment
-from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
 
 
 def make_batches(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
@@ -31,15 +30,10 @@ def make_batches(images, masks, batch_size, training=False, augment=None, seed=0
     {"mask": mask, "tumor_type": (batch, 3) one-hot type} instead of the mask.
     """
     if keras.backend.backend() == "tensorflow":
-        from tumorseg.dataset import make_dataset
+        from tumorseg.train.tfdata import make_dataset
 
         return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder, labels)
     return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels)
-
-
-def one_hot_types(labels):
-    """(n, 3) float32 one-hot tumour types of labels 1, 2, 3 (the order of the type head's outputs)."""
-    return np.eye(len(LABEL_NAMES), dtype=np.float32)[np.asarray(labels, dtype=np.int64) - 1]
 
 
 def center_fit(array, size):

@@ -2,13 +2,14 @@
 
 Training state lives in a work folder (default checkpoints/train/, not a DVC
 output) so an interrupted run resumes from its last completed epoch when the
-stage runs again with the same params and split (tumorseg.runs). The DVC outputs,
+stage runs again with the same params and split (tumorseg.train.phases). The DVC outputs,
 models/, metrics/train.json and plots/train/, are written only when training ends.
 """
 
 import math
 import shutil
 import sys
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
@@ -16,20 +17,64 @@ import keras
 import numpy as np
 from dvclive import Live
 
-from tumorseg.batches import make_batches
-from tumorseg.callbacks import CheckpointFromEpoch, EpochDVCLiveCallback, LearningRateLogger, MaskMetricNames
 from tumorseg.config import ConfigError
-from tumorseg.data import load_arrays, read_split, subset_positions
-from tumorseg.encoders import build_model, check_encoder, set_encoder_trainable
-from tumorseg.hardware import cpu_flags, precision_warning
-from tumorseg.history import best_monitored
-from tumorseg.losses import BceDiceLoss, LovaszSchedule, training_metrics
-from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
-from tumorseg.preprocess import shrink
-from tumorseg.runs import (
-    backup_epoch, data_digest, finish, fingerprint, phases_to_run, prepare_work_dir, training_phases,
+from tumorseg.data.arrays import load_arrays, read_split, subset_positions
+from tumorseg.data.preprocess import shrink
+from tumorseg.model.build import build_model, compile_model, make_loss
+from tumorseg.model.encoders import check_encoder, set_encoder_trainable
+from tumorseg.model.losses import LovaszSchedule
+from tumorseg.train.batches import make_batches
+from tumorseg.train.callbacks import (
+    CheckpointFromEpoch,
+    EpochDVCLiveCallback,
+    LearningRateLogger,
+    MaskMetricNames,
 )
-from tumorseg.strategy import check_backend, get_strategy, has_accelerator, make_deterministic
+from tumorseg.train.devices import (
+    check_backend,
+    cpu_flags,
+    get_strategy,
+    has_accelerator,
+    make_deterministic,
+    precision_warning,
+)
+from tumorseg.train.history import best_monitored
+from tumorseg.train.phases import (
+    backup_epoch,
+    data_digest,
+    fingerprint,
+    finish,
+    phases_to_run,
+    prepare_work_dir,
+    training_phases,
+)
+
+
+@dataclass(frozen=True)
+class TrainPaths:
+    """Where training reads and writes; the defaults are the DVC stage's (dvc.yaml)."""
+
+    numpy_dir: Path = Path("data/numpy")
+    split_csv: Path = Path("data/split.csv")
+    model: Path = Path("models/model.keras")
+    metrics: Path = Path("metrics/train.json")
+    plots: Path = Path("plots/train")
+    work_dir: Path = Path("checkpoints/train")
+
+    def __post_init__(self):
+        for name in self.__dataclass_fields__:
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+    @classmethod
+    def under(cls, folder, numpy_dir=None, split_csv=None):
+        """Every output under `folder` (model.keras, train.json, plots/, work/); inputs there too unless given."""
+        folder = Path(folder)
+        return cls(numpy_dir or folder / "numpy", split_csv or folder / "split.csv", folder / "model.keras",
+                   folder / "train.json", folder / "plots", folder / "work")
+
+    def for_worker(self, scratch):
+        """The same inputs, and a non-chief worker's throwaway outputs under `scratch`."""
+        return TrainPaths.under(scratch, self.numpy_dir, self.split_csv)
 
 
 def oversampled(positions, labels, oversample):
@@ -56,24 +101,6 @@ def learning_rate(train, steps_per_epoch, factor=1.0, plateau_start=None):
         patience=train.plateau_patience, min_lr=lr_min, verbose=1,
     )
     return (lr_max if plateau_start is None else plateau_start * factor), [plateau]
-
-
-def make_loss(loss):
-    """The BceDiceLoss of train.loss."""
-    return BceDiceLoss(bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, smooth=loss.smooth,
-                       lovasz_weight=loss.lovasz_weight, lovasz_from_epoch=loss.lovasz_from_epoch)
-
-
-def compile_settings(segmentation_loss, params):
-    """compile() arguments: the segmentation loss and metrics, or with model.classify those of both outputs,
-    the type's cross-entropy weighted by train.loss.class_weight."""
-    if not params.model.classify:
-        return dict(loss=segmentation_loss, metrics=training_metrics())
-    return dict(
-        loss={MASK_OUTPUT: segmentation_loss, TYPE_OUTPUT: keras.losses.CategoricalCrossentropy()},
-        loss_weights={MASK_OUTPUT: 1.0, TYPE_OUTPUT: params.train.loss.class_weight},
-        metrics={MASK_OUTPUT: training_metrics(), TYPE_OUTPUT: [keras.metrics.CategoricalAccuracy(name="accuracy")]},
-    )
 
 
 def training_arrays(params, numpy_dir, split_csv, replicas):
@@ -160,7 +187,7 @@ def fit_phases(model, loss, params, batches, steps_per_epoch, strategy, work_dir
         with strategy.scope():
             if params.model.encoder != "none":
                 set_encoder_trainable(model, phase.train_encoder)
-            model.compile(optimizer=keras.optimizers.Adam(lr), **compile_settings(loss, params))
+            compile_model(model, params, loss, lr)
             if prepare_fit:
                 prepare_fit(model)
             if phase.first:  # the decay schedule continues where the last phase left it
@@ -177,20 +204,20 @@ def fit_phases(model, loss, params, batches, steps_per_epoch, strategy, work_dir
         plateau_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path="models/model.keras",
-          metrics_path="metrics/train.json", plots_dir="plots/train", work_dir="checkpoints/train",
-          extra_callbacks=()):
+def train(params, paths=TrainPaths(), extra_callbacks=()):
+    """Fit the model of `params` on the split's train slices; returns the metrics written to paths.metrics."""
     train_params, model_params = params.train, params.model
     check_backend(train_params.strategy)
     check_encoder(model_params.encoder, model_params.encoder_weights, params.data.image_size, model_params.depth)
     multiworker = None
     if train_params.strategy == "multiworker":
-        from tumorseg import multiworker  # TensorFlow's multi-worker strategy and its Keras workaround
+        from tumorseg.train import (
+            multiworker,  # TensorFlow's multi-worker strategy and its Keras workaround
+        )
     task = multiworker.cluster_task() if multiworker else None
-    scratch = task.scratch_dir(work_dir) if task and not task.chief else None
+    scratch = task.scratch_dir(paths.work_dir) if task and not task.chief else None
     if scratch:  # the chief writes the outputs and the DVCLive curves; this worker's go to its scratch folder
-        model_path, metrics_path, plots_dir = scratch / "model.keras", scratch / "train.json", scratch / "plots"
-        work_dir = scratch / "work"
+        paths = paths.for_worker(scratch)
     strategy = get_strategy(train_params.strategy)  # MultiWorkerMirroredStrategy: before TensorFlow runs anything
     make_deterministic(params.seed)
     keras.mixed_precision.set_global_policy(train_params.precision)
@@ -199,11 +226,11 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
         print(f"warning: {warning}", file=sys.stderr)
 
     replicas = strategy.num_replicas_in_sync
-    subsets = training_arrays(params, numpy_dir, split_csv, replicas)
+    subsets = training_arrays(params, paths.numpy_dir, paths.split_csv, replicas)
     train_rows = len(subsets[0][0])
     steps = train_rows // train_params.batch_size if replicas > 1 else math.ceil(train_rows / train_params.batch_size)
-    work_dir = Path(work_dir)
-    run_id = fingerprint(params, split_csv)
+    work_dir = paths.work_dir
+    run_id = fingerprint(params, paths.split_csv)
     resuming = prepare_work_dir(work_dir, run_id)
     if resuming:
         print(f"resuming the interrupted run kept in {work_dir}")
@@ -217,7 +244,7 @@ def train(params, numpy_dir="data/numpy", split_csv="data/split.csv", model_path
     live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False) if chief else None
     fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
                work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
-    metrics = finish(work_dir, model_path, metrics_path, plots_dir, train_params.first_compared_epoch,
+    metrics = finish(work_dir, paths.model, paths.metrics, paths.plots, train_params.first_compared_epoch,
                      (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=chief)
     if scratch:
         shutil.rmtree(scratch)

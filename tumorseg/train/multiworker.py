@@ -29,12 +29,18 @@ from pathlib import Path
 
 import tensorflow as tf
 
+from tumorseg.errors import ProjectError
+
 TASK_TYPES = ("chief", "worker")
 FIX = ('set it on every machine, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1:12345", "host2:12345"]}, '
-       '"task": {"type": "worker", "index": 0}}\' (README, Several GPUs, several machines)')
+       '"task": {"type": "worker", "index": 0}}\' (docs/scale-out.md, Several GPUs, several machines)')
 
 
 @dataclass(frozen=True)
+class ClusterError(ProjectError, ValueError):
+    """TF_CONFIG, the workers or this Keras release do not allow multi-worker training; the message says why."""
+
+
 class Task:
     type: str
     index: int
@@ -49,21 +55,21 @@ def cluster_task(tf_config=None):
     """This process's task in the cluster that TF_CONFIG describes, with a clear error when it is unusable."""
     text = os.environ.get("TF_CONFIG") if tf_config is None else tf_config
     if not text:
-        raise ValueError(f"train.strategy=multiworker reads the cluster from the TF_CONFIG environment variable: {FIX}")
+        raise ClusterError(f"train.strategy=multiworker reads the cluster from the TF_CONFIG environment variable: {FIX}")
     try:
         config = json.loads(text)
         cluster, task = dict(config["cluster"]), config["task"]
         task_type, index = task["type"], int(task["index"])
     except (ValueError, KeyError, TypeError) as error:
-        raise ValueError(f"TF_CONFIG is not a valid cluster description ({error!r}): {FIX}") from error
+        raise ClusterError(f"TF_CONFIG is not a valid cluster description ({error!r}): {FIX}") from error
     unsupported = sorted(set(cluster) - set(TASK_TYPES))
     if task_type not in TASK_TYPES or unsupported:
-        raise ValueError(
+        raise ClusterError(
             f"TF_CONFIG: train.strategy=multiworker uses 'chief' and 'worker' tasks only, not "
             f"{unsupported or [task_type]}: list every machine under 'worker' (and at most one under 'chief')"
         )
     if not 0 <= index < len(cluster.get(task_type, [])):
-        raise ValueError(f"TF_CONFIG: task {task_type} {index} is not in the cluster {cluster}: {FIX}")
+        raise ClusterError(f"TF_CONFIG: task {task_type} {index} is not in the cluster {cluster}: {FIX}")
     chief = task_type == "chief" or ("chief" not in cluster and index == 0)
     return Task(task_type, index, chief)
 
@@ -78,13 +84,13 @@ def check_workers_agree(strategy, run_state, resume_epoch):
     mine = strategy.run(lambda: tf.constant([[digest, resume_epoch]], tf.float64))
     states = strategy.gather(mine, axis=0).numpy()
     if len(set(states[:, 0])) > 1:
-        raise ValueError(
+        raise ClusterError(
             "the workers' params, split or data differ: check out the same commit and run `dvc pull` "
             "on every machine, then start all workers again"
         )
     if len(set(states[:, 1])) > 1:
         epochs = [int(epoch) for epoch in states[:, 1]]
-        raise ValueError(
+        raise ClusterError(
             f"the workers would resume from different epochs ({epochs}; -1: from the start), as when one "
             f"lost its backup: delete checkpoints/train and checkpoints/train-worker* on every machine and "
             f"start all workers again"
@@ -99,9 +105,9 @@ def allow_fit(model):
         trainer = None
     if not (hasattr(model, "_distribute_strategy") and hasattr(trainer, "_collective_all_reduce_multi_worker")
             and hasattr(trainer, "reduce_per_replica")):
-        raise RuntimeError(
+        raise ClusterError(
             "this Keras release changed the internals that train.strategy=multiworker works around "
-            "(tumorseg/multiworker.py); it is tested with Keras 3.15: pip install 'keras==3.15.*'"
+            "(tumorseg/train/multiworker.py); it is tested with Keras 3.15: pip install 'keras==3.15.*'"
         )
     if not getattr(trainer.reduce_per_replica, "averages_scalars", False):
         trainer.reduce_per_replica = averaging_scalars(trainer.reduce_per_replica, trainer)

@@ -17,7 +17,7 @@ import numpy as np
 
 from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.errors import ProjectError
-from tumorseg.history import best_epoch_row, read_history, training_curves_figure
+from tumorseg.train.history import best_epoch_row, read_history, training_curves_figure
 
 
 class TrainingError(ProjectError, RuntimeError):

@@ -1,12 +1,11 @@
 """tf.data input pipeline with augmentation applied identically to image and mask (the TensorFlow backend's;
-tumorseg.batches chooses the pipeline for the backend in use)."""
+tumorseg.train.batches chooses the pipeline for the backend in use)."""
 
 import numpy as np
 import tensorflow as tf
 
-from tumorseg.batches import one_hot_types
 from tumorseg.config import Augment
-from tumorseg.model import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
 
 
 def _flip(image, mask, seed, axis):
@@ -86,7 +85,7 @@ def _augment(augment):
 def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
                  labels=None):
     """Batches of (image, mask), both (batch, S, S, 1) float32; with `labels`, of
-    (image, {"mask": mask, "tumor_type": one-hot type}) (see tumorseg.batches.make_batches).
+    (image, {"mask": mask, "tumor_type": one-hot type}) (see tumorseg.train.batches.make_batches).
 
     Training data is shuffled with the seed (a new order every epoch) and
     augmented; validation data is neither. `drop_remainder` keeps every batch

@@ -1,0 +1,31 @@
+"""The one exit convention of every stage and command (python -m stages.NAME, python -m tumorseg.*).
+
+- the project's own errors (tumorseg.errors.ProjectError: bad params, bad files, a failed download, an
+  unusable run) print one line on stderr, naming the file or parameter and the fix, and exit with 1;
+- usage errors (a bad or missing command-line option, reported by argparse) exit with 2;
+- anything else is a bug and keeps its traceback.
+
+A command's main may also return 1 itself (predict: some inputs failed and were skipped).
+"""
+
+import sys
+
+from tumorseg.errors import ProjectError
+
+EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+
+
+def exit_status(name, main, *args):
+    """Run main(*args) and return its exit status by the convention; a project error is printed here."""
+    try:
+        return main(*args) or EXIT_OK
+    except ProjectError as error:
+        print(f"{name}: error: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except SystemExit as stop:  # argparse: 2 for a usage error, 0 after --help
+        return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+
+
+def run(name, main):
+    """The entry point of a stage or command: exit with main()'s status by the convention."""
+    sys.exit(exit_status(name, main))

@@ -1,0 +1,55 @@
+"""Evaluate's choices, made on validation and applied unchanged later: the threshold, post-processing and TTA.
+
+The evaluate stage writes them into metrics/eval.json; render_samples and predict read them back through
+Choices.load, the one reader, which checks every value and names the file and the fix.
+"""
+
+import json
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+from tumorseg.errors import ProjectError
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.model.inference import TTA_FLIPS
+
+
+class ChoicesError(ProjectError, ValueError):
+    """evaluate's metrics file is missing, unreadable or holds an unusable choice."""
+
+
+@dataclass(frozen=True)
+class Choices:
+    threshold: float = 0.5
+    postprocess: PostProcess = field(default_factory=PostProcess)
+    tta: str = "none"
+
+    def __post_init__(self):
+        if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
+                or not 0.0 <= self.threshold <= 1.0:
+            raise ChoicesError(f"threshold {self.threshold!r} must be a number in [0, 1].")
+        if self.tta not in TTA_FLIPS:
+            raise ChoicesError(f"tta must be one of {', '.join(TTA_FLIPS)}, got {self.tta!r}.")
+
+    @classmethod
+    def load(cls, path):
+        """The choices recorded in evaluate's metrics JSON at `path`."""
+        path = Path(path)
+        fix = "re-run the evaluate stage (dvc repro evaluate)"
+        if not path.is_file():
+            raise ChoicesError(f"{path}: not found; {fix}.")
+        try:
+            chosen = json.loads(path.read_text())
+            return cls(
+                threshold=chosen["threshold"],
+                postprocess=PostProcess(chosen.get("postprocess", "none"),
+                                        float(chosen.get("postprocess_min_fraction", 0.0))),
+                tta=chosen.get("tta", "none"),
+            )
+        except (ValueError, KeyError, TypeError, AttributeError) as error:
+            detail = f"no {error}" if isinstance(error, KeyError) else str(error)
+            raise ChoicesError(f"{path}: unusable choices of evaluate ({detail}); {fix}.") from None
+
+    def with_options(self, threshold=None, postprocess=None, tta=None):
+        """A copy with the values that are given (not None) replacing the recorded ones."""
+        changes = {"threshold": threshold, "postprocess": postprocess, "tta": tta}
+        return replace(self, **{name: value for name, value in changes.items() if value is not None})

@@ -1,0 +1,2 @@
+"""Using a trained model on new scans: the predict command, reading scans (PNG, DICOM, NIfTI, .mat), writing
+masks and tables, and the SavedModel/TFLite exports."""

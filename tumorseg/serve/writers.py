@@ -1,0 +1,77 @@
+"""What predict writes per slice: the mask and overlay PNGs, a NIfTI mask volume, the summary table."""
+
+import csv
+import gzip
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from tumorseg import LABEL_NAMES
+from tumorseg.atomic import atomic_file
+from tumorseg.data.preprocess import normalize_intensity
+from tumorseg.serve.readers import nifti_mask_volume
+
+OUTLINE_RGB = (255, 0, 0)
+SUMMARY_COLUMNS = (
+    "input", "slice", "height", "width", "spacing_row_mm", "spacing_col_mm", "tumor_pixels",
+    "tumor_area_mm2", "mean_probability_in_mask", "max_probability_in_image", "threshold", "postprocess",
+    "tta", "tumor_type", "type_probability", "mask_png", "overlay_png",
+)
+
+
+def overlay_image(image, mask, percentile):
+    """RGB uint8 of the slice (scaled like the model input) with the mask outline drawn on it."""
+    gray = (normalize_intensity(image, percentile) * 255).astype(np.uint8)
+    rgb = np.repeat(gray[..., None], 3, axis=2)
+    outline = mask & ~ndimage.binary_erosion(mask, border_value=0)
+    rgb[outline] = OUTLINE_RGB
+    return rgb
+
+
+def write_png(path, array):
+    with atomic_file(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def write_nifti_mask(path, scan, masks):
+    """The masks as a uint8 .nii.gz with the input's affine and header geometry."""
+    import nibabel as nib
+
+    header = scan.nifti.header.copy()
+    header.set_data_dtype(np.uint8)
+    volume = nib.Nifti1Image(nifti_mask_volume(scan, masks), scan.nifti.affine, header=header)
+    with atomic_file(path) as tmp:
+        tmp.write_bytes(gzip.compress(volume.to_bytes()))
+
+
+def slice_row(scan, index, mask, probabilities, choices, names):
+    """One summary line; area only when the file records the pixel spacing."""
+    pixels = int(mask.sum())
+    spacing = scan.spacing
+    inside = probabilities[mask]
+    return {
+        "input": str(scan.path), "slice": index, "height": mask.shape[0], "width": mask.shape[1],
+        "spacing_row_mm": spacing[0] if spacing else "", "spacing_col_mm": spacing[1] if spacing else "",
+        "tumor_pixels": pixels,
+        "tumor_area_mm2": round(pixels * spacing[0] * spacing[1], 4) if spacing else "",
+        "mean_probability_in_mask": round(float(inside.mean()), 6) if pixels else "",
+        "max_probability_in_image": round(float(probabilities.max()), 6),
+        "threshold": choices.threshold, "postprocess": str(choices.postprocess), "tta": choices.tta,
+        **names,
+    }
+
+
+def type_columns(type_probs):
+    """The summary's tumour type and its probability (blank for a model without the type head)."""
+    if type_probs is None:
+        return {"tumor_type": "", "type_probability": ""}
+    best = int(np.argmax(type_probs))
+    return {"tumor_type": LABEL_NAMES[best + 1], "type_probability": round(float(type_probs[best]), 6)}
+
+
+def write_csv(path, columns, rows):
+    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
