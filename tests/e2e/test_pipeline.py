@@ -3,6 +3,7 @@
 import json
 import re
 
+import pandas as pd
 import pytest
 
 from tests.dvc_helpers import (
@@ -13,7 +14,9 @@ from tests.dvc_helpers import (
     git,
     keep_reproduced,
     ran_stages,
+    reproduced_project,
 )
+from tumorseg.data.cvind import read_cvind
 
 pytestmark = DVC_TEST_MARKS
 
@@ -69,3 +72,20 @@ def test_pipeline_end_to_end(project, tmp_path, tmp_path_factory):
     output = dvc("exp", "run", "-S", "evaluate.bootstrap=40", cwd=project)
     assert "evaluate" in ran_stages(output)
     assert not ran_stages(output) & {"download", "mat_to_numpy", "split", "train"}
+
+
+def test_official_folds_end_to_end(tmp_path_factory):
+    """split.scheme=cvind on the synthetic source (which writes its own cvind.mat): official fold 1 is the
+    test set, and the rest of the chain runs on that split."""
+    project = reproduced_project(tmp_path_factory, "cvind")
+    output = dvc("exp", "run", "-n", "official-fold-1", "-S", "split.scheme=cvind", "-S", "split.fold=0",
+                 cwd=project)
+    assert {"split", "train", "evaluate", "render_samples"} <= ran_stages(output)
+    assert not ran_stages(output) & {"download", "mat_to_numpy"}
+    assert "slices moved to their family's official fold: 0" in output
+    split = pd.read_csv(project / "data" / "split.csv", dtype={"pid": str})
+    folds = read_cvind(project / "data" / "raw" / "cvind.mat")
+    assert set(folds[split.loc[split["subset"] == "test", "index"] - 1]) == {1}
+    assert 1 not in set(folds[split.loc[split["subset"] != "test", "index"] - 1])
+    test_images = json.loads((project / "metrics" / "eval.json").read_text())["test_images"]
+    assert test_images == (split["subset"] == "test").sum()
