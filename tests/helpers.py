@@ -7,6 +7,7 @@ import keras
 import numpy as np
 
 from tumorseg.config import load_params
+from tumorseg.experiments.recipe import load_recipe
 from tumorseg.data.convert import mat_to_numpy
 from tumorseg.data.split import assign_subsets, write_split
 from tumorseg.data.synthetic import write_dataset
@@ -25,9 +26,15 @@ def dotted(overrides, prefix=""):
     return flat
 
 
+# The values the tests are written for: the reference recipe (recipes/reference.yaml) on a seeded random
+# split, whatever params.yaml's defaults are.
+TEST_BASE = {**load_recipe("reference"), "split.scheme": "random", "split.fold": None}
+
+
 def make_params(overrides=None):
-    """The repository's params.yaml as checked Params, with overrides ({"train.epochs": 2} or nested)."""
-    return load_params(REPO / "params.yaml").replaced(dotted(overrides or {}))
+    """The repository's params.yaml with TEST_BASE and then `overrides` ({"train.epochs": 2} or nested)
+    applied, as checked Params."""
+    return load_params(REPO / "params.yaml").replaced({**TEST_BASE, **dotted(overrides or {})})
 
 
 def write_tiny_dataset(root, size=32, patients=12, slices_per_patient=3):

@@ -8,6 +8,7 @@ import yaml
 
 from tests.helpers import REPO, make_params
 from tumorseg.config import Augment, ConfigError, Params, load_params, parse_params
+from tumorseg.experiments.recipe import load_recipe
 
 
 def test_the_repository_params_load_as_typed_settings():
@@ -15,8 +16,10 @@ def test_the_repository_params_load_as_typed_settings():
     assert isinstance(params, Params)
     assert params.model.encoder == "none" and params.model.hypercolumns is False
     assert params.train.loss.lovasz_weight == 0.0 and params.train.freeze_encoder_epochs == 0
-    assert params.train.monitor_mode == "max" and params.split.fold is None
-    assert params.train.oversample.times(2) == 1
+    assert params.train.monitor_mode == "max" and params.train.oversample.times(2) == 1
+    # the defaults are the CPU recipe, tested on official fold 1
+    assert params == params.replaced(load_recipe("cpu"))
+    assert (params.split.scheme, params.split.fold) == ("cvind", 0)
 
 
 @pytest.mark.parametrize(
