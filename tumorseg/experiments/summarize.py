@@ -30,8 +30,8 @@ from tumorseg.errors import ProjectError
 
 METRICS_FILE = "metrics/eval.json"
 PARAMS_FILE = "params.yaml"
-SCORES = ("dice", "iou")
-SCORE_LABELS = {"dice": "Dice", "iou": "IoU"}
+SCORES = ("dice", "dice_native", "iou", "failures")  # failures: test slices with Dice below 0.1
+SCORE_LABELS = {"dice": "Dice", "dice_native": "native-resolution Dice", "iou": "IoU", "failures": "failures"}
 SCOPES = ("overall", *LABEL_NAMES.values())
 UNFINISHED = {"queued": "is still queued", "running": "is still running", "failed": "failed"}
 
@@ -45,7 +45,10 @@ def metric_key(scope, score):
     return score if scope == "overall" else f"{scope}_{score}"
 
 
-METRIC_COLUMNS = [metric_key(scope, score) for scope in SCOPES for score in SCORES]
+CI_COLUMNS = ("dice_ci_low", "dice_ci_high")  # each experiment's patient-bootstrap 95% CI of test Dice
+METRIC_COLUMNS = [metric_key(scope, score) for scope in SCOPES for score in SCORES] + list(CI_COLUMNS)
+PRINTED_COLUMNS = ["dice", *CI_COLUMNS, "dice_native", "iou", "failures",
+                   *(metric_key(scope, score) for scope in SCOPES[1:] for score in ("dice", "failures"))]
 
 
 def load_exp_show(json_path=None, all_commits=False, cwd="."):
@@ -169,7 +172,8 @@ def entry_params(entry):
 
 
 def entry_metrics(entry, metrics_file=METRICS_FILE):
-    """Test Dice and IoU, overall and per class, of an entry (NaN where a class had no test slice)."""
+    """Test Dice, native-resolution Dice, IoU and failures, overall and per class, and the CI of test Dice,
+    of an entry (NaN where a class had no test slice or an older evaluate did not write the key)."""
     found = (entry["data"].get("metrics") or {}).get(metrics_file) or {}
     values = found.get("data")
     if not values:
@@ -216,7 +220,7 @@ def _sorted(table, varying):
 
 
 def summary_table(table):
-    """Mean and sample SD (n - 1) of Dice and IoU per scope (overall and each class) across the rows."""
+    """Mean and sample SD (n - 1) of each score per scope (overall and each class) across the rows."""
     rows = []
     for scope in SCOPES:
         row = {"scope": scope}
@@ -226,16 +230,18 @@ def summary_table(table):
             row[f"{score}_std"] = values.std(ddof=1)
         row["n"] = int(table[metric_key(scope, "dice")].notna().sum())
         rows.append(row)
-    return pd.DataFrame(rows, columns=["scope", "dice_mean", "dice_std", "iou_mean", "iou_std", "n"])
+    columns = [f"{score}_{stat}" for score in SCORES for stat in ("mean", "std")]
+    return pd.DataFrame(rows, columns=["scope", *columns, "n"])
 
 
 def format_report(table, summary):
     """The printed report: per-experiment rows, then mean ± SD per scope."""
-    shown = table.drop(columns=["rev"]).set_index("name")
-    params = [column for column in shown.columns if column not in METRIC_COLUMNS]
+    params = [column for column in table.columns if column not in METRIC_COLUMNS and column not in ("name", "rev")]
+    shown = table.set_index("name")[params + PRINTED_COLUMNS]
     shown[params] = shown[params].map(_param_text)
     lines = [
-        f"test Dice and IoU of {len(table)} experiment(s) ({METRICS_FILE}):",
+        f"test Dice and IoU of {len(table)} experiment(s) ({METRICS_FILE}; failures: slices with Dice < 0.1; "
+        "dice_ci: patient-bootstrap 95% interval):",
         shown.to_string(float_format=lambda v: f"{v:.4f}", na_rep="n/a"),
         "",
         "mean and standard deviation (n - 1) across experiments:",
@@ -244,6 +250,8 @@ def format_report(table, summary):
         lines.append(
             f"  {row.scope:<11} Dice {_mean_sd(row.dice_mean, row.dice_std)}"
             f"  IoU {_mean_sd(row.iou_mean, row.iou_std)}  n={row.n}"
+            f"  native Dice {_mean_sd(row.dice_native_mean, row.dice_native_std)}"
+            f"  failures {_mean_sd(row.failures_mean, row.failures_std, 1)}"
         )
     if len(table) < 2:
         lines.append("  (one experiment: no standard deviation)")
@@ -254,10 +262,10 @@ def _param_text(value):
     return "null" if value is None else str(value)
 
 
-def _mean_sd(mean, sd):
+def _mean_sd(mean, sd, decimals=4):
     if np.isnan(mean):
         return "n/a"
-    return f"{mean:.4f} ± {'n/a' if np.isnan(sd) else f'{sd:.4f}'}"
+    return f"{mean:.{decimals}f} ± {'n/a' if np.isnan(sd) else f'{sd:.{decimals}f}'}"
 
 
 def plot_summary(table, summary, path):
