@@ -92,7 +92,8 @@ def test_table_keeps_varying_params_and_eval_metrics(exp_show):
         "meningioma_dice", "meningioma_dice_native", "meningioma_iou", "meningioma_failures",
         "glioma_dice", "glioma_dice_native", "glioma_iou", "glioma_failures",
         "pituitary_dice", "pituitary_dice_native", "pituitary_iou", "pituitary_failures", "dice_ci_low", "dice_ci_high"]
-    assert table["glioma_failures"].tolist() == [2, 4, 6] and table["dice_ci_high"].tolist() == pytest.approx([0.65, 0.75, 0.85])
+    assert table["glioma_failures"].tolist() == [2, 4, 6]
+    assert table["dice_ci_high"].tolist() == pytest.approx([0.65, 0.75, 0.85])
     assert math.isnan(table.loc[0, "meningioma_failures"])  # a key evaluate did not write
     assert list(table["name"]) == ["fold0", "fold1", "fold2"]  # ordered by the varying param
     assert list(table["split.fold"]) == [0, 1, 2]
