@@ -71,6 +71,32 @@ def atomic_dir(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def atomic_entries(path):
+    """Yield an empty temporary folder beside `path`; on success each of its entries replaces the entry of
+    the same name in `path` (created if need be), one rename each. Other entries of `path` are kept."""
+    path = _through_link(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    try:
+        yield tmp
+        for entry in sorted(tmp.iterdir()):
+            target = path / entry.name
+            if entry.is_dir():
+                _usual_permissions(entry, folder=True)
+                old = tmp / f".{entry.name}.old"
+                if target.is_dir() and not target.is_symlink():
+                    os.replace(target, old)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+                os.replace(entry, target)
+            else:
+                _usual_permissions(entry)
+                os.replace(entry, target)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json(path, data):
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

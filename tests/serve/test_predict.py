@@ -360,6 +360,29 @@ def test_export_folder_not_replaced_without_overwrite(tmp_path, model_path, caps
     assert (exported / "keep.txt").read_text() == "mine"
 
 
+def test_an_overwritten_export_replaces_only_its_own_files(tmp_path, model_path):
+    exported = tmp_path / "exported"
+    assert predict(["--export", str(exported), "--model", str(model_path)]) == 0
+    (exported / "keep.txt").write_text("mine")
+    (exported / export.METADATA).write_text("stale")
+    assert predict(["--export", str(exported), "--model", str(model_path), "--overwrite"]) == 0
+    assert (exported / "keep.txt").read_text() == "mine"
+    assert json.loads((exported / export.METADATA).read_text())["image_size"] == SIZE
+    assert (exported / export.SAVED_MODEL_DIR).is_dir() and not list(tmp_path.glob(".exported.*"))
+
+
+@pytest.mark.parametrize("inside", ["model.keras", "sub/model.keras"])
+def test_an_export_folder_holding_the_model_is_refused(tmp_path, model_path, capsys, inside):
+    folder = tmp_path / "models"
+    (folder / inside).parent.mkdir(parents=True, exist_ok=True)
+    (folder / inside).write_bytes(model_path.read_bytes())
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    assert predict(["--export", str(folder), "--model", str(folder / inside), "--overwrite"]) == 1
+    assert "holds the model" in capsys.readouterr().err
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+    assert (folder / inside).read_bytes() == model_path.read_bytes()
+
+
 def test_output_stems_are_unique_and_keep_uid_names(tmp_path):
     for folder in ("a", "b"):
         (tmp_path / folder).mkdir()

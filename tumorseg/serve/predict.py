@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 from tumorseg import LABEL_NAMES
-from tumorseg.atomic import atomic_dir
+from tumorseg.atomic import atomic_entries
 from tumorseg.cli import run
 from tumorseg.config import ConfigError, load_params
 from tumorseg.data.arrays import InputError
@@ -70,7 +70,7 @@ def parse_args(argv):
                         help="write a TensorFlow SavedModel and a float32 TFLite model to DIR")
     parser.add_argument("--float16", action="store_true", help="with --export: also a float16-quantised TFLite model")
     parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty --out (replacing files of the same name) and replace --export DIR")
+                        help="write into a non-empty --out or --export DIR, replacing only files of the same name")
     args = parser.parse_args(argv)
     if not args.inputs and args.export is None:
         parser.error("give input files or folders (with --out), or --export DIR.")
@@ -81,6 +81,13 @@ def parse_args(argv):
     if args.batch_size < 1:
         parser.error("--batch-size must be at least 1.")
     return args
+
+
+def check_outside(model_path, folder, option):
+    """InputError when the model file lies inside `folder`, which the command writes into."""
+    if folder.resolve() in Path(model_path).resolve().parents:
+        raise InputError(f"{folder}: {option} folder holds the model {model_path}, which writing there could "
+                         f"replace; choose another {option} folder.")
 
 
 def resolve_choices(args):
@@ -146,7 +153,7 @@ def run_export(model, args, settings):
         "image_size": settings.size, "normalize_percentile": settings.percentile,
         "threshold": settings.choices.threshold,
     }
-    with atomic_dir(args.export) as tmp:
+    with atomic_entries(args.export) as tmp:  # --overwrite replaces the export's own files, nothing else
         export.export_all(model, tmp, metadata, float16=args.float16)
     check = export.check_exports(model, args.export, settings.size, settings.choices.threshold)
     print(f"exported to {args.export}; max |probability difference| to Keras on random inputs: "
@@ -162,6 +169,7 @@ def main(argv=None):
         check_free(args.out, args.overwrite, "--out")
     if args.export is not None:
         check_free(args.export, args.overwrite, "--export")
+        check_outside(args.model, args.export, "--export")
     model, size = load_segmentation_model(args.model)
     settings = PredictSettings(size, choices, percentile, args.axis, args.batch_size)
     if args.export is not None:
