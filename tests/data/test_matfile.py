@@ -142,3 +142,93 @@ def test_a_field_that_is_a_group_is_reported(tmp_path):
         f["cjdata"].create_group("image")
     with pytest.raises(MatFormatError, match="field 'image' must hold numbers, found Group"):
         read_slice(path)
+
+
+def replace_field(path, field, make):
+    """Delete cjdata/field and let make(group, f) put something else in its place."""
+    with h5py.File(path, "r+") as f:
+        del f["cjdata"][field]
+        make(f["cjdata"], f)
+
+
+def test_a_field_stored_in_another_file_is_refused(tmp_path):
+    """A PID with external storage on a local file would copy that file's bytes into every output."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes("root:x:0:0".encode().ljust(64, b" "))
+    path = tmp_path / "1.mat"
+    write_slice(path, small_slice())
+    replace_field(path, "PID", lambda group, f: group.create_dataset(
+        "PID", shape=(32, 1), dtype=np.uint16, external=[(str(secret), 0, 64)]))
+    with pytest.raises(MatFormatError, match="field 'PID' uses external storage"):
+        read_slice(path)
+
+
+def test_external_and_soft_links_are_refused(tmp_path):
+    other = tmp_path / "other.h5"
+    with h5py.File(other, "w") as f:
+        f["image"] = np.ones((12, 10), np.int16)
+    path = tmp_path / "2.mat"
+    write_slice(path, small_slice())
+    replace_field(path, "image", lambda group, f: group.__setitem__("image", h5py.ExternalLink(str(other), "image")))
+    with pytest.raises(MatFormatError, match="field 'image' is a ExternalLink"):
+        read_slice(path)
+    write_slice(path, small_slice())
+    replace_field(path, "label", lambda group, f: group.__setitem__("label", h5py.SoftLink("/cjdata/PID")))
+    with pytest.raises(MatFormatError, match="field 'label' is a SoftLink"):
+        read_slice(path)
+
+
+def test_a_virtual_dataset_is_refused(tmp_path):
+    other = tmp_path / "source.h5"
+    with h5py.File(other, "w") as f:
+        f["data"] = np.ones((10, 12), np.int16)
+
+    def virtual(group, f):
+        layout = h5py.VirtualLayout(shape=(10, 12), dtype=np.int16)
+        layout[:] = h5py.VirtualSource(str(other), "data", shape=(10, 12))
+        group.create_virtual_dataset("image", layout)
+
+    path = tmp_path / "3.mat"
+    write_slice(path, small_slice())
+    replace_field(path, "image", virtual)
+    with pytest.raises(MatFormatError, match="field 'image' uses a virtual dataset"):
+        read_slice(path)
+
+
+def test_a_huge_declared_image_is_refused_before_reading(tmp_path):
+    """A small gzip file can declare a 1e6 x 1e6 image; it is refused from its shape alone."""
+    path = tmp_path / "4.mat"
+    write_slice(path, small_slice())
+    replace_field(path, "image", lambda group, f: group.create_dataset(
+        "image", shape=(1_000_000, 1_000_000), dtype=np.int16, chunks=(1024, 1024), compression="gzip"))
+    assert path.stat().st_size < 1_000_000
+    with pytest.raises(MatFormatError, match=r"field 'image' declares shape \(1000000, 1000000\): more than 4096"):
+        read_slice(path)
+
+
+def test_a_pid_longer_than_64_characters_is_refused(tmp_path):
+    path = tmp_path / "5.mat"
+    write_slice(path, Slice(**{**small_slice().__dict__, "pid": "P" * 65}))
+    with pytest.raises(MatFormatError, match=r"field 'PID' declares shape \(65, 1\): more than 64"):
+        read_slice(path)
+    write_slice(path, Slice(**{**small_slice().__dict__, "pid": "P" * 64}))
+    assert read_slice(path).pid == "P" * 64
+
+
+@pytest.mark.parametrize("label", [1.7, np.nan, 0.0, 4.0])
+def test_a_label_that_is_no_class_is_refused(tmp_path, label):
+    path = tmp_path / "6.mat"
+    write_slice(path, small_slice())
+    replace_field(path, "label", lambda group, f: group.create_dataset("label", data=np.array([[label]])))
+    with pytest.raises(MatFormatError, match="label must be one of 1, 2, 3"):
+        read_slice(path)
+
+
+def test_cjdata_stored_as_a_dataset_is_reported(tmp_path):
+    path = tmp_path / "7.mat"
+    write_slice(path, small_slice())
+    with h5py.File(path, "r+") as f:
+        del f["cjdata"]
+        f["cjdata"] = np.zeros(3)
+    with pytest.raises(MatFormatError, match="'cjdata' must be a struct"):
+        read_slice(path)

@@ -21,6 +21,8 @@ from tumorseg.errors import ProjectError
 FIELDS = ("label", "PID", "image", "tumorBorder", "tumorMask")
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SLICE_NAME = re.compile(r"^([1-9][0-9]*)\.mat$")  # N.mat, N = the slice's index in the dataset
+MAX_SIDE = 4096  # pixels along a side of `image` and `tumorMask`; the dataset's are 256 and 512
+MAX_PID_LENGTH = 64  # characters of `PID`; the dataset's have 6 to 9
 
 
 class MatFormatError(ProjectError, ValueError):
@@ -52,13 +54,35 @@ def _check_signature(path):
     )
 
 
-def _numeric_field(path, group, name, integer=False):
-    """The array of field `name`; MatFormatError naming the file and the field unless it is numeric."""
-    item = group[name]
-    data = item[()] if isinstance(item, h5py.Dataset) else None
+def _stored_here(path, parent, name):
+    """The object `name` of `parent`; MatFormatError unless it is stored in this file itself: no external or
+    soft link, and for a dataset no external storage and no virtual (mapped) data."""
+    link = parent.get(name, getlink=True)
+    if not isinstance(link, h5py.HardLink):
+        raise MatFormatError(f"{path}: field '{name}' is a {type(link).__name__} to data elsewhere; a figshare "
+                             "slice holds its data itself: refusing to follow it (use the original file).")
+    item = parent[name]
+    if isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+        kind = "external storage" if item.external else "a virtual dataset"
+        raise MatFormatError(f"{path}: field '{name}' uses {kind} (data in other files); a figshare slice holds "
+                             "its data itself: refusing to read it (use the original file).")
+    return item
+
+
+def _numeric_field(path, group, name, integer=False, max_size=None):
+    """The array of field `name`; MatFormatError naming the file and the field unless it is numeric and
+    stored in the file; `max_size` caps each dimension, checked before anything is read."""
+    item = _stored_here(path, group, name)
+    if isinstance(item, h5py.Dataset) and max_size is not None and max(item.shape or (0,)) > max_size:
+        raise MatFormatError(f"{path}: field '{name}' declares shape {item.shape}: more than {max_size} along "
+                             "a side, far beyond any figshare slice; refusing to read it.")
+    if isinstance(item, h5py.Dataset) and not np.issubdtype(item.dtype, np.integer if integer else np.number):
+        data = None
+    else:
+        data = item[()] if isinstance(item, h5py.Dataset) else None
     kind = np.integer if integer else np.number
     if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, kind):
-        found = getattr(data, "dtype", type(item).__name__)
+        found = getattr(item, "dtype", type(item).__name__) if isinstance(item, h5py.Dataset) else type(item).__name__
         wanted = "integer character codes" if integer else "numbers"
         raise MatFormatError(
             f"{path}: field '{name}' must hold {wanted}, found {found}; the file is not a figshare slice."
@@ -74,7 +98,10 @@ def read_slice(path, with_border=True):
         with h5py.File(path, "r") as f:
             if "cjdata" not in f:
                 raise MatFormatError(f"{path}: no 'cjdata' struct; this is not a figshare slice file.")
-            group = f["cjdata"]
+            group = _stored_here(path, f, "cjdata")
+            if not isinstance(group, h5py.Group):
+                raise MatFormatError(f"{path}: 'cjdata' must be a struct (an HDF5 group), found a dataset; "
+                                     "this is not a figshare slice file.")
             needed = FIELDS if with_border else tuple(n for n in FIELDS if n != "tumorBorder")
             missing = [name for name in needed if name not in group]
             if missing:
@@ -82,11 +109,12 @@ def read_slice(path, with_border=True):
                     f"{path}: 'cjdata' lacks field(s) {', '.join(missing)}; "
                     "the file is incomplete: download or extract it again."
                 )
-            image = _numeric_field(path, group, "image").T
-            mask = _numeric_field(path, group, "tumorMask").T
-            label = _numeric_field(path, group, "label")
-            pid_codes = _numeric_field(path, group, "PID", integer=True)
-            border = _numeric_field(path, group, "tumorBorder") if with_border else np.zeros((1, 0))
+            image = _numeric_field(path, group, "image", max_size=MAX_SIDE).T
+            mask = _numeric_field(path, group, "tumorMask", max_size=MAX_SIDE).T
+            label = _numeric_field(path, group, "label", max_size=1)
+            pid_codes = _numeric_field(path, group, "PID", integer=True, max_size=MAX_PID_LENGTH)
+            border = (_numeric_field(path, group, "tumorBorder", max_size=2 * MAX_SIDE * MAX_SIDE) if with_border
+                      else np.zeros((1, 0)))
     except MatFormatError:
         raise
     except (OSError, KeyError) as error:
@@ -99,7 +127,7 @@ def read_slice(path, with_border=True):
         raise MatFormatError(
             f"{path}: image {image.shape} and tumorMask {mask.shape} must be 2-D of the same shape."
         )
-    if label.size != 1 or int(label.item()) not in (1, 2, 3):
+    if label.size != 1 or label.item() not in (1, 2, 3):  # 1.7 or NaN is no class
         raise MatFormatError(f"{path}: label must be one of 1, 2, 3, found {label.ravel()[:3]}.")
     if border.size % 2:
         raise MatFormatError(f"{path}: tumorBorder must hold x, y pairs, found {border.size} values.")
