@@ -67,3 +67,18 @@ def test_a_symlinked_output_stays_a_link_and_its_target_is_replaced(tmp_path):
     assert sorted(p.name for p in (tmp_path / "big" / "raw").iterdir()) == ["1.mat"]
     assert (tmp_path / "big" / "train.json").read_text() == "new"
     assert sorted(p.name for p in (tmp_path / "big").iterdir()) == ["raw", "train.json"]
+
+
+def test_a_write_removes_what_an_interrupted_one_left(tmp_path):
+    """kill -9 leaves .NAME.*.tmp beside the output; the next write of that output removes it."""
+    (tmp_path / ".numpy.abc123.tmp").mkdir()
+    (tmp_path / ".numpy.abc123.tmp" / "images.npy").write_bytes(b"\0" * 100)
+    (tmp_path / ".numpy.old").mkdir()
+    (tmp_path / ".model.keras.x1.tmp.keras").write_bytes(b"partial")
+    (tmp_path / ".numpy-notes").write_text("not ours")
+    with atomic_dir(tmp_path / "numpy") as tmp:
+        (tmp / "images.npy").write_bytes(b"new")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".model.keras.x1.tmp.keras", ".numpy-notes", "numpy"]
+    with atomic_file(tmp_path / "model.keras") as tmp:
+        tmp.write_bytes(b"model")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".numpy-notes", "model.keras", "numpy"]

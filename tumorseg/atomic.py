@@ -9,6 +9,7 @@ is created private, 0600 / 0700).
 """
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -28,6 +29,17 @@ def _through_link(path):
     return path.resolve() if path.is_symlink() else path
 
 
+def remove_stale(path):
+    """Remove the temporary files and folders that an interrupted write of `path` left beside it (a process
+    killed with -9 cannot clean up; the next write of the same output does). Run by every atomic write."""
+    for stale in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*"):
+        if stale.name.endswith(".old") or ".tmp" in stale.name:
+            if stale.is_dir() and not stale.is_symlink():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
+
+
 def _usual_permissions(path, folder=False):
     """Give `path` the mode a new file (0666) or folder (0777) gets under the umask."""
     os.chmod(path, (0o777 if folder else 0o666) & ~current_umask())
@@ -38,6 +50,7 @@ def atomic_file(path):
     """Yield a temporary path beside `path`; rename it to `path` on success."""
     path = _through_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     # the temporary keeps the suffix, for writers that choose the format by it (Keras: .keras)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
     os.close(fd)
@@ -55,6 +68,7 @@ def atomic_dir(path):
     """Yield an empty temporary folder beside `path`; it replaces `path` on success."""
     path = _through_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
@@ -77,6 +91,7 @@ def atomic_entries(path):
     the same name in `path` (created if need be), one rename each. Other entries of `path` are kept."""
     path = _through_link(path)
     path.mkdir(parents=True, exist_ok=True)
+    remove_stale(path)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp

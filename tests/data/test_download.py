@@ -2,6 +2,7 @@
 
 import hashlib
 import io
+import os
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -360,7 +361,7 @@ def test_a_member_expanding_past_the_cap_is_refused(tmp_path, monkeypatch, membe
     bomb = buffer.getvalue()
     assert len(bomb) < 20_000  # 3 MB of zeros
     (tmp_path / "src" / "bomb.zip").write_bytes(bomb)
-    with pytest.raises(ArchiveError, match=f"bomb.zip:{member}: expands to more than 1 MB"):
+    with pytest.raises(ArchiveError, match=f"bomb.zip:{member}: more than 1 MB"):
         prepare_raw(str(tmp_path / "src"), tmp_path / "raw")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
 
@@ -408,3 +409,42 @@ def test_synthetic_source_needs_its_params(tmp_path):
     with pytest.raises(SourceError, match="data.synthetic"):
         prepare_raw("synthetic", tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
+
+
+@pytest.mark.parametrize("kind", ["link to /dev/zero", "fifo", "folder"])
+def test_a_source_entry_that_is_not_a_regular_file_is_refused(tmp_path, mat_bytes, kind):
+    """A link to /dev/zero named 9.mat used to copy until the disk was full."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "1.mat").write_bytes(mat_bytes["1.mat"])
+    odd = source / "9.mat"
+    if kind == "fifo":
+        os.mkfifo(odd)
+    elif kind == "folder":
+        odd.mkdir()
+    else:
+        odd.symlink_to("/dev/zero")
+    with pytest.raises(SourceError, match=r"9.mat.*not a regular file"):
+        prepare_raw(str(source), tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no data/raw, no temporary left
+
+
+def test_a_link_to_a_regular_file_is_followed(tmp_path, mat_bytes):
+    elsewhere = tmp_path / "elsewhere.mat"
+    elsewhere.write_bytes(mat_bytes["2.mat"])
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "2.mat").symlink_to(elsewhere)
+    prepare_raw(str(source), tmp_path / "raw")
+    assert not (tmp_path / "raw" / "2.mat").is_symlink()
+    assert (tmp_path / "raw" / "2.mat").read_bytes() == mat_bytes["2.mat"]
+
+
+def test_a_loose_file_past_the_size_cap_is_refused(tmp_path, monkeypatch, mat_bytes):
+    monkeypatch.setattr(archives, "MAX_SLICE_BYTES", 1 << 10)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "3.mat").write_bytes(b"\0" * (2 << 10))
+    with pytest.raises(ArchiveError, match=r"3.mat: more than 0 MB"):
+        prepare_raw(str(source), tmp_path / "raw")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]

@@ -7,7 +7,6 @@ same bytes.
 
 import filecmp
 import re
-import shutil
 import tempfile
 import zipfile
 import zlib
@@ -36,16 +35,32 @@ def is_wanted(name):
     return bool(SLICE_NAME.match(name)) or name == CVIND
 
 
+def check_regular(path):
+    """`path` itself, or the file a symbolic link points to; SourceError unless that is a regular file (a
+    folder, FIFO or device named N.mat, or a link to one, e.g. to /dev/zero, is refused)."""
+    resolved = Path(path).resolve()
+    if not resolved.is_file():
+        what = ("a folder" if resolved.is_dir() else "missing" if not resolved.exists()
+                else "a FIFO, socket or device")
+        via = f" (a link to {resolved})" if Path(path).is_symlink() else ""
+        raise SourceError(f"{path}{via}: {what}, not a regular file; a source holds slice files only: "
+                          "remove it or replace it with the file itself.")
+    return resolved
+
+
 def copy_loose(paths, build):
-    """Copy N.mat / cvind.mat files into build; identical duplicates are skipped."""
+    """Copy N.mat / cvind.mat files into build, each under the size cap of a zip member; a symbolic link is
+    followed to the regular file it names; identical duplicates are skipped."""
     origins = {}
     for path in paths:
+        source = check_regular(path)
         target = build / path.name
         if target.exists():
-            if filecmp.cmp(path, target, shallow=False):
+            if filecmp.cmp(source, target, shallow=False):
                 continue
             raise SourceError(f"{path.name} found twice with different contents: {origins.get(path.name)} and {path}; keep one.")
-        shutil.copyfile(path, target)
+        with open(source, "rb") as src, open(target, "wb") as dst:
+            _copy_capped(src, dst, MAX_SLICE_BYTES, str(path))
         origins[path.name] = path
 
 
@@ -97,14 +112,15 @@ def extract_zip(zip_path, target, nested_dir=None, origin=None):
 
 
 def _copy_capped(src, dst, limit, what):
-    """Copy src to dst; ArchiveError when more than `limit` bytes come out (a zip bomb, whatever it declares)."""
+    """Copy src to dst; ArchiveError when more than `limit` bytes come out (a zip bomb, whatever it declares,
+    or a file far larger than any slice)."""
     copied = 0
     for block in iter(lambda: src.read(BLOCK_BYTES), b""):
         copied += len(block)
         if copied > limit:
             raise ArchiveError(
-                f"{what}: expands to more than {limit >> 20} MB, far more than any file of the dataset; "
-                "refusing to extract it (a damaged or malicious zip): use the original figshare download."
+                f"{what}: more than {limit >> 20} MB, far more than any file of the dataset; refusing to "
+                "copy it (a damaged or malicious file or zip): use the original figshare download."
             )
         dst.write(block)
 
