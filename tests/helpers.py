@@ -28,7 +28,8 @@ def dotted(overrides, prefix=""):
 
 # The values the tests are written for: the reference recipe (recipes/reference.yaml) on a seeded random
 # split, whatever params.yaml's defaults are.
-TEST_BASE = {**load_recipe("reference"), "split.scheme": "random", "split.fold": None}
+TEST_BASE = {**load_recipe("reference", params_path=REPO / "params.yaml"),
+             "split.scheme": "random", "split.fold": None}
 
 
 def make_params(overrides=None):

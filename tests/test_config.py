@@ -132,3 +132,22 @@ def test_a_stage_with_a_bad_value_fails_in_one_line_before_any_work(tmp_path):
     assert result.stderr.strip() == ("mat_to_numpy: error: params.yaml: data.image_size (100) must be divisible by "
                                      "2**model.depth (16): change one of them")
     assert "Traceback" not in result.stderr and not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize("overrides, message", [
+    ({"train.lr_max": float("inf")}, "train.lr_max = inf: input should be a finite number"),
+    ({"train.loss.smooth": float("nan")}, "train.loss.smooth = nan: input should be a finite number"),
+    ({"seed": -1}, "seed = -1: input should be greater than or equal to 0"),
+    ({"seed": 2**32}, "seed = 4294967296: input should be less than 4294967296"),
+    ({"evaluate.threshold_step": 1e-300}, "gives 9.4e\\+299 thresholds to sweep, more than 10000"),
+])
+def test_values_that_would_fail_later_are_refused_before_any_work(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_params(REPO / "params.yaml").replaced(overrides)
+
+
+def test_a_key_given_twice_is_refused(tmp_path):
+    text = (REPO / "params.yaml").read_text().replace("seed: 42", "seed: 42\nseed: 7", 1)
+    (tmp_path / "params.yaml").write_text(text)
+    with pytest.raises(ConfigError, match="the key 'seed' is given twice"):
+        load_params(tmp_path / "params.yaml")

@@ -32,6 +32,8 @@ from tumorseg.errors import ProjectError
 ENCODER_NAMES = ("none", "vgg16", "resnet50", "efficientnetb0")
 MONITOR_MODES = {"val_dice": "max", "val_loss": "min"}  # train.monitor -> better when higher / lower
 
+MAX_THRESHOLDS = 10_000  # thresholds of evaluate's validation sweep (0.01 steps over 0.01..0.95: 95)
+SEED_LIMIT = 2**32  # seeds are 0 .. 2**32 - 1 (numpy's and TensorFlow's range)
 Count = StrictInt  # a whole number in the YAML (2.7 or true is refused, not rounded or counted as 1)
 
 
@@ -40,14 +42,15 @@ class ConfigError(ProjectError, ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan: inf, Infinity, 1e400 or nan in any float is refused (an infinite lr_max trains NaN)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class Synthetic(Section):
     patients: Count = Field(ge=3)
     slices_per_patient: Count = Field(ge=1)
     image_size: Count = Field(ge=32)
-    seed: Count
+    seed: Count = Field(ge=0, lt=SEED_LIMIT)
 
 
 class Data(Section):
@@ -195,7 +198,7 @@ class Train(Section):
 class Evaluate(Section):
     threshold_min: float = Field(gt=0, lt=1)
     threshold_max: float = Field(gt=0, lt=1)
-    threshold_step: float = Field(gt=0, lt=1)
+    threshold_step: float = Field(gt=0, lt=1)  # with at most MAX_THRESHOLDS thresholds in the sweep
     postprocess: Literal["none", "largest", "min_size", "auto"]
     tta: Literal["none", "hflip"]
     bootstrap: Count = Field(ge=1)
@@ -205,6 +208,11 @@ class Evaluate(Section):
         if self.threshold_min > self.threshold_max:
             raise ValueError(f"evaluate.threshold_min ({self.threshold_min}) must be at most "
                              f"evaluate.threshold_max ({self.threshold_max})")
+        count = (self.threshold_max - self.threshold_min) / self.threshold_step + 1
+        if count > MAX_THRESHOLDS:
+            raise ValueError(f"evaluate.threshold_step ({self.threshold_step}) gives {count:.3g} thresholds to sweep, "
+                             f"more than {MAX_THRESHOLDS}: use a step of at least "
+                             f"{(self.threshold_max - self.threshold_min) / (MAX_THRESHOLDS - 1):.2g}")
         return self
 
 
@@ -213,7 +221,7 @@ class Render(Section):
 
 
 class Params(Section):
-    seed: Count
+    seed: Count = Field(ge=0, lt=SEED_LIMIT)
     data: Data
     split: Split
     model: Model
@@ -288,11 +296,30 @@ def parse_params(tree, source="params.yaml"):
         raise ConfigError("\n".join(_describe(item, source) for item in error.errors())) from None
 
 
+class UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.safe_load that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice: keep one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text):
+    """Parsed YAML, a key given twice in one mapping refused (yaml.YAMLError)."""
+    return yaml.load(text, Loader=UniqueKeyLoader)
+
+
 def load_params(path="params.yaml"):
     """The checked Params of a params file."""
     path = Path(path)
     try:
-        tree = yaml.safe_load(path.read_text())
+        tree = load_yaml(path.read_text())
     except OSError as error:
         raise ConfigError(f"{path}: cannot be read ({error.strerror}); run the stage from the repository root") from None
     except yaml.YAMLError as error:

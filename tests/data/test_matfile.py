@@ -1,4 +1,5 @@
 import csv
+import os
 
 import h5py
 import numpy as np
@@ -231,4 +232,30 @@ def test_cjdata_stored_as_a_dataset_is_reported(tmp_path):
         del f["cjdata"]
         f["cjdata"] = np.zeros(3)
     with pytest.raises(MatFormatError, match="'cjdata' must be a struct"):
+        read_slice(path)
+
+
+def test_a_fifo_named_like_a_slice_is_reported_without_waiting(tmp_path):
+    os.mkfifo(tmp_path / "8.mat")
+    with pytest.raises(MatFormatError, match="not a regular file"):
+        read_slice(tmp_path / "8.mat")
+
+
+def test_pids_beyond_the_basic_plane_round_trip(tmp_path):
+    path = tmp_path / "9.mat"
+    write_slice(path, Slice(**{**small_slice().__dict__, "pid": "MR\U0001F600\u00e91"}))
+    assert read_slice(path).pid == "MR\U0001F600\u00e91"
+
+
+@pytest.mark.parametrize("codes, message", [
+    ([0x4D, 0xD800], "lone UTF-16 surrogate"),
+    ([ord(c) for c in "=HYPERLINK(1)"], "starts with '='"),
+    ([ord(c) for c in "@SUM(1)"], "starts with '@'"),
+])
+def test_pids_that_break_text_or_spreadsheets_are_refused(tmp_path, codes, message):
+    path = tmp_path / "10.mat"
+    write_slice(path, small_slice())
+    replace_field(path, "PID", lambda group, f: group.create_dataset(
+        "PID", data=np.array(codes, dtype=np.uint16).reshape(-1, 1)))
+    with pytest.raises(MatFormatError, match=message):
         read_slice(path)

@@ -100,3 +100,12 @@ def test_csv_round_trip_keeps_pids_as_text(tmp_path):
     assert list(table["pid"]) == ["0012", "0012", "MR051461"]
     assert list(table.columns) == ["index", "pid", "label", "subset"]
     assert "meningioma" in summary(table)
+
+
+@pytest.mark.parametrize("pid", ["NA", "null", "None", "#N/A", "NaN"])
+def test_pids_that_pandas_reads_as_missing_stay_text(tmp_path, pid):
+    pids = np.array([pid, pid, "P2", "P3"])
+    labels = np.array([1, 1, 2, 3])
+    write_split(np.arange(1, 5), pids, labels, np.array(["train", "train", "val", "test"]), tmp_path / "split.csv")
+    split = read_split(tmp_path / "split.csv")
+    assert split["pid"].tolist() == [pid, pid, "P2", "P3"]

@@ -50,3 +50,12 @@ def test_command_prints_the_options(capsys):
     assert exit_status("recipe", main, ["no-such-recipe"]) == 1
     assert "no such recipe" in capsys.readouterr().err
     assert RECIPES_DIR.name == "recipes"
+
+
+def test_a_recipe_value_with_a_space_is_refused(tmp_path):
+    (tmp_path / "spaced.yaml").write_text('data.source: "/mnt/my data"\n')
+    with pytest.raises(RecipeError, match="holds a space"):
+        load_recipe(str(tmp_path / "spaced.yaml"))
+    (tmp_path / "twice.yaml").write_text("train.epochs: 3\ntrain.epochs: 4\n")
+    with pytest.raises(RecipeError, match="given twice"):
+        load_recipe(str(tmp_path / "twice.yaml"))

@@ -49,7 +49,8 @@ def read_split(split_csv, subsets=()):
     fix = "re-run the split stage (dvc repro split)."
     if not split_csv.is_file():
         raise InputError(f"{split_csv}: not found; {fix}")
-    split = pd.read_csv(split_csv, dtype={"pid": str})
+    # keep_default_na=False: a PID such as NA, null or NaN stays that text, not a missing value
+    split = pd.read_csv(split_csv, dtype={"pid": str}, keep_default_na=False)
     missing = [column for column in SPLIT_COLUMNS if column not in split.columns]
     if missing:
         raise InputError(f"{split_csv}: missing column(s) {', '.join(missing)}; {fix}")

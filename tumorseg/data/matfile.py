@@ -23,6 +23,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SLICE_NAME = re.compile(r"^([1-9][0-9]*)\.mat$")  # N.mat, N = the slice's index in the dataset
 MAX_SIDE = 4096  # pixels along a side of `image` and `tumorMask`; the dataset's are 256 and 512
 MAX_PID_LENGTH = 64  # characters of `PID`; the dataset's have 6 to 9
+FORMULA_STARTS = ("=", "+", "-", "@")  # a CSV cell starting so is a formula to a spreadsheet
 
 
 class MatFormatError(ProjectError, ValueError):
@@ -90,9 +91,26 @@ def _numeric_field(path, group, name, integer=False, max_size=None):
     return data
 
 
+def _decode_pid(path, codes):
+    """The PID from its UTF-16 code units (MATLAB's char); MatFormatError for a lone surrogate or a PID that
+    a spreadsheet would run as a formula when it opens a CSV holding it."""
+    try:
+        pid = np.asarray(codes, dtype="<u2").tobytes().decode("utf-16-le")
+    except UnicodeDecodeError:
+        raise MatFormatError(f"{path}: field 'PID' is not valid text (a lone UTF-16 surrogate); "
+                             "the file is damaged.") from None
+    if pid[:1] in FORMULA_STARTS:
+        raise MatFormatError(f"{path}: field 'PID' {pid[:20]!r} starts with {pid[0]!r}, which a spreadsheet "
+                             "runs as a formula from the CSV outputs; a figshare PID starts with a letter or digit.")
+    return pid
+
+
 def read_slice(path, with_border=True):
     """Read one slice; raise MatFormatError naming the file and the fix."""
     path = Path(path)
+    if not path.is_file():
+        raise MatFormatError(f"{path}: not a regular file (a folder, FIFO or device named like a slice); "
+                             "remove it from the data.")
     _check_signature(path)
     try:
         with h5py.File(path, "r") as f:
@@ -131,9 +149,9 @@ def read_slice(path, with_border=True):
         raise MatFormatError(f"{path}: label must be one of 1, 2, 3, found {label.ravel()[:3]}.")
     if border.size % 2:
         raise MatFormatError(f"{path}: tumorBorder must hold x, y pairs, found {border.size} values.")
-    if pid_codes.size == 0 or pid_codes.min() < 1 or pid_codes.max() > 0x10FFFF:
+    if pid_codes.size == 0 or pid_codes.min() < 1 or pid_codes.max() > 0xFFFF:
         raise MatFormatError(f"{path}: field 'PID' must hold character codes, found {pid_codes.ravel()[:5]}.")
-    pid = "".join(chr(int(code)) for code in pid_codes.ravel())
+    pid = _decode_pid(path, pid_codes.ravel())
     return Slice(
         image=image.astype(np.int16, copy=False),
         mask=(mask > 0).astype(np.uint8),
@@ -171,7 +189,8 @@ def write_slice(path, slice_):
 
         height, width = slice_.image.shape
         put("label", np.array([[float(slice_.label)]]), "double")
-        put("PID", np.array([[ord(c)] for c in slice_.pid], dtype=np.uint16), "char", int_decode=2)
+        codes = np.frombuffer(slice_.pid.encode("utf-16-le"), dtype="<u2")  # MATLAB char: UTF-16 code units
+        put("PID", codes.astype(np.uint16).reshape(-1, 1), "char", int_decode=2)
         put("image", slice_.image.astype(np.int16).T, "int16", chunks=(width, max(height // 8, 1)))
         put("tumorBorder", slice_.border.reshape(1, -1).astype(np.float64), "double")
         put("tumorMask", slice_.mask.astype(np.uint8).T, "logical", chunks=(width, max(height // 4, 1)), int_decode=1)

@@ -18,7 +18,7 @@ from pathlib import Path
 import yaml
 
 from tumorseg.cli import run
-from tumorseg.config import ConfigError, load_params
+from tumorseg.config import ConfigError, load_params, load_yaml
 from tumorseg.errors import ProjectError
 
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
@@ -38,9 +38,16 @@ def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
     path = Path(name) if str(name).endswith(".yaml") else Path(recipes_dir) / f"{name}.yaml"
     if not path.is_file():
         raise RecipeError(f"{path}: no such recipe; choose one of: {', '.join(available(recipes_dir)) or 'none'}.")
-    overrides = yaml.safe_load(path.read_text()) or {}
+    try:
+        overrides = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as error:
+        raise RecipeError(f"{path}: not valid YAML ({error}); fix the file.") from None
     if not isinstance(overrides, dict):
         raise RecipeError(f"{path}: expected a mapping of parameter paths to values.")
+    for key, value in overrides.items():
+        if any(char.isspace() for char in option_text(value)):
+            raise RecipeError(f"{path}: {key} = {value!r} holds a space, which `dvc exp run $(python -m "
+                              f"tumorseg.experiments.recipe ...)` would split in two: give it with -S yourself.")
     try:
         load_params(params_path).replaced(overrides)
     except ConfigError as error:
@@ -48,12 +55,16 @@ def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
     return overrides
 
 
+def option_text(value):
+    """A value as a YAML flow scalar, as `-S path=value` takes it."""
+    return yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip().removesuffix("...").strip()
+
+
 def as_options(overrides):
-    """`-S path=value` options for `dvc exp run` (values written as YAML flow scalars)."""
+    """`-S path=value` options for `dvc exp run`."""
     options = []
     for key, value in overrides.items():
-        text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
-        options += ["-S", f"{key}={text.removesuffix('...').strip()}"]
+        options += ["-S", f"{key}={option_text(value)}"]
     return options
 
 
