@@ -14,10 +14,11 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 
-def current_umask():
+def current_umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
@@ -29,7 +30,7 @@ def _through_link(path):
     return path.resolve() if path.is_symlink() else path
 
 
-def remove_stale(path):
+def remove_stale(path: str | Path) -> None:
     """Remove the temporary files and folders that an interrupted write of `path` left beside it (a process
     killed with -9 cannot clean up; the next write of the same output does). Run by every atomic write."""
     for stale in Path(path).parent.glob(f".{glob.escape(Path(path).name)}.*"):
@@ -46,7 +47,7 @@ def _usual_permissions(path, folder=False):
 
 
 @contextlib.contextmanager
-def atomic_file(path):
+def atomic_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it to `path` on success."""
     path = _through_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +65,7 @@ def atomic_file(path):
 
 
 @contextlib.contextmanager
-def atomic_dir(path):
+def atomic_dir(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; it replaces `path` on success."""
     path = _through_link(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -86,7 +87,7 @@ def atomic_dir(path):
 
 
 @contextlib.contextmanager
-def atomic_entries(path):
+def atomic_entries(path: str | Path) -> Iterator[Path]:
     """Yield an empty temporary folder beside `path`; on success each of its entries replaces the entry of
     the same name in `path` (created if need be), one rename each. Other entries of `path` are kept."""
     path = _through_link(path)
@@ -112,6 +113,6 @@ def atomic_entries(path):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path, data):
+def write_json(path: str | Path, data: object) -> None:
     with atomic_file(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2) + "\n")

@@ -9,13 +9,15 @@ A command's main may also return 1 itself (predict: some inputs failed and were 
 """
 
 import sys
+from collections.abc import Callable
+from typing import NoReturn
 
 from tumorseg.errors import ProjectError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
 
 
-def exit_status(name, main, *args):
+def exit_status(name: str, main: Callable[..., int | None], *args: object) -> int:
     """Run main(*args) and return its exit status by the convention; a project error is printed here."""
     try:
         return main(*args) or EXIT_OK
@@ -26,6 +28,6 @@ def exit_status(name, main, *args):
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
 
 
-def run(name, main):
+def run(name: str, main: Callable[[], int | None]) -> NoReturn:
     """The entry point of a stage or command: exit with main()'s status by the convention."""
     sys.exit(exit_status(name, main))

@@ -13,7 +13,7 @@ first stage that runs, whichever section it is in.
 
 import difflib
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import yaml
 from pydantic import (
@@ -133,7 +133,7 @@ class Oversample(Section):
     glioma: Count = Field(ge=1)
     pituitary: Count = Field(ge=1)
 
-    def times(self, label):
+    def times(self, label: int) -> int:
         """How many times a slice of class `label` (1, 2, 3) appears per epoch."""
         return getattr(self, LABEL_NAMES[int(label)])
 
@@ -183,14 +183,14 @@ class Train(Section):
         return self
 
     @property
-    def first_compared_epoch(self):
+    def first_compared_epoch(self) -> int:
         """The kept epoch is chosen from this epoch on: validation before the end of a Lovasz warm-up lacks
         that term, and before the end of the progressive epochs it is measured on smaller slices."""
         warm_up = self.loss.lovasz_from_epoch if self.loss.lovasz_weight else 0
         return max(warm_up, self.progressive.epochs)
 
     @property
-    def monitor_mode(self):
+    def monitor_mode(self) -> str:
         """Whether train.monitor is better when higher ("max") or lower ("min")."""
         return MONITOR_MODES[self.monitor]
 
@@ -248,7 +248,7 @@ class Params(Section):
                                  f"it, and be divisible by 2**model.depth ({2**depth}): e.g. {size // 2}")
         return self
 
-    def replaced(self, overrides):
+    def replaced(self, overrides: dict[str, object]) -> "Params":
         """A copy with {"section.key": value} overrides applied, checked again."""
         tree = self.model_dump()
         for dotted, value in overrides.items():
@@ -286,7 +286,7 @@ def _describe(error, source):
     return f"{source}: {key} = {error['input']!r}: {message[0].lower()}{message[1:]}"
 
 
-def parse_params(tree, source="params.yaml"):
+def parse_params(tree: object, source: str = "params.yaml") -> Params:
     """Params from the parsed YAML `tree`; ConfigError listing every problem, one per line."""
     if not isinstance(tree, dict):
         raise ConfigError(f"{source}: expected a mapping of parameter sections, found {type(tree).__name__}")
@@ -299,7 +299,7 @@ def parse_params(tree, source="params.yaml"):
 class UniqueKeyLoader(yaml.SafeLoader):
     """yaml.safe_load that refuses a key given twice in one mapping (PyYAML would keep the last silently)."""
 
-    def construct_mapping(self, node, deep=False):
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
@@ -310,12 +310,12 @@ class UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
-def load_yaml(text):
+def load_yaml(text: str) -> Any:
     """Parsed YAML, a key given twice in one mapping refused (yaml.YAMLError)."""
     return yaml.load(text, Loader=UniqueKeyLoader)
 
 
-def load_params(path="params.yaml"):
+def load_params(path: str | Path = "params.yaml") -> Params:
     """The checked Params of a params file."""
     path = Path(path)
     try:

@@ -10,6 +10,7 @@ import re
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
 from tumorseg.data.cvind import CVIND
@@ -31,11 +32,11 @@ class ArchiveError(SourceError):
     """A zip that is corrupt, truncated or unsafe to extract."""
 
 
-def is_wanted(name):
+def is_wanted(name: str) -> bool:
     return bool(SLICE_NAME.match(name)) or name == CVIND
 
 
-def check_regular(path):
+def check_regular(path: str | Path) -> Path:
     """`path` itself, or the file a symbolic link points to; SourceError unless that is a regular file (a
     folder, FIFO or device named N.mat, or a link to one, e.g. to /dev/zero, is refused)."""
     resolved = Path(path).resolve()
@@ -48,7 +49,7 @@ def check_regular(path):
     return resolved
 
 
-def copy_loose(paths, build):
+def copy_loose(paths: Iterable[Path], build: Path) -> None:
     """Copy N.mat / cvind.mat files into build, each under the size cap of a zip member; a symbolic link is
     followed to the regular file it names; identical duplicates are skipped."""
     origins = {}
@@ -64,7 +65,7 @@ def copy_loose(paths, build):
         origins[path.name] = path
 
 
-def extract_zips(zips, build):
+def extract_zips(zips: Iterable[str | Path], build: Path) -> None:
     """Extract N.mat members of zips, and of the zips nested inside them, into build."""
     with tempfile.TemporaryDirectory(dir=build.parent, prefix=f".{build.name}.nested.") as nested_dir:
         pending = [(Path(zip_path), str(zip_path), 0) for zip_path in zips]
@@ -81,7 +82,8 @@ def extract_zips(zips, build):
                 zip_path.unlink()
 
 
-def extract_zip(zip_path, target, nested_dir=None, origin=None):
+def extract_zip(zip_path: str | Path, target: str | Path, nested_dir: str | Path | None = None,
+                origin: str | None = None) -> list[tuple[Path, str]]:
     """Flatten N.mat and cvind.mat members into target; return the nested zips copied to nested_dir.
 
     Each nested zip comes back as (path in nested_dir, member name); the copies

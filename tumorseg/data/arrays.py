@@ -1,5 +1,6 @@
 """Load the arrays of data/numpy and the split table, with the checks every stage needs."""
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,7 @@ class InputError(ProjectError, ValueError):
     """Missing or inconsistent stage inputs, reported before anything is written."""
 
 
-def load_arrays(numpy_dir):
+def load_arrays(numpy_dir: str | Path) -> dict[str, np.ndarray]:
     """Memory-map the arrays of `numpy_dir` and check their shapes agree."""
     numpy_dir = Path(numpy_dir)
     fix = f"re-run the stage that writes {numpy_dir} (dvc repro)."
@@ -43,7 +44,7 @@ def load_arrays(numpy_dir):
     return arrays
 
 
-def read_split(split_csv, subsets=()):
+def read_split(split_csv: str | Path, subsets: Iterable[str] = ()) -> pd.DataFrame:
     """Read the split table; each subset in `subsets` must be non-empty."""
     split_csv = Path(split_csv)
     fix = "re-run the split stage (dvc repro split)."
@@ -60,7 +61,8 @@ def read_split(split_csv, subsets=()):
     return split
 
 
-def subset_positions(split, arrays, subset, split_csv="split.csv"):
+def subset_positions(split: pd.DataFrame, arrays: dict[str, np.ndarray], subset: str,
+                     split_csv: str | Path = "split.csv") -> np.ndarray:
     """Positions in the arrays of the `subset` slices, in ascending id order.
 
     Raises when an id of the split is not in ids.npy or when its patient or

@@ -28,7 +28,7 @@ class ConvertError(ProjectError, ValueError):
     """data/raw is missing or holds no slices, or the conversion settings are unusable."""
 
 
-def list_slices(raw_dir):
+def list_slices(raw_dir: str | Path) -> list[tuple[int, Path]]:
     """Sorted (index, path) of the N.mat files in raw_dir."""
     raw_dir = Path(raw_dir)
     if not raw_dir.is_dir():
@@ -47,7 +47,7 @@ class ConversionError(MatFormatError):
     """One or more slice files could not be converted; the message lists each with its reason."""
 
 
-def convert_slice(path, image_size, percentile):
+def convert_slice(path: str | Path, image_size: int, percentile: float) -> tuple[np.ndarray, np.ndarray, int, str]:
     """One .mat file -> (image, mask, label, pid) at the model resolution."""
     slice_ = read_slice(path, with_border=False)
     return (
@@ -66,7 +66,8 @@ def _convert_or_report(path, image_size, percentile):
         return str(error)
 
 
-def mat_to_numpy(raw_dir, out_dir, image_size=128, percentile=99.5, workers=None):
+def mat_to_numpy(raw_dir: str | Path, out_dir: str | Path, image_size: int = 128, percentile: float = 99.5,
+                 workers: int | None = None) -> int:
     """Convert every N.mat of raw_dir; return the number of slices.
 
     Every file is tried; when any is bad, ConversionError lists all of them

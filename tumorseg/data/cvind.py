@@ -50,7 +50,7 @@ def _read_v5(path):
     return content["cvind"]
 
 
-def read_cvind(path):
+def read_cvind(path: str | Path) -> np.ndarray:
     """The official fold of each index: an int array, entry N-1 for N.mat. MATLAB v7.3 (HDF5) or v5."""
     path = Path(path)
     fix = "copy the cvind.mat of the figshare download into the data source, or use split.scheme=random."
@@ -86,7 +86,7 @@ def read_cvind(path):
     return folds.astype(int)
 
 
-def folds_of(ids, cvind, path=CVIND):
+def folds_of(ids: np.ndarray, cvind: np.ndarray, path: str | Path = CVIND) -> np.ndarray:
     """The official fold of each slice id (N of N.mat)."""
     ids = np.asarray(ids, dtype=int)
     outside = (ids < 1) | (ids > len(cvind))
@@ -99,7 +99,7 @@ def folds_of(ids, cvind, path=CVIND):
     return cvind[ids - 1]
 
 
-def write_cvind(path, folds):
+def write_cvind(path: str | Path, folds: np.ndarray) -> None:
     """Write `folds` (one per index) as cvind.mat, MATLAB v7.3 laid out as the figshare file is."""
     folds = np.asarray(folds, dtype=np.float64).reshape(-1, 1)  # MATLAB's 1xN, column-major, as HDF5 sees it
     with h5py.File(path, "w", userblock_size=512, libver="earliest") as f:
@@ -109,7 +109,7 @@ def write_cvind(path, folds):
         f.write(matlab_header())
 
 
-def unite_families(families, folds):
+def unite_families(families: np.ndarray, folds: np.ndarray) -> tuple[np.ndarray, int]:
     """Each slice's fold after moving every family whole to the fold that holds most of its slices.
 
     Ties go to the lower fold. Returns (folds, moved): moved counts the slices whose fold changed.
@@ -122,7 +122,8 @@ def unite_families(families, folds):
     return united, int((united != table["fold"].to_numpy()).sum())
 
 
-def draw_validation(families, labels, candidates, fraction, seed):
+def draw_validation(families: np.ndarray, labels: np.ndarray, candidates: np.ndarray, fraction: float,
+                    seed: int) -> set[str]:
     """Families (among `candidates`, a boolean mask of slices) for validation, balanced per class."""
     table = pd.DataFrame({"family": families, "label": labels})[candidates]
     family_label = table.groupby("family")["label"].agg(lambda x: x.mode().iloc[0])
@@ -149,7 +150,8 @@ def draw_validation(families, labels, candidates, fraction, seed):
     return set(chosen)
 
 
-def assign_official(pids, labels, ids, cvind, fold, val, seed, families, path=CVIND):
+def assign_official(pids: np.ndarray, labels: np.ndarray, ids: np.ndarray, cvind: np.ndarray, fold: int, val: float,
+                    seed: int, families: np.ndarray, path: str | Path = CVIND) -> tuple[np.ndarray, int]:
     """Subset of each slice (train/val/test): official fold `fold`+1 is test; and the slices moved.
 
     `families` maps PIDs to patient families (tumorseg.data.split.patient_families).

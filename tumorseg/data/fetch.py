@@ -8,6 +8,7 @@ import hashlib
 import os
 import re
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import NamedTuple
 from urllib.parse import urljoin, urlsplit
@@ -52,13 +53,13 @@ class _Transient(Exception):
 TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Transient)
 
 
-def is_secure(url):
+def is_secure(url: str) -> bool:
     """https, or http to a loopback host (tests)."""
     parts = urlsplit(url)
     return parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
 
 
-def check_base_url(base_url):
+def check_base_url(base_url: str) -> str:
     """Accept https URLs, and http only to loopback hosts."""
     if is_secure(base_url):
         return base_url.rstrip("/")
@@ -68,7 +69,7 @@ def check_base_url(base_url):
 class HttpsOnlySession(requests.Session):
     """A session that refuses, before following it, a redirect to anything but https (or loopback http)."""
 
-    def get_redirect_target(self, response):
+    def get_redirect_target(self, response: requests.Response) -> str | None:
         target = super().get_redirect_target(response)
         if target is not None:
             absolute = urljoin(response.url, target)
@@ -80,7 +81,9 @@ class HttpsOnlySession(requests.Session):
         return target
 
 
-def download_files(base_url, download_dir, files=FIGSHARE_FILES, retries=4, backoff=2.0, timeout=TIMEOUT_S):
+def download_files(base_url: str, download_dir: str | Path,
+                   files: Iterable[tuple[str, int, str, int | None]] = FIGSHARE_FILES, retries: int = 4,
+                   backoff: float = 2.0, timeout: float = TIMEOUT_S) -> list[Path]:
     """Download each (name, file_id, md5, size) to download_dir/name; return the paths."""
     base_url = check_base_url(base_url)
     download_dir = Path(download_dir)
@@ -94,7 +97,8 @@ def download_files(base_url, download_dir, files=FIGSHARE_FILES, retries=4, back
     return paths
 
 
-def download_file(url, dest, md5, size=None, retries=4, backoff=2.0, timeout=TIMEOUT_S):
+def download_file(url: str, dest: str | Path, md5: str, size: int | None = None, retries: int = 4,
+                  backoff: float = 2.0, timeout: float = TIMEOUT_S) -> Path:
     """Download url to dest via dest.part, resuming and retrying; verify the MD5."""
     dest = Path(dest)
     part = dest.with_name(dest.name + ".part")
@@ -172,7 +176,7 @@ def _range_start(response):
     return int(match.group(1)) if match else None
 
 
-def file_md5(path):
+def file_md5(path: str | Path) -> str:
     digest = hashlib.md5()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(CHUNK_BYTES), b""):

@@ -105,7 +105,7 @@ def _decode_pid(path, codes):
     return pid
 
 
-def read_slice(path, with_border=True):
+def read_slice(path: str | Path, with_border: bool = True) -> Slice:
     """Read one slice; raise MatFormatError naming the file and the fix."""
     path = Path(path)
     if not path.is_file():
@@ -161,7 +161,7 @@ def read_slice(path, with_border=True):
     )
 
 
-def matlab_header():
+def matlab_header() -> bytes:
     created = time.strftime("%a %b %d %H:%M:%S %Y", time.gmtime(0))
     text = f"MATLAB 7.3 MAT-file, Platform: GLNXA64, Created on: {created} HDF5 schema 1.00 ."
     header = text.encode("ascii").ljust(116, b" ")
@@ -170,7 +170,7 @@ def matlab_header():
     return header.ljust(512, b"\x00")
 
 
-def write_slice(path, slice_):
+def write_slice(path: str | Path, slice_: Slice) -> None:
     """Write `slice_` as MATLAB v7.3 exactly as the figshare files are laid out."""
     path = Path(path)
     fields = [np.array(list(name), dtype="S1") for name in FIELDS]

@@ -7,7 +7,8 @@ from tumorseg.data.preprocess import preprocess_image, preprocess_mask
 from tumorseg.data.synthetic import make_slice
 
 
-def phantom_arrays(count, size, seed=0, distinct=16):
+def phantom_arrays(count: int, size: int, seed: int = 0,
+                   distinct: int = 16) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Model-ready phantoms for benchmarks: `count` (size, size) float32 images in [0, 1], their uint8 masks
     and labels, preprocessed as the pipeline does; `distinct` different slices are drawn and repeated."""
     raw_size = max(size, 64)

@@ -14,7 +14,7 @@ import numpy as np
 from PIL import Image
 
 
-def resize_area(array, size):
+def resize_area(array: np.ndarray, size: int) -> np.ndarray:
     """Resize a 2-D array to (size, size) as float32: area averaging when shrinking, bilinear when growing.
 
     Integer images (MRI magnitudes) go through Pillow's 16-bit path, which is
@@ -32,7 +32,7 @@ def resize_area(array, size):
     return np.asarray(image.resize((size, size), resample), dtype=np.float32)
 
 
-def normalize_intensity(image, percentile=99.5):
+def normalize_intensity(image: np.ndarray, percentile: float = 99.5) -> np.ndarray:
     """Scale to [0, 1] by the image's own percentile (see module docstring)."""
     image = np.maximum(np.asarray(image, dtype=np.float32), 0.0)
     scale = np.percentile(image, percentile)
@@ -41,12 +41,12 @@ def normalize_intensity(image, percentile=99.5):
     return np.clip(image / scale, 0.0, 1.0)
 
 
-def preprocess_image(image, size, percentile=99.5):
+def preprocess_image(image: np.ndarray, size: int, percentile: float = 99.5) -> np.ndarray:
     """Native-resolution slice -> (size, size) float32 in [0, 1]."""
     return normalize_intensity(resize_area(image, size), percentile)
 
 
-def preprocess_mask(mask, size):
+def preprocess_mask(mask: np.ndarray, size: int) -> np.ndarray:
     """Native-resolution binary mask -> (size, size) uint8; a pixel is tumor if at least half its area was."""
     mask = Image.fromarray((np.asarray(mask) > 0).astype(np.uint8) * 255)
     if mask.size != (size, size):
@@ -54,14 +54,14 @@ def preprocess_mask(mask, size):
     return (np.asarray(mask) >= 128).astype(np.uint8)
 
 
-def resize_probabilities(probabilities, shape):
+def resize_probabilities(probabilities: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of a (S, S) probability map to a native (height, width)."""
     height, width = shape
     image = Image.fromarray(np.asarray(probabilities, dtype=np.float32), mode="F")
     return np.asarray(image.resize((width, height), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
-def shrink(images, masks, size):
+def shrink(images: np.ndarray, masks: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """(n, S, S) model inputs and masks shrunk to (n, size, size) for progressive resizing: area averages
     of the images (already normalised, so they stay in [0, 1]) and the half-area rule for the masks."""
     return (np.array([resize_area(image, size) for image in images], np.float32).reshape(-1, size, size),

@@ -6,9 +6,11 @@ downloaded zips (tumorseg.data.archives). The output folder is built aside and
 renamed into place only when complete.
 """
 
+from collections.abc import Iterable
 from pathlib import Path
 
 from tumorseg.atomic import atomic_dir
+from tumorseg.config import Synthetic
 from tumorseg.data.archives import SourceError, copy_loose, extract_zips, is_wanted
 from tumorseg.data.cvind import CVIND
 from tumorseg.data.fetch import FIGSHARE_FILES, FIGSHARE_URL, download_files
@@ -18,8 +20,10 @@ from tumorseg.data.synthetic import write_dataset
 TOTAL_SLICES = 3064
 
 
-def prepare_raw(source, out_dir, base_url=FIGSHARE_URL, synthetic=None, download_dir=None,
-                *, files=FIGSHARE_FILES, retries=4, backoff=2.0):
+def prepare_raw(source: str, out_dir: str | Path, base_url: str = FIGSHARE_URL, synthetic: Synthetic | None = None,
+                download_dir: str | Path | None = None, *,
+                files: Iterable[tuple[str, int, str, int | None]] = FIGSHARE_FILES, retries: int = 4,
+                backoff: float = 2.0) -> Path:
     """Fill `out_dir` with N.mat slices (plus cvind.mat) from `source`, atomically.
 
     `synthetic` (data.synthetic, a tumorseg.config.Synthetic) sizes the generated data of source 'synthetic'.
@@ -72,7 +76,7 @@ def _prepare_local(source, out_dir):
     return out_dir
 
 
-def format_ranges(indices):
+def format_ranges(indices: Iterable[int]) -> str:
     """Summarise integers as ranges: [1, 2, 3, 7] -> "1-3, 7"."""
     runs = []
     for index in sorted(indices):
@@ -83,7 +87,7 @@ def format_ranges(indices):
     return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in runs)
 
 
-def report_slices(indices, total=TOTAL_SLICES):
+def report_slices(indices: Iterable[int], total: int = TOTAL_SLICES) -> list[int]:
     """Print how many slices were found and which of 1..total are missing."""
     indices = set(indices)
     missing = set(range(1, total + 1)) - indices

@@ -12,6 +12,7 @@ Two modes, both seeded:
 """
 
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -31,7 +32,7 @@ class SplitError(ProjectError, ValueError):
 FAMILY_SUFFIX = re.compile(r"(?<=\d)[A-Za-z]+$")
 
 
-def patient_family(pid):
+def patient_family(pid: str) -> str:
     """The patient a PID belongs to: the PID without a letter suffix after its digits.
 
     `MR051644B` and `MR051644C` are further scans of `MR051644`; IDs without
@@ -40,12 +41,12 @@ def patient_family(pid):
     return FAMILY_SUFFIX.sub("", str(pid).strip())
 
 
-def patient_families(pids):
+def patient_families(pids: np.ndarray | pd.Series) -> np.ndarray:
     """patient_family of each PID, as an array."""
     return np.array([patient_family(pid) for pid in np.asarray(pids)])
 
 
-def patient_table(pids, labels):
+def patient_table(pids: np.ndarray, labels: np.ndarray) -> pd.DataFrame:
     """One row per patient family ("pid" holds the family) with its most frequent label."""
     slices = pd.DataFrame({"pid": patient_families(pids), "label": labels})
     return slices.groupby("pid")["label"].agg(lambda x: x.mode().iloc[0]).reset_index()
@@ -67,7 +68,8 @@ def _split_patients(patients, fraction, seed, what):
     return first, second
 
 
-def assign_subsets(pids, labels, val=0.15, test=0.15, folds=5, fold=None, seed=42):
+def assign_subsets(pids: np.ndarray, labels: np.ndarray, val: float = 0.15, test: float = 0.15, folds: int = 5,
+                   fold: int | None = None, seed: int = 42) -> np.ndarray:
     """Return an array of subset names (train/val/test), one per slice; a patient family stays together."""
     pids = np.asarray(pids)
     labels = np.asarray(labels)
@@ -99,14 +101,15 @@ def assign_subsets(pids, labels, val=0.15, test=0.15, folds=5, fold=None, seed=4
     return np.array([subset_of[family] for family in patient_families(pids)])
 
 
-def write_split(ids, pids, labels, subsets, path):
+def write_split(ids: np.ndarray, pids: np.ndarray, labels: np.ndarray, subsets: np.ndarray,
+                path: str | Path) -> pd.DataFrame:
     table = pd.DataFrame({"index": ids, "pid": pids, "label": labels, "subset": subsets})
     with atomic_file(path) as tmp:
         table.to_csv(tmp, index=False)
     return table
 
 
-def summary(table, moved=None):
+def summary(table: pd.DataFrame, moved: int | None = None) -> str:
     """Slices and patients per subset and class, as a printable table; `moved`: slices that followed
     their family to another official fold (split.scheme cvind)."""
     table = table.assign(cls=table["label"].map(LABEL_NAMES))

@@ -8,6 +8,7 @@ tumor at the skull base midline). Every 10th patient gets half-size slices,
 like the 256x256 slices of the real dataset.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ class Patient:
     drift: tuple  # tumor shift (row, column) from the first to the last slice
 
 
-def make_patient(rng, label):
+def make_patient(rng: np.random.Generator, label: int) -> Patient:
     """Draw one patient's head geometry, intensity scale and tumor plan."""
     radius = {1: (0.07, 0.10), 2: (0.09, 0.13), 3: (0.065, 0.08)}[label]
     return Patient(
@@ -55,7 +56,7 @@ def make_patient(rng, label):
     )
 
 
-def upsample(low, factor, size):
+def upsample(low: np.ndarray, factor: int, size: int) -> np.ndarray:
     """Linear interpolation of `low` by an integer factor along both axes, cropped to size x size."""
     weights = ((np.arange(factor) + 0.5) / factor).astype(np.float32)
     padded = np.concatenate([low, low[-1:]], axis=0)
@@ -65,20 +66,20 @@ def upsample(low, factor, size):
     return (padded[:, :-1, None] * (1 - weights) + padded[:, 1:, None] * weights).reshape(len(rows), -1)[:size, :size]
 
 
-def smooth_noise(rng, size, sigma, factor=4):
+def smooth_noise(rng: np.random.Generator, size: int, sigma: float, factor: int = 4) -> np.ndarray:
     """Gaussian-filtered noise drawn at 1/factor resolution, upsampled, about unit variance."""
     low = ndimage.gaussian_filter(rng.standard_normal((-(-size // factor),) * 2, dtype=np.float32), sigma)
     return upsample(low / (low.std() + 1e-6), factor, size)
 
 
-def window(centre, reach, size):
+def window(centre: np.ndarray, reach: float, size: int) -> tuple[slice, slice]:
     """Slices of the square of half-width `reach` around `centre`, clipped to the image."""
     low = np.clip(np.floor(np.asarray(centre) - reach).astype(int), 0, size - 1)
     high = np.clip(np.ceil(np.asarray(centre) + reach).astype(int) + 1, 1, size)
     return np.s_[low[0]:high[0], low[1]:high[1]]
 
 
-def head_radius(patient, size, scale):
+def head_radius(patient: Patient, size: int, scale: float) -> np.ndarray:
     """Normalised elliptic radius of every pixel (1 at the outer scalp edge)."""
     rows, cols = np.ogrid[:size, :size]
     dy = (rows - patient.centre[0] * size).astype(np.float32)
@@ -90,14 +91,14 @@ def head_radius(patient, size, scale):
     return np.sqrt(u * u + v * v)
 
 
-def head_point(patient, size, scale, angle, r):
+def head_point(patient: Patient, size: int, scale: float, angle: float, r: float) -> np.ndarray:
     """Image (row, column) of the point at elliptic radius r and angle `angle`."""
     u, v = r * np.cos(angle) * patient.axes[1], r * np.sin(angle) * patient.axes[0]
     cos, sin = np.cos(patient.tilt), np.sin(patient.tilt)
     return (np.array(patient.centre) + scale * np.array([u * sin + v * cos, u * cos - v * sin])) * size
 
 
-def anatomy(rng, patient, r, size):
+def anatomy(rng: np.random.Generator, patient: Patient, r: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Tumor-free slice in units of the brain level: shell layers, textured brain, ventricles."""
     fine = smooth_noise(rng, size, 1.0)
     brain = 0.92 + 0.08 * np.tanh(2.0 * fine)
@@ -114,7 +115,7 @@ def anatomy(rng, patient, r, size):
     return image, fine
 
 
-def tumor_site(patient, label, size, scale, position):
+def tumor_site(patient: Patient, label: int, size: int, scale: float, position: float) -> np.ndarray:
     """Tumor centre (row, column) in pixels for a slice at `position` in [-1, 1]."""
     radius = patient.tumor_radius * size
     if label == 1:  # dural base: centre just inside the inner skull edge
@@ -128,7 +129,8 @@ def tumor_site(patient, label, size, scale, position):
     return centre + {1: 0.3, 2: 1.0, 3: 0.5}[label] * position * np.array(patient.drift) * size
 
 
-def paint_tumor(rng, image, fine, r, patient, label, position, scale):
+def paint_tumor(rng: np.random.Generator, image: np.ndarray, fine: np.ndarray, r: np.ndarray, patient: Patient,
+                label: int, position: float, scale: float) -> np.ndarray:
     """Add the tumor to `image` in place; return its binary mask."""
     size = image.shape[0]
     radius = max(patient.tumor_radius * size * (1 - 0.15 * position**2) * rng.uniform(0.95, 1.05), 2.0)
@@ -162,7 +164,7 @@ def paint_tumor(rng, image, fine, r, patient, label, position, scale):
     return full
 
 
-def border_points(mask):
+def border_points(mask: np.ndarray) -> np.ndarray:
     """Boundary pixels of the mask ordered around its centroid, as 1-based (x=column, y=row)."""
     rows, cols = np.nonzero(mask)
     box = np.s_[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
@@ -174,7 +176,8 @@ def border_points(mask):
     return np.stack([cols[keep] + 1, rows[keep] + 1], axis=1).astype(np.float64)
 
 
-def make_slice(rng, label, pid, image_size, patient=None, position=0.0):
+def make_slice(rng: np.random.Generator, label: int, pid: str, image_size: int, patient: Patient | None = None,
+               position: float = 0.0) -> Slice:
     """One synthetic slice; `patient` (drawn from rng when None) fixes the head and tumor plan."""
     patient = make_patient(rng, label) if patient is None else patient
     scale = 1 - 0.04 * position**2 + rng.uniform(-0.01, 0.01)
@@ -188,7 +191,7 @@ def make_slice(rng, label, pid, image_size, patient=None, position=0.0):
     return Slice(image=pixels, mask=mask, label=int(label), pid=str(pid), border=border_points(mask))
 
 
-def plan_patients(patients, seed):
+def plan_patients(patients: int, seed: int) -> tuple[list[int], list[str]]:
     """Balanced shuffled labels and unique digit PIDs, one per patient."""
     rng = np.random.default_rng([seed, 0])
     labels = rng.permutation(np.arange(patients) % 3 + 1)
@@ -196,7 +199,7 @@ def plan_patients(patients, seed):
     return [int(label) for label in labels], [str(pid) for pid in pids]
 
 
-def patient_folds(labels):
+def patient_folds(labels: Iterable[int]) -> list[int]:
     """An official-style fold (1..5) per patient: each class's patients take the folds in turn."""
     seen = {}
     folds = []
@@ -206,7 +209,8 @@ def patient_folds(labels):
     return folds
 
 
-def write_dataset(out_dir, patients, slices_per_patient, image_size=512, seed=0):
+def write_dataset(out_dir: str | Path, patients: int, slices_per_patient: int, image_size: int = 512,
+                  seed: int = 0) -> int:
     """Write out_dir/1.mat .. out_dir/<patients*slices_per_patient>.mat and their cvind.mat; return the count."""
     out_dir = Path(out_dir)
     labels, pids = plan_patients(patients, seed)

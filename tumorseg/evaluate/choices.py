@@ -31,7 +31,7 @@ class Choices:
             raise ChoicesError(f"tta must be one of {', '.join(TTA_FLIPS)}, got {self.tta!r}.")
 
     @classmethod
-    def load(cls, path):
+    def load(cls, path: str | Path) -> "Choices":
         """The choices recorded in evaluate's metrics JSON at `path`."""
         path = Path(path)
         fix = "re-run the evaluate stage (dvc repro evaluate)"
@@ -49,7 +49,8 @@ class Choices:
             detail = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise ChoicesError(f"{path}: unusable choices of evaluate ({detail}); {fix}.") from None
 
-    def with_options(self, threshold=None, postprocess=None, tta=None):
+    def with_options(self, threshold: float | None = None, postprocess: PostProcess | None = None,
+                     tta: str | None = None) -> "Choices":
         """A copy with the values that are given (not None) replacing the recorded ones."""
         changes = {"threshold": threshold, "postprocess": postprocess, "tta": tta}
         return replace(self, **{name: value for name, value in changes.items() if value is not None})

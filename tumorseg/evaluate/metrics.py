@@ -8,6 +8,8 @@ exactly one of them is empty it scores 0. Pooled scores follow the same rule
 for the whole set.
 """
 
+from collections.abc import Callable
+
 import numpy as np
 
 TIE_TOLERANCE = 1e-9
@@ -38,40 +40,40 @@ def _counts(truth, pred, axis):
     return intersection, true_pixels, pred_pixels
 
 
-def iou_per_image(truth, pred):
+def iou_per_image(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """IoU of each image, shape (N,); both empty -> 1, one empty -> 0."""
     truth, pred = _binary_pair(truth, pred)
     intersection, true_pixels, pred_pixels = _counts(truth, pred, axis=(1, 2))
     return _ratio(intersection, true_pixels + pred_pixels - intersection)
 
 
-def dice_per_image(truth, pred):
+def dice_per_image(truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
     """Dice of each image, shape (N,); both empty -> 1, one empty -> 0."""
     truth, pred = _binary_pair(truth, pred)
     intersection, true_pixels, pred_pixels = _counts(truth, pred, axis=(1, 2))
     return _ratio(2 * intersection, true_pixels + pred_pixels)
 
 
-def iou_pooled(truth, pred):
+def iou_pooled(truth: np.ndarray, pred: np.ndarray) -> float:
     """IoU of all pixels of all images together (large tumours weigh more)."""
     truth, pred = _binary_pair(truth, pred)
     intersection, true_pixels, pred_pixels = _counts(truth, pred, axis=None)
     return float(_ratio(intersection, true_pixels + pred_pixels - intersection))
 
 
-def dice_pooled(truth, pred):
+def dice_pooled(truth: np.ndarray, pred: np.ndarray) -> float:
     """Dice of all pixels of all images together (large tumours weigh more)."""
     truth, pred = _binary_pair(truth, pred)
     intersection, true_pixels, pred_pixels = _counts(truth, pred, axis=None)
     return float(_ratio(2 * intersection, true_pixels + pred_pixels))
 
 
-def binarize(probs, threshold):
+def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Predicted mask: a pixel is tumour when its probability is >= threshold."""
     return np.asarray(probs) >= threshold
 
 
-def threshold_grid(minimum, maximum, step):
+def threshold_grid(minimum: float, maximum: float, step: float) -> np.ndarray:
     """Thresholds from minimum to maximum inclusive, rounded to 6 decimals."""
     minimum, maximum, step = float(minimum), float(maximum), float(step)
     if step <= 0:
@@ -82,7 +84,8 @@ def threshold_grid(minimum, maximum, step):
     return np.round(minimum + step * np.arange(count), 6)
 
 
-def threshold_sweep(truth, probs, thresholds, postprocess=None):
+def threshold_sweep(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
+                    postprocess: Callable[[np.ndarray], np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Mean per-image IoU and Dice at each threshold, each mask passed through `postprocess` if given.
 
     Returns {"threshold": (T,), "iou": (T,), "dice": (T,)}.
@@ -99,7 +102,7 @@ def threshold_sweep(truth, probs, thresholds, postprocess=None):
     return {"threshold": thresholds, "iou": ious, "dice": dices}
 
 
-def choose_threshold(thresholds, scores):
+def choose_threshold(thresholds: np.ndarray, scores: np.ndarray) -> float:
     """Threshold with the highest score.
 
     Ties (scores within 1e-9 of the best) go to the threshold nearest 0.5,
@@ -115,7 +118,8 @@ def choose_threshold(thresholds, scores):
     return float(tied[order[0]])
 
 
-def bootstrap_ci(scores, groups, resamples, seed, level=0.95):
+def bootstrap_ci(scores: np.ndarray, groups: np.ndarray, resamples: int, seed: int,
+                 level: float = 0.95) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean score, resampling groups.
 
     Groups (patients) are drawn with replacement; each draw scores the mean of

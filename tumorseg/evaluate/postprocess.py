@@ -41,7 +41,7 @@ class PostProcess:
     def __str__(self):
         return f"min_size {self.min_fraction:g}" if self.method == "min_size" else self.method
 
-    def apply(self, masks):
+    def apply(self, masks: np.ndarray) -> np.ndarray:
         """The cleaned masks, same shape as `masks` ((H, W) or (N, H, W)), boolean."""
         masks = np.asarray(masks).astype(bool)
         if self.method == "none":
@@ -64,7 +64,7 @@ class PostProcess:
         return np.concatenate([[False], keep])[labels]
 
 
-def candidates(choice):
+def candidates(choice: str) -> list[PostProcess]:
     """The post-processings that evaluate compares on validation for `evaluate.postprocess`."""
     if choice not in CHOICES:
         raise ValueError(f"evaluate.postprocess must be one of {', '.join(CHOICES)}, got {choice!r}.")

@@ -14,6 +14,7 @@ from matplotlib.patches import Patch
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir
+from tumorseg.config import Params
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.evaluate import metrics
 from tumorseg.evaluate.postprocess import PostProcess
@@ -47,11 +48,11 @@ class Sample:
     dice: float
 
     @property
-    def class_name(self):
+    def class_name(self) -> str:
         return LABEL_NAMES[self.label]
 
 
-def select_samples(ids, labels, per_class, seed):
+def select_samples(ids: np.ndarray, labels: np.ndarray, per_class: int, seed: int) -> dict[int, list[int]]:
     """Up to `per_class` ids of each class, drawn reproducibly, sorted.
 
     Each class draws from its sorted ids with its own generator seeded by
@@ -74,7 +75,8 @@ def _gray(image):
     return np.repeat(image[..., None], 3, axis=-1)
 
 
-def overlay(image, mask, color, alpha=ALPHA):
+def overlay(image: np.ndarray, mask: np.ndarray, color: tuple[float, float, float],
+            alpha: float = ALPHA) -> np.ndarray:
     """RGB (S, S, 3) of the grey image with `mask` tinted in `color`."""
     rgb = _gray(image)
     mask = np.asarray(mask, dtype=bool)
@@ -82,7 +84,7 @@ def overlay(image, mask, color, alpha=ALPHA):
     return rgb
 
 
-def error_view(image, truth, pred, alpha=ALPHA):
+def error_view(image: np.ndarray, truth: np.ndarray, pred: np.ndarray, alpha: float = ALPHA) -> np.ndarray:
     """RGB (S, S, 3): true positive, false positive, false negative pixels tinted."""
     truth = np.asarray(truth, dtype=bool)
     pred = np.asarray(pred, dtype=bool)
@@ -106,7 +108,7 @@ def _show(ax, rgb, title):
     ax.set_axis_off()
 
 
-def sample_figure(sample):
+def sample_figure(sample: Sample) -> Figure:
     """Four panels: MRI, true mask, predicted mask, error view."""
     fig = Figure(figsize=SAMPLE_FIGSIZE, dpi=DPI)
     FigureCanvasAgg(fig)
@@ -121,7 +123,7 @@ def sample_figure(sample):
     return fig
 
 
-def grid_figure(samples_by_class, threshold=None):
+def grid_figure(samples_by_class: dict[int, list[Sample]], threshold: float | None = None) -> Figure:
     """Grid: one column per class, one row per sample; each cell is an error view.
 
     `samples_by_class` maps label -> list of Sample; a class without samples
@@ -157,7 +159,9 @@ def grid_figure(samples_by_class, threshold=None):
     return fig
 
 
-def build_samples(model, arrays, positions, chosen, threshold, batch_size=32, postprocess=PostProcess(), tta="none"):
+def build_samples(model, arrays: dict[str, np.ndarray], positions: np.ndarray, chosen: dict[int, list[int]],
+                  threshold: float, batch_size: int = 32, postprocess: PostProcess = PostProcess(),
+                  tta: str = "none") -> dict[int, list[Sample]]:
     """Predict the chosen slices (with test-time `tta`, then thresholded and post-processed); {label: [Sample]}."""
     ids = np.asarray(arrays["ids"])
     position_of = {int(ids[p]): int(p) for p in positions}
@@ -175,8 +179,9 @@ def build_samples(model, arrays, positions, chosen, threshold, batch_size=32, po
     return samples
 
 
-def render_samples(model_path, numpy_dir, split_csv, params, out_dir, threshold=None, postprocess=PostProcess(),
-                   tta="none"):
+def render_samples(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Path, params: Params,
+                   out_dir: str | Path, threshold: float | None = None, postprocess: PostProcess = PostProcess(),
+                   tta: str = "none") -> list[str]:
     """Write <class>_<id>.png per chosen test slice and grid.png into out_dir.
 
     `threshold` defaults to 0.5; the stage passes the threshold, post-processing

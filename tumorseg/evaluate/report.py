@@ -8,12 +8,14 @@ tables (for `dvc plots`).
 """
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir, write_json
+from tumorseg.config import Params
 from tumorseg.data.arrays import InputError, load_arrays, read_split, subset_positions
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import resize_probabilities
@@ -34,7 +36,7 @@ FAILURE_DICE = 0.1  # a test slice below this Dice counts as a failure (tumour m
 # ----------------------------------------------------------------- inputs
 
 
-def check_raw_files(raw_dir, ids):
+def check_raw_files(raw_dir: str | Path, ids: np.ndarray) -> None:
     """Raise unless raw_dir/<id>.mat exists for every id."""
     missing = [int(i) for i in ids if not (Path(raw_dir) / f"{int(i)}.mat").is_file()]
     if missing:
@@ -47,7 +49,8 @@ def check_raw_files(raw_dir, ids):
 # ------------------------------------------------------------- prediction
 
 
-def native_dice(probs, ids, raw_dir, threshold, postprocess=PostProcess()):
+def native_dice(probs: np.ndarray, ids: np.ndarray, raw_dir: str | Path, threshold: float,
+                postprocess: PostProcess = PostProcess()) -> np.ndarray:
     """Dice at each raw slice's own resolution against its original tumorMask.
 
     The probability map is resized bilinearly to the raw slice's size, then thresholded and post-processed.
@@ -61,7 +64,8 @@ def native_dice(probs, ids, raw_dir, threshold, postprocess=PostProcess()):
     return scores
 
 
-def choose_on_validation(truth, probs, thresholds, postprocess_choice):
+def choose_on_validation(truth: np.ndarray, probs: np.ndarray, thresholds: np.ndarray,
+                         postprocess_choice: str) -> tuple[float, PostProcess, float, dict[str, np.ndarray]]:
     """The (threshold, post-processing) pair with the best mean validation IoU, and its sweep.
 
     Every candidate post-processing is swept over every threshold; ties go to
@@ -88,7 +92,8 @@ def _round(value):
     return round(float(value), DECIMALS)
 
 
-def per_image_table(ids, pids, labels, truth, pred, native):
+def per_image_table(ids: np.ndarray, pids: np.ndarray, labels: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                    native: np.ndarray) -> pd.DataFrame:
     """One row per test slice."""
     return pd.DataFrame(
         {
@@ -105,7 +110,7 @@ def per_image_table(ids, pids, labels, truth, pred, native):
     )
 
 
-def confidence_intervals(part, resamples, seed):
+def confidence_intervals(part: pd.DataFrame, resamples: int, seed: int) -> dict[str, float]:
     """95% patient-bootstrap intervals of mean Dice and native-resolution Dice of a per-image table.
 
     Patients are resampled by family (tumorseg.data.split.patient_family): a
@@ -121,7 +126,7 @@ def confidence_intervals(part, resamples, seed):
     return found
 
 
-def per_class_table(per_image, resamples, seed):
+def per_class_table(per_image: pd.DataFrame, resamples: int, seed: int) -> pd.DataFrame:
     """Per class (all classes listed): slice count, mean Dice, IoU, native Dice, their CIs, failures."""
     rows = []
     for label, name in LABEL_NAMES.items():
@@ -142,7 +147,8 @@ def per_class_table(per_image, resamples, seed):
     return pd.DataFrame(rows, columns=columns)
 
 
-def summary_metrics(per_image, per_class, truth, pred, chosen, ci):
+def summary_metrics(per_image: pd.DataFrame, per_class: pd.DataFrame, truth: np.ndarray, pred: np.ndarray,
+                    chosen: tuple[float, PostProcess, float, str], ci: dict[str, float]) -> dict[str, Any]:
     """The flat dict written to the metrics JSON; `chosen` = (threshold, postprocess, val_iou, tta)."""
     threshold, postprocess, val_iou, tta = chosen
     result = {
@@ -173,7 +179,7 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
 
-def format_summary(result, per_class):
+def format_summary(result: dict[str, Any], per_class: pd.DataFrame) -> str:
     """A few lines for stdout: threshold, test Dice with its CI, per class."""
     postprocess = str(PostProcess(result["postprocess"], result["postprocess_min_fraction"]))
     lines = [
@@ -198,7 +204,8 @@ def format_summary(result, per_class):
 # ------------------------------------------------------------------ stage
 
 
-def evaluate(model_path, numpy_dir, split_csv, raw_dir, params, metrics_path, plots_dir):
+def evaluate(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Path, raw_dir: str | Path,
+             params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict[str, Any]:
     """Choose the threshold on validation, score test, write metrics and tables.
 
     All inputs are checked before anything is written. Returns the metrics dict.

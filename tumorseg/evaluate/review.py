@@ -18,7 +18,7 @@ from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.evaluate.render import ERROR_COLORS, build_samples, error_view
+from tumorseg.evaluate.render import ERROR_COLORS, Sample, build_samples, error_view
 from tumorseg.model.inference import check_model_input, load_model
 
 MIN_PICTURE_SIZE = 160  # pixels: small model inputs are enlarged (nearest neighbour) to at least this
@@ -77,14 +77,15 @@ ROW = ('<tr data-class="{name}" data-dice="{dice:.4f}"><td><img src="slices/{id}
        "<td>{dice:.3f}</td><td>{true}</td><td>{pred}</td></tr>")
 
 
-def picture(sample):
+def picture(sample: Sample) -> np.ndarray:
     """uint8 RGB error view of a slice, enlarged to at least MIN_PICTURE_SIZE pixels."""
     rgb = (np.clip(error_view(sample.image, sample.truth, sample.pred), 0, 1) * 255).round().astype(np.uint8)
     factor = max(1, -(-MIN_PICTURE_SIZE // rgb.shape[0]))
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
 
-def review_page(samples, pids, threshold, postprocess, tta):
+def review_page(samples: list[Sample], pids: dict[int, str], threshold: float, postprocess: PostProcess,
+                tta: str) -> str:
     """The page's HTML for `samples` (any order; listed worst Dice first) with their patient ids."""
     ordered = sorted(samples, key=lambda sample: (sample.dice, sample.id))
     size = max(MIN_PICTURE_SIZE, samples[0].image.shape[0]) if samples else MIN_PICTURE_SIZE
@@ -101,7 +102,8 @@ def review_page(samples, pids, threshold, postprocess, tta):
                        key=key, options=options, count=len(samples), rows=rows)
 
 
-def write_review(model_path, numpy_dir, split_csv, out_dir, threshold=0.5, postprocess=PostProcess(), tta="none"):
+def write_review(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Path, out_dir: str | Path,
+                 threshold: float = 0.5, postprocess: PostProcess = PostProcess(), tta: str = "none") -> int:
     """Write out_dir/index.html and out_dir/slices/<id>.png for every test slice; returns how many."""
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("test",))

@@ -16,12 +16,12 @@ from sklearn.metrics import (
 from tumorseg import LABEL_NAMES
 
 
-def predicted_labels(type_probs):
+def predicted_labels(type_probs: np.ndarray) -> np.ndarray:
     """Label (1, 2, 3) of the most probable type of each row of (n, 3) probabilities."""
     return np.argmax(np.asarray(type_probs), axis=1) + 1
 
 
-def type_scores(true_labels, predicted):
+def type_scores(true_labels: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
     """{"type_accuracy", "type_balanced_accuracy", "<class>_type_precision", "<class>_type_recall"}."""
     true_labels, predicted = np.asarray(true_labels, dtype=int), np.asarray(predicted, dtype=int)
     present = sorted(set(true_labels.tolist()))
@@ -35,7 +35,7 @@ def type_scores(true_labels, predicted):
     return scores
 
 
-def confusion_rows(true_labels, predicted):
+def confusion_rows(true_labels: np.ndarray, predicted: np.ndarray) -> pd.DataFrame:
     """One row per slice, (actual, predicted) class names: what DVC's confusion template counts."""
     return pd.DataFrame({"actual": [LABEL_NAMES[int(label)] for label in true_labels],
                          "predicted": [LABEL_NAMES[int(label)] for label in predicted]})

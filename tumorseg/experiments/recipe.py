@@ -28,11 +28,12 @@ class RecipeError(ProjectError, ValueError):
     """A recipe that is missing or names parameters params.yaml does not have."""
 
 
-def available(recipes_dir=RECIPES_DIR):
+def available(recipes_dir: str | Path = RECIPES_DIR) -> list[str]:
     return sorted(path.stem for path in Path(recipes_dir).glob("*.yaml"))
 
 
-def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
+def load_recipe(name: str | Path, recipes_dir: str | Path = RECIPES_DIR,
+                params_path: str | Path = "params.yaml") -> dict[str, object]:
     """The overrides of recipes/NAME.yaml (or of the recipe file NAME, a path ending in .yaml) as
     {dotted path: value}, checked as applied to params.yaml."""
     path = Path(name) if str(name).endswith(".yaml") else Path(recipes_dir) / f"{name}.yaml"
@@ -55,12 +56,12 @@ def load_recipe(name, recipes_dir=RECIPES_DIR, params_path="params.yaml"):
     return overrides
 
 
-def option_text(value):
+def option_text(value: object) -> str:
     """A value as a YAML flow scalar, as `-S path=value` takes it."""
     return yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip().removesuffix("...").strip()
 
 
-def as_options(overrides):
+def as_options(overrides: dict[str, object]) -> list[str]:
     """`-S path=value` options for `dvc exp run`."""
     options = []
     for key, value in overrides.items():
@@ -68,7 +69,7 @@ def as_options(overrides):
     return options
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tumorseg.experiments.recipe", description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="recipe name (a file recipes/NAME.yaml) or a recipe file's path")
     parser.add_argument("--list", action="store_true", help="list the recipes")

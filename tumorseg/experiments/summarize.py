@@ -17,6 +17,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -40,7 +41,7 @@ class SummaryError(ProjectError):
     """The experiments cannot be summarised; the message says why and what to do."""
 
 
-def metric_key(scope, score):
+def metric_key(scope: str, score: str) -> str:
     """The key of a score in metrics/eval.json: `dice` overall, `glioma_dice` per class."""
     return score if scope == "overall" else f"{scope}_{score}"
 
@@ -51,7 +52,8 @@ PRINTED_COLUMNS = ["dice", *CI_COLUMNS, "dice_native", "iou", "failures",
                    *(metric_key(scope, score) for scope in SCOPES[1:] for score in ("dice", "failures"))]
 
 
-def load_exp_show(json_path=None, all_commits=False, cwd="."):
+def load_exp_show(json_path: str | Path | None = None, all_commits: bool = False,
+                  cwd: str | Path = ".") -> list[dict[str, Any]]:
     """The parsed output of `dvc exp show --json`: read from `json_path`, or run in `cwd`."""
     if json_path is not None:
         try:
@@ -80,7 +82,7 @@ def load_exp_show(json_path=None, all_commits=False, cwd="."):
     return data
 
 
-def list_entries(exp_show):
+def list_entries(exp_show: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Flatten `dvc exp show --json` into one dict per row: workspace, baseline commits, experiments.
 
     Each dict has name, rev, kind (workspace | commit | experiment), baseline (the commit's name or
@@ -111,7 +113,7 @@ def _entry(node, kind, baseline, state, name=None):
     }
 
 
-def select_entries(entries, names=None):
+def select_entries(entries: list[dict[str, Any]], names: list[str] | None = None) -> list[dict[str, Any]]:
     """The entries to summarise.
 
     Without `names`: every finished experiment (of every baseline commit in the JSON; by default
@@ -150,7 +152,7 @@ def _matches(entry, name):
     return entry["name"] == name or (len(name) >= 7 and entry["rev"].startswith(name))
 
 
-def flatten(tree, prefix=""):
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     """{'split': {'fold': 0}} -> {'split.fold': 0}."""
     flat = {}
     for key, value in tree.items():
@@ -162,7 +164,7 @@ def flatten(tree, prefix=""):
     return flat
 
 
-def entry_params(entry):
+def entry_params(entry: dict[str, Any]) -> dict[str, Any]:
     """Flat params of an entry; keys of files other than params.yaml are prefixed with `file:`."""
     params = {}
     for filename, content in (entry["data"].get("params") or {}).items():
@@ -171,7 +173,7 @@ def entry_params(entry):
     return params
 
 
-def entry_metrics(entry, metrics_file=METRICS_FILE):
+def entry_metrics(entry: dict[str, Any], metrics_file: str = METRICS_FILE) -> dict[str, float]:
     """Test Dice, native-resolution Dice, IoU and failures, overall and per class, and the CI of test Dice,
     of an entry (NaN where a class had no test slice or an older evaluate did not write the key)."""
     found = (entry["data"].get("metrics") or {}).get(metrics_file) or {}
@@ -187,7 +189,7 @@ def entry_metrics(entry, metrics_file=METRICS_FILE):
     return {key: np.nan if values.get(key) is None else float(values[key]) for key in METRIC_COLUMNS}
 
 
-def varying_params(params_per_entry):
+def varying_params(params_per_entry: list[dict[str, Any]]) -> list[str]:
     """The parameter keys whose values are not the same in every entry, in first-seen order."""
     keys = list(dict.fromkeys(key for params in params_per_entry for key in params))
     return [
@@ -196,7 +198,7 @@ def varying_params(params_per_entry):
     ]
 
 
-def experiment_table(entries, metrics_file=METRICS_FILE):
+def experiment_table(entries: list[dict[str, Any]], metrics_file: str = METRICS_FILE) -> pd.DataFrame:
     """One row per entry: name, rev, the params that differ between entries, then the metrics."""
     params = [entry_params(entry) for entry in entries]
     varying = varying_params(params)
@@ -219,7 +221,7 @@ def _sorted(table, varying):
         return table.sort_values("name", kind="stable").reset_index(drop=True)
 
 
-def summary_table(table):
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     """Mean and sample SD (n - 1) of each score per scope (overall and each class) across the rows."""
     rows = []
     for scope in SCOPES:
@@ -234,7 +236,7 @@ def summary_table(table):
     return pd.DataFrame(rows, columns=["scope", *columns, "n"])
 
 
-def format_report(table, summary):
+def format_report(table: pd.DataFrame, summary: pd.DataFrame) -> str:
     """The printed report: per-experiment rows, then mean ± SD per scope."""
     params = [column for column in table.columns if column not in METRIC_COLUMNS and column not in ("name", "rev")]
     shown = table.set_index("name")[params + PRINTED_COLUMNS]
@@ -268,7 +270,7 @@ def _mean_sd(mean, sd, decimals=4):
     return f"{mean:.{decimals}f} ± {'n/a' if np.isnan(sd) else f'{sd:.{decimals}f}'}"
 
 
-def plot_summary(table, summary, path):
+def plot_summary(table: pd.DataFrame, summary: pd.DataFrame, path: str | Path) -> None:
     """Bar chart of mean Dice and IoU per scope with SD error bars and each experiment as a point."""
     figure = Figure(figsize=(7, 4.2), dpi=120)
     FigureCanvasAgg(figure)
@@ -297,13 +299,15 @@ def plot_summary(table, summary, path):
         figure.savefig(tmp, format="png")
 
 
-def write_csv(frame, path):
+def write_csv(frame: pd.DataFrame, path: str | Path) -> None:
     with atomic_file(path) as tmp:
         frame.to_csv(tmp, index=False)
 
 
-def summarize(exp_show, names=None, out="plots/cv_summary.png", csv="plots/cv_summary.csv",
-              experiments_csv="plots/cv_experiments.csv", metrics_file=METRICS_FILE):
+def summarize(exp_show: list[dict[str, Any]], names: list[str] | None = None,
+              out: str | Path = "plots/cv_summary.png", csv: str | Path = "plots/cv_summary.csv",
+              experiments_csv: str | Path = "plots/cv_experiments.csv",
+              metrics_file: str = METRICS_FILE) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Summarise the selected experiments of a parsed `dvc exp show --json`; return (table, summary, report)."""
     entries = select_entries(list_entries(exp_show), names)
     table = experiment_table(entries, metrics_file)
@@ -314,7 +318,7 @@ def summarize(exp_show, names=None, out="plots/cv_summary.png", csv="plots/cv_su
     return table, summary, format_report(table, summary)
 
 
-def parse_args(argv=None):
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tumorseg.experiments.summarize",
         description="Mean and standard deviation of test Dice and IoU (overall and per class) across DVC "
@@ -333,7 +337,7 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     exp_show = load_exp_show(args.json, args.all_commits)
     _, _, report = summarize(exp_show, args.exps, args.out, args.csv, args.experiments_csv)

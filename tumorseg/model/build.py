@@ -5,12 +5,13 @@ Benchmarks and tests build through these too, so what they time or check is what
 
 import keras
 
+from tumorseg.config import Loss, Params
 from tumorseg.model.encoders import build_encoder_unet
 from tumorseg.model.losses import BceDiceLoss, training_metrics
 from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, build_unet
 
 
-def build_model(params, image_size=None):
+def build_model(params: Params, image_size: int | None = None) -> keras.Model:
     """The model params.model describes, for `image_size` images (default params.data.image_size)."""
     model, image_size = params.model, image_size or params.data.image_size
     settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
@@ -21,13 +22,13 @@ def build_model(params, image_size=None):
     return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
 
 
-def make_loss(loss):
+def make_loss(loss: Loss) -> BceDiceLoss:
     """The BceDiceLoss of train.loss."""
     return BceDiceLoss(bce_weight=loss.bce_weight, dice_weight=loss.dice_weight, smooth=loss.smooth,
                        lovasz_weight=loss.lovasz_weight, lovasz_from_epoch=loss.lovasz_from_epoch)
 
 
-def compile_settings(segmentation_loss, params):
+def compile_settings(segmentation_loss: keras.losses.Loss, params: Params) -> dict[str, object]:
     """compile() arguments: the segmentation loss and metrics, or with model.classify those of both outputs,
     the type's cross-entropy weighted by train.loss.class_weight."""
     if not params.model.classify:
@@ -39,7 +40,8 @@ def compile_settings(segmentation_loss, params):
     )
 
 
-def compile_model(model, params, loss, learning_rate):
+def compile_model(model: keras.Model, params: Params, loss: keras.losses.Loss,
+                  learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> keras.Model:
     """Compile `model` as the train stage does: Adam at `learning_rate` (a float or a schedule), the loss
     and metrics of compile_settings."""
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_settings(loss, params))

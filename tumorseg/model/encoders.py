@@ -63,7 +63,7 @@ ENCODERS = {
 assert set(ENCODER_NAMES) == {"none", *ENCODERS}, "tumorseg.config.ENCODER_NAMES lists the encoders here"
 
 
-def weights_argument(encoder_weights):
+def weights_argument(encoder_weights: str | Path | None) -> str | None:
     """model.encoder_weights as keras.applications takes it: 'imagenet', None, or an existing file path."""
     if encoder_weights is None or str(encoder_weights).lower() == "none":
         return None
@@ -78,7 +78,7 @@ def weights_argument(encoder_weights):
     return str(path)
 
 
-def check_encoder(encoder, encoder_weights, image_size, depth):
+def check_encoder(encoder: str, encoder_weights: str | Path | None, image_size: int, depth: int) -> None:
     """Raise ConfigError for a depth or image size the encoder cannot serve, or a missing weights file."""
     if encoder == "none":
         check_image_size(image_size, depth)
@@ -98,7 +98,7 @@ def check_encoder(encoder, encoder_weights, image_size, depth):
     weights_argument(encoder_weights)
 
 
-def grey_to_encoder_input(encoder, x):
+def grey_to_encoder_input(encoder: str, x: keras.KerasTensor) -> keras.KerasTensor:
     """Grey [0, 1] images -> 3 equal channels in [0, 255] after the application's preprocess_input."""
     preprocess = ENCODERS[encoder].preprocess_input
     black = np.asarray(preprocess(np.zeros((1, 1, 1, 3), np.float32)), np.float32).reshape(3)
@@ -107,7 +107,7 @@ def grey_to_encoder_input(encoder, x):
     return layers.Rescaling(scale=(white - black).tolist(), offset=black.tolist(), name="encoder_preprocess")(x)
 
 
-def load_weights_file(backbone, path, encoder):
+def load_weights_file(backbone: keras.Model, path: str | Path, encoder: str) -> None:
     """Load a weights file into the application, or raise ConfigError if it is not for this architecture."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -123,7 +123,7 @@ def load_weights_file(backbone, path, encoder):
         raise ConfigError(f"model.encoder_weights: {path} does not hold {encoder} no-top weights ({skipped[0]}).")
 
 
-def match_imagenet_normalization(backbone):
+def match_imagenet_normalization(backbone: keras.Model) -> None:
     """EfficientNet: give a file's ImageNet weights the input normalisation weights='imagenet' gives.
 
     The ImageNet file stores the RGB standard deviations as the variance of the
@@ -138,7 +138,7 @@ def match_imagenet_normalization(backbone):
         normalization.finalize_state()
 
 
-def load_backbone(encoder, encoder_weights, image_size):
+def load_backbone(encoder: str, encoder_weights: str | Path | None, image_size: int) -> keras.Model:
     """The keras.applications network without its classifier, with the weights asked for."""
     weights = weights_argument(encoder_weights)
     application = ENCODERS[encoder].application
@@ -161,7 +161,7 @@ def load_backbone(encoder, encoder_weights, image_size):
     return backbone
 
 
-def set_batchnorm_momentum(backbone, momentum):
+def set_batchnorm_momentum(backbone: keras.Model, momentum: float) -> None:
     """Give the encoder's batch norms the decoder's momentum.
 
     keras.applications use 0.99, tuned for ImageNet's millions of steps. On a few
@@ -175,8 +175,10 @@ def set_batchnorm_momentum(backbone, momentum):
             layer.momentum = momentum
 
 
-def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1,
-                       hypercolumns=False, encoder_weights="imagenet", classify=False, separable=False):
+def build_encoder_unet(image_size: int, encoder: str, depth: int = 4, filters: int = 64,
+                       batchnorm_momentum: float = 0.8, dropout: float = 0.1, hypercolumns: bool = False,
+                       encoder_weights: str | Path | None = "imagenet", classify: bool = False,
+                       separable: bool = False) -> keras.Model:
     """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder."""
     check_encoder(encoder, encoder_weights, image_size, depth)
     backbone = load_backbone(encoder, encoder_weights, image_size)
@@ -199,6 +201,6 @@ def build_encoder_unet(image_size, encoder, depth=4, filters=64, batchnorm_momen
                        name=f"{encoder}_unet")
 
 
-def set_encoder_trainable(model, trainable):
+def set_encoder_trainable(model: keras.Model, trainable: bool) -> None:
     """Freeze or unfreeze the pretrained contracting path (takes effect at the next compile)."""
     model.get_layer("encoder").trainable = trainable

@@ -17,7 +17,7 @@ DEFAULT_BATCH_SIZE = 32
 TTA_FLIPS = {"none": [()], "hflip": [(), (2,)]}
 
 
-def load_model(model_path):
+def load_model(model_path: str | Path) -> keras.Model:
     """Load the Keras model for inference, or raise naming the file and the fix."""
     model_path = Path(model_path)
     fix = "run the train stage first (dvc repro train)."
@@ -29,7 +29,7 @@ def load_model(model_path):
         raise InputError(f"{model_path}: cannot load the model ({error}); {fix}") from error
 
 
-def check_model_input(model, image_size, model_path="model"):
+def check_model_input(model: keras.Model, image_size: int, model_path: str | Path = "model") -> None:
     """Raise when the model's fixed input size does not match the arrays."""
     shape = getattr(model, "input_shape", None)
     if not (isinstance(shape, tuple) and len(shape) == 4):
@@ -42,25 +42,26 @@ def check_model_input(model, image_size, model_path="model"):
         )
 
 
-def check_tta(tta, source="evaluate.tta"):
+def check_tta(tta: str, source: str = "evaluate.tta") -> str:
     if tta not in TTA_FLIPS:
         raise InputError(f"{source} must be one of {', '.join(TTA_FLIPS)}, got {tta!r}.")
     return tta
 
 
-def has_type_head(model):
+def has_type_head(model: keras.Model) -> bool:
     """Whether the model also predicts the tumour type (model.classify)."""
     return TYPE_OUTPUT in getattr(model, "output_names", ())
 
 
-def split_outputs(outputs):
+def split_outputs(outputs: np.ndarray | dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
     """(mask probabilities, type probabilities or None) of a model's outputs for one batch."""
     if isinstance(outputs, dict):
         return np.asarray(outputs[MASK_OUTPUT], np.float32), np.asarray(outputs[TYPE_OUTPUT], np.float32)
     return np.asarray(outputs, dtype=np.float32), None
 
 
-def predict_batch(model, batch, tta="none", with_types=False):
+def predict_batch(model: keras.Model, batch: np.ndarray, tta: str = "none",
+                  with_types: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """The model's probabilities for a (N, S, S, 1) batch, averaged over the flips of `tta`.
 
     Each flipped copy's prediction is flipped back before averaging, so a
@@ -84,7 +85,9 @@ def predict_batch(model, batch, tta="none", with_types=False):
     return total / count, None if types is None else types / count
 
 
-def predict_probabilities(model, images, positions, batch_size=DEFAULT_BATCH_SIZE, tta="none", with_types=False):
+def predict_probabilities(model: keras.Model, images: np.ndarray, positions: np.ndarray,
+                          batch_size: int = DEFAULT_BATCH_SIZE, tta: str = "none",
+                          with_types: bool = False) -> np.ndarray | tuple[np.ndarray, np.ndarray | None]:
     """Tumour probabilities (n, S, S) float32 of images[positions], in batches, with test-time `tta`;
     with `with_types`, also the (n, 3) type probabilities (None without the type head)."""
     size = images.shape[1]

@@ -29,7 +29,7 @@ def _flatten(y_true, y_pred):
     return y_true, y_pred
 
 
-def soft_dice(y_true, y_pred, smooth=1.0):
+def soft_dice(y_true, y_pred, smooth: float = 1.0):
     """Per-image soft Dice, shape (batch,)."""
     y_true, y_pred = _flatten(y_true, y_pred)
     intersection = ops.sum(y_true * y_pred, axis=1)
@@ -47,7 +47,7 @@ def dice_score(y_true, y_pred):
     return ops.where(total > 0, 2.0 * intersection / ops.maximum(total, 1.0), 1.0)
 
 
-def probability_logits(y_pred, epsilon=LOGIT_EPSILON):
+def probability_logits(y_pred, epsilon: float = LOGIT_EPSILON):
     """Logits log(p / (1 - p)) of sigmoid probabilities, clipped to [epsilon, 1 - epsilon]."""
     p = ops.clip(ops.cast(y_pred, "float32"), epsilon, 1.0 - epsilon)
     return ops.log(p) - ops.log1p(-p)
@@ -90,8 +90,8 @@ class BceDiceLoss(keras.losses.Loss):
     loading) and is set per epoch by the LovaszSchedule callback.
     """
 
-    def __init__(self, bce_weight=1.0, dice_weight=1.0, smooth=1.0, lovasz_weight=0.0, lovasz_from_epoch=0,
-                 name="bce_dice", **kwargs):
+    def __init__(self, bce_weight: float = 1.0, dice_weight: float = 1.0, smooth: float = 1.0,
+                 lovasz_weight: float = 0.0, lovasz_from_epoch: int = 0, name: str = "bce_dice", **kwargs) -> None:
         super().__init__(name=name, **kwargs)
         self.bce_weight = float(bce_weight)
         self.dice_weight = float(dice_weight)
@@ -104,11 +104,11 @@ class BceDiceLoss(keras.losses.Loss):
                 self.lovasz_weight_at(0), trainable=False, dtype="float32", name="active_lovasz_weight"
             )
 
-    def lovasz_weight_at(self, epoch):
+    def lovasz_weight_at(self, epoch: int) -> float:
         """The Lovasz weight in effect during `epoch` (0-based)."""
         return self.lovasz_weight if epoch >= self.lovasz_from_epoch else 0.0
 
-    def start_epoch(self, epoch):
+    def start_epoch(self, epoch: int) -> None:
         """Set the Lovasz weight in effect for `epoch`."""
         if self.active_lovasz_weight is not None:
             self.active_lovasz_weight.assign(self.lovasz_weight_at(epoch))
@@ -122,7 +122,7 @@ class BceDiceLoss(keras.losses.Loss):
             loss = loss + self.active_lovasz_weight * lovasz_hinge(y_true, probability_logits(y_pred))
         return loss
 
-    def get_config(self):
+    def get_config(self) -> dict[str, object]:
         config = super().get_config()
         config.update(
             bce_weight=self.bce_weight, dice_weight=self.dice_weight, smooth=self.smooth,
@@ -134,15 +134,15 @@ class BceDiceLoss(keras.losses.Loss):
 class LovaszSchedule(keras.callbacks.Callback):
     """Switches the Lovasz term of a BceDiceLoss on at its lovasz_from_epoch (also when a run resumes)."""
 
-    def __init__(self, loss):
+    def __init__(self, loss: BceDiceLoss) -> None:
         super().__init__()
         self.loss = loss
 
-    def on_epoch_begin(self, epoch, logs=None):
+    def on_epoch_begin(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.loss.start_epoch(epoch)
 
 
-def training_metrics():
+def training_metrics() -> list[keras.metrics.Metric]:
     """Pooled IoU at 0.5 (Keras BinaryIoU) and mean per-image Dice at 0.5."""
     return [
         keras.metrics.BinaryIoU(target_class_ids=[1], threshold=0.5, name="iou"),

@@ -16,12 +16,13 @@ MASK_OUTPUT, TYPE_OUTPUT = "mask", "tumor_type"  # output names of a model with 
 MAX_FILTER_MULTIPLIER = 8  # filters double per level up to 8x the base, as in the reference
 
 
-def one_hot_types(labels):
+def one_hot_types(labels: np.ndarray) -> np.ndarray:
     """(n, 3) float32 one-hot tumour types of labels 1, 2, 3 (the order of the type head's outputs)."""
     return np.eye(len(LABEL_NAMES), dtype=np.float32)[np.asarray(labels, dtype=np.int64) - 1]
 
 
-def conv_block(x, filters, batchnorm_momentum, separable=False):
+def conv_block(x: keras.KerasTensor, filters: int, batchnorm_momentum: float,
+               separable: bool = False) -> keras.KerasTensor:
     """Two 3x3 convolutions (depthwise-separable ones with `separable`), each followed by batch norm and ReLU."""
     for _ in range(2):
         if separable:
@@ -34,7 +35,7 @@ def conv_block(x, filters, batchnorm_momentum, separable=False):
     return x
 
 
-def check_image_size(image_size, depth):
+def check_image_size(image_size: int, depth: int) -> None:
     """Each level halves the image, so the size must divide by 2**depth."""
     if image_size % 2**depth:
         raise ConfigError(
@@ -43,12 +44,13 @@ def check_image_size(image_size, depth):
         )
 
 
-def level_widths(filters, depth):
+def level_widths(filters: int, depth: int) -> list[int]:
     """Filters of levels 0..depth: doubling per level, capped at MAX_FILTER_MULTIPLIER x filters."""
     return [filters * min(2**level, MAX_FILTER_MULTIPLIER) for level in range(depth + 1)]
 
 
-def decoder(x, skips, widths, batchnorm_momentum, dropout, separable=False):
+def decoder(x: keras.KerasTensor, skips: list[keras.KerasTensor | None], widths: list[int], batchnorm_momentum: float,
+            dropout: float, separable: bool = False) -> list[keras.KerasTensor]:
     """Up levels from the bottleneck `x`, deepest first; skips[level] may be None (no skip).
 
     With `separable`, the blocks below the top level use depthwise-separable convolutions.
@@ -65,7 +67,7 @@ def decoder(x, skips, widths, batchnorm_momentum, dropout, separable=False):
     return features
 
 
-def output_head(features, hypercolumns=False):
+def output_head(features: list[keras.KerasTensor], hypercolumns: bool = False) -> keras.KerasTensor:
     """1x1 sigmoid convolution on the full-resolution features.
 
     With hypercolumns, the features of every decoder level are first upsampled
@@ -81,21 +83,23 @@ def output_head(features, hypercolumns=False):
     return layers.Conv2D(1, 1, activation="sigmoid", dtype="float32", name=MASK_OUTPUT)(x)
 
 
-def type_head(bottleneck, dropout):
+def type_head(bottleneck: keras.KerasTensor, dropout: float) -> keras.KerasTensor:
     """Tumour-type probabilities (softmax over LABEL_NAMES, in label order) from the pooled bottleneck."""
     x = layers.GlobalAveragePooling2D()(bottleneck)
     x = layers.Dropout(dropout)(x)
     return layers.Dense(len(LABEL_NAMES), activation="softmax", dtype="float32", name=TYPE_OUTPUT)(x)
 
 
-def model_outputs(features, bottleneck, hypercolumns, classify, dropout):
+def model_outputs(features: list[keras.KerasTensor], bottleneck: keras.KerasTensor, hypercolumns: bool, classify: bool,
+                  dropout: float) -> keras.KerasTensor | dict[str, keras.KerasTensor]:
     """The mask output alone, or with `classify` the dict of the mask and the tumour-type outputs."""
     mask = output_head(features, hypercolumns)
     return {MASK_OUTPUT: mask, TYPE_OUTPUT: type_head(bottleneck, dropout)} if classify else mask
 
 
-def build_unet(image_size=128, depth=4, filters=64, batchnorm_momentum=0.8, dropout=0.1, hypercolumns=False,
-               classify=False, separable=False):
+def build_unet(image_size: int = 128, depth: int = 4, filters: int = 64, batchnorm_momentum: float = 0.8,
+               dropout: float = 0.1, hypercolumns: bool = False, classify: bool = False,
+               separable: bool = False) -> keras.Model:
     """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output (and a type head).
 
     With `separable`, every level below the top one uses depthwise-separable 3x3 convolutions; the top

@@ -15,6 +15,7 @@ with tf.lite.Interpreter.
 """
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -26,12 +27,12 @@ TFLITE_FLOAT16 = "model_float16.tflite"
 METADATA = "export.json"
 
 
-def export_saved_model(model, path):
+def export_saved_model(model, path: str | Path) -> None:
     """Write `model` as a TensorFlow SavedModel at `path` (a folder)."""
     model.export(str(path), format="tf_saved_model", verbose=False)
 
 
-def convert_to_tflite(saved_model_dir, path, float16=False):
+def convert_to_tflite(saved_model_dir: str | Path, path: Path, float16: bool = False) -> None:
     """Convert a SavedModel to a TFLite file; float16=True quantises the weights to float16."""
     import tensorflow as tf
 
@@ -42,7 +43,7 @@ def convert_to_tflite(saved_model_dir, path, float16=False):
     path.write_bytes(converter.convert())
 
 
-def export_all(model, out_dir, metadata, float16=False):
+def export_all(model, out_dir: Path, metadata: dict[str, object], float16: bool = False) -> dict[str, Path]:
     """SavedModel, float32 TFLite (and float16 TFLite), and export.json into `out_dir`; returns the paths."""
     paths = {"saved_model": out_dir / SAVED_MODEL_DIR, "tflite": out_dir / TFLITE_FLOAT32}
     export_saved_model(model, paths["saved_model"])
@@ -55,7 +56,7 @@ def export_all(model, out_dir, metadata, float16=False):
     return paths
 
 
-def run_saved_model(saved_model_dir, images):
+def run_saved_model(saved_model_dir: str | Path, images: np.ndarray) -> np.ndarray:
     """Probabilities (N, S, S) of preprocessed images (N, S, S) from a SavedModel."""
     import tensorflow as tf
 
@@ -64,7 +65,7 @@ def run_saved_model(saved_model_dir, images):
     return split_outputs(loaded.serve(batch))[0].reshape(np.shape(images))
 
 
-def tflite_interpreter(tflite_path):
+def tflite_interpreter(tflite_path: str | Path):
     """A TFLite interpreter from LiteRT when installed, else from TensorFlow."""
     try:
         from ai_edge_litert.interpreter import Interpreter
@@ -75,7 +76,7 @@ def tflite_interpreter(tflite_path):
     return Interpreter(model_path=str(tflite_path))
 
 
-def run_tflite(tflite_path, images):
+def run_tflite(tflite_path: str | Path, images: np.ndarray) -> np.ndarray:
     """Probabilities (N, S, S) of preprocessed images (N, S, S) from a TFLite file, in one batch."""
     images = np.asarray(images, dtype=np.float32)
     interpreter = tflite_interpreter(tflite_path)
@@ -89,7 +90,8 @@ def run_tflite(tflite_path, images):
     return np.asarray(interpreter.get_tensor(mask["index"])).reshape(images.shape)
 
 
-def check_exports(model, export_dir, size, threshold, samples=2, seed=0):
+def check_exports(model, export_dir: Path, size: int, threshold: float, samples: int = 2,
+                  seed: int = 0) -> dict[str, dict[str, float] | float]:
     """Compare the exports with the Keras model on random inputs.
 
     Returns {"max_difference": {"SavedModel": .., "TFLite": ..}} and, when the

@@ -38,7 +38,7 @@ EXIT_OK, EXIT_INPUT_FAILED = 0, 1
 DEFAULT_PERCENTILE = 99.5
 
 
-def parse_args(argv):
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m tumorseg.serve.predict",
         description="Segment brain-tumour slices with the trained model, or export the model for serving.",
@@ -83,21 +83,21 @@ def parse_args(argv):
     return args
 
 
-def check_outside(model_path, folder, option):
+def check_outside(model_path: str | Path, folder: Path, option: str) -> None:
     """InputError when the model file lies inside `folder`, which the command writes into."""
     if folder.resolve() in Path(model_path).resolve().parents:
         raise InputError(f"{folder}: {option} folder holds the model {model_path}, which writing there could "
                          f"replace; choose another {option} folder.")
 
 
-def resolve_choices(args):
+def resolve_choices(args: argparse.Namespace) -> Choices:
     """Evaluate's choices from --eval-metrics when that file exists (else a threshold of 0.5, no
     post-processing, no TTA), each replaced by its option when given."""
     chosen = Choices.load(args.eval_metrics) if args.eval_metrics.is_file() else Choices()
     return chosen.with_options(args.threshold, PostProcess(args.postprocess) if args.postprocess else None, args.tta)
 
 
-def resolve_percentile(args):
+def resolve_percentile(args: argparse.Namespace) -> float:
     """--percentile, else data.normalize_percentile of --params when that file exists, else 99.5."""
     percentile, source = args.percentile, "--percentile"
     if percentile is None and args.params.is_file():
@@ -113,7 +113,7 @@ def resolve_percentile(args):
     return float(percentile)
 
 
-def check_free(path, overwrite, option):
+def check_free(path: Path, overwrite: bool, option: str) -> None:
     """InputError when `path` is a non-empty folder (or a file) and --overwrite was not given."""
     if path.exists() and not path.is_dir():
         raise InputError(f"{path}: {option} must be a folder, found a file; choose another path.")
@@ -121,7 +121,7 @@ def check_free(path, overwrite, option):
         raise InputError(f"{path}: {option} folder is not empty; choose a new folder or pass --overwrite.")
 
 
-def run_predict(model, args, settings):
+def run_predict(model, args: argparse.Namespace, settings: PredictSettings) -> int:
     """Segment the inputs into --out; returns the exit status."""
     inputs, failures, ignored = find_inputs(args.inputs, args.out)
     for path, reason in failures:
@@ -142,7 +142,7 @@ def run_predict(model, args, settings):
     return EXIT_INPUT_FAILED if failures else EXIT_OK
 
 
-def run_export(model, args, settings):
+def run_export(model, args: argparse.Namespace, settings: PredictSettings) -> None:
     """SavedModel and TFLite files into --export DIR, then a check that they agree with Keras."""
     metadata = {
         "input": f"float32 (N, {settings.size}, {settings.size}, 1) in [0, 1] from "
@@ -162,7 +162,7 @@ def run_export(model, args, settings):
         print(f"float16 TFLite masks agree with Keras on {check['float16_mask_agreement']:.4%} of pixels")
 
 
-def main(argv=None):
+def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     choices, percentile = resolve_choices(args), resolve_percentile(args)
     if args.inputs:

@@ -9,6 +9,7 @@ do (`slice.T` with the origin at the bottom, i.e. `np.rot90(slice)`); NIfTI
 zooms in unknown units are taken as mm, the usual convention.
 """
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,7 +44,7 @@ class ScanFile:
     volume_shape: tuple | None = None  # the NIfTI volume as 3-D (a 2-D image gets a last axis of 1)
 
 
-def has_dicom_magic(path):
+def has_dicom_magic(path: str | Path) -> bool:
     """True when the file carries the 'DICM' marker after the 128-byte preamble."""
     try:
         with open(path, "rb") as f:
@@ -53,7 +54,7 @@ def has_dicom_magic(path):
         return False
 
 
-def detect_format(path):
+def detect_format(path: str | Path) -> str | None:
     """The reader kind for `path` from its name (or DICOM marker), or None when unsupported."""
     name = Path(path).name.lower()
     if name.endswith(NIFTI_SUFFIXES):
@@ -84,7 +85,7 @@ def _luma(rgb):
     return rgb @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
-def read_image(path):
+def read_image(path: Path) -> ScanFile:
     """PNG/JPEG/TIFF, 8 or 16 bit; colour converted to gray. Every frame of a multi-page TIFF is a slice
     (numbered from 0, like NIfTI slices)."""
     slices = []
@@ -96,12 +97,12 @@ def read_image(path):
     return ScanFile(path, "image", slices, slice_indices=list(range(len(slices))))
 
 
-def read_mat(path):
+def read_mat(path: Path) -> ScanFile:
     """One figshare-format slice (MATLAB v7.3); the files record no pixel spacing."""
     return ScanFile(path, "mat", [_checked_slice(path, read_slice(path, with_border=False).image)])
 
 
-def read_dicom(path):
+def read_dicom(path: Path) -> ScanFile:
     """One DICOM slice with RescaleSlope/RescaleIntercept applied and PixelSpacing when present."""
     import pydicom
 
@@ -125,7 +126,7 @@ def read_dicom(path):
     return ScanFile(path, "dicom", [_checked_slice(path, array)], spacing=spacing)
 
 
-def read_nifti(path, axis=2):
+def read_nifti(path: Path, axis: int = 2) -> ScanFile:
     """Every slice of a 2-D or 3-D NIfTI volume along voxel `axis`."""
     import nibabel as nib
 
@@ -155,7 +156,7 @@ def read_nifti(path, axis=2):
     )
 
 
-def nifti_mask_volume(scan, masks):
+def nifti_mask_volume(scan: ScanFile, masks: Iterable[np.ndarray]) -> np.ndarray:
     """The slice masks (display orientation) put back into a uint8 volume of the input's voxel shape."""
     volume = np.zeros(scan.volume_shape, dtype=np.uint8)
     for index, mask in zip(scan.slice_indices, masks):
@@ -165,7 +166,7 @@ def nifti_mask_volume(scan, masks):
     return volume.reshape(scan.nifti.shape)
 
 
-def read_scan(path, axis=2):
+def read_scan(path: str | Path, axis: int = 2) -> ScanFile:
     """Read one file with the reader its format needs; ReadError for an unsupported type."""
     path = Path(path)
     kind = detect_format(path)
@@ -178,7 +179,7 @@ def read_scan(path, axis=2):
     return {"image": read_image, "mat": read_mat, "dicom": read_dicom}[kind](path)
 
 
-def folder_scans(root, skip=None):
+def folder_scans(root: Path, skip: Path | None = None) -> tuple[list[Path], int]:
     """Files of a supported type under `root` (recursively; hidden files and those under `skip` left out),
     and the number of other files."""
     files = sorted(
@@ -189,7 +190,8 @@ def folder_scans(root, skip=None):
     return supported, len(files) - len(supported)
 
 
-def find_inputs(paths, out_dir=None):
+def find_inputs(paths: Iterable[Path],
+                out_dir: Path | None = None) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]], int]:
     """(file, output stem) pairs to read, problems as (path, reason), and the count of ignored files.
 
     Folders are searched with folder_scans (files of other types are ignored;
@@ -222,7 +224,7 @@ def find_inputs(paths, out_dir=None):
     return found, problems, ignored
 
 
-def strip_suffix(relative):
+def strip_suffix(relative: Path) -> Path:
     """Path without its file-type suffix; other dots stay (DICOM files are often named by UID)."""
     lower = relative.name.lower()
     suffix = next((s for s in KNOWN_SUFFIXES if lower.endswith(s)), "")
@@ -230,7 +232,7 @@ def strip_suffix(relative):
     return relative.parent / name if name not in (".", "..") else Path(name)
 
 
-def unique_stem(stem, taken):
+def unique_stem(stem: str, taken: set[str]) -> str:
     """`stem`, or `stem`-2, -3, ... when already taken; records the result in `taken`."""
     candidate, number = stem, 1
     while candidate in taken:

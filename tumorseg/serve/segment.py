@@ -6,7 +6,9 @@ thresholded and post-processed as evaluate chose (tumorseg.evaluate.choices), un
 """
 
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
@@ -17,7 +19,7 @@ from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.metrics import binarize
 from tumorseg.model.inference import has_type_head, load_model, predict_probabilities
 from tumorseg.model.unet import MASK_OUTPUT
-from tumorseg.serve.readers import read_scan, unique_stem
+from tumorseg.serve.readers import ScanFile, read_scan, unique_stem
 from tumorseg.serve.writers import (
     overlay_image,
     slice_row,
@@ -39,7 +41,7 @@ class PredictSettings:
     batch_size: int = 32
 
 
-def load_segmentation_model(model_path):
+def load_segmentation_model(model_path: str | Path):
     """The model and its image size S; InputError unless it maps (N, S, S, 1) to (N, S, S, 1) (its mask
     output, for a model with the type head)."""
     model = load_model(model_path)
@@ -58,7 +60,8 @@ def load_segmentation_model(model_path):
     return model, size
 
 
-def write_scan_outputs(scan, stem, probability_maps, settings, out_dir, names_taken):
+def write_scan_outputs(scan: ScanFile, stem: str, probability_maps: np.ndarray, settings: PredictSettings,
+                       out_dir: Path, names_taken: set[str]) -> list[dict[str, object]]:
     """Mask and overlay PNGs per slice (and a NIfTI mask volume); returns the summary rows."""
     rows, masks = [], []
     for index, image, small in zip(scan.slice_indices, scan.slices, probability_maps):
@@ -76,7 +79,8 @@ def write_scan_outputs(scan, stem, probability_maps, settings, out_dir, names_ta
     return rows
 
 
-def predict_pending(model, pending, settings, out_dir, names_taken):
+def predict_pending(model, pending: list[tuple[ScanFile, str]], settings: PredictSettings, out_dir: Path,
+                    names_taken: set[str]) -> tuple[list[dict[str, object]], list[tuple[Path, str]]]:
     """Predict all slices of the read scans in batches and write their outputs."""
     rows, failures = [], []
     images = np.stack([
@@ -99,14 +103,15 @@ def predict_pending(model, pending, settings, out_dir, names_taken):
     return rows, failures
 
 
-def failure_reason(path, error):
+def failure_reason(path: str | Path, error: BaseException) -> str:
     """The error text without a leading file name (the report adds it)."""
     text = str(error) or type(error).__name__
     prefix = f"{path}: "
     return text[len(prefix):] if text.startswith(prefix) else f"{type(error).__name__}: {text}"
 
 
-def segment_inputs(model, inputs, settings, out_dir):
+def segment_inputs(model, inputs: Iterable[tuple[Path, str]], settings: PredictSettings,
+                   out_dir: Path) -> tuple[list[dict[str, object]], list[tuple[Path, str]]]:
     """Read, predict and write every (path, output stem) of `inputs`; a file that fails is reported and
     skipped. Returns (summary rows, [(path, reason)] of the failures)."""
     rows, failures, pending, pending_slices = [], [], [], 0

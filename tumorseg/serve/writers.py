@@ -2,6 +2,8 @@
 
 import csv
 import gzip
+from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -10,7 +12,7 @@ from scipy import ndimage
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
 from tumorseg.data.preprocess import normalize_intensity
-from tumorseg.serve.readers import nifti_mask_volume
+from tumorseg.serve.readers import ScanFile, nifti_mask_volume
 
 OUTLINE_RGB = (255, 0, 0)
 SUMMARY_COLUMNS = (
@@ -20,7 +22,7 @@ SUMMARY_COLUMNS = (
 )
 
 
-def overlay_image(image, mask, percentile):
+def overlay_image(image: np.ndarray, mask: np.ndarray, percentile: float) -> np.ndarray:
     """RGB uint8 of the slice (scaled like the model input) with the mask outline drawn on it."""
     gray = (normalize_intensity(image, percentile) * 255).astype(np.uint8)
     rgb = np.repeat(gray[..., None], 3, axis=2)
@@ -29,12 +31,12 @@ def overlay_image(image, mask, percentile):
     return rgb
 
 
-def write_png(path, array):
+def write_png(path: str | Path, array: np.ndarray) -> None:
     with atomic_file(path) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def write_nifti_mask(path, scan, masks):
+def write_nifti_mask(path: str | Path, scan: ScanFile, masks: list[np.ndarray]) -> None:
     """The masks as a uint8 .nii.gz with the input's affine and header geometry."""
     import nibabel as nib
 
@@ -45,7 +47,8 @@ def write_nifti_mask(path, scan, masks):
         tmp.write_bytes(gzip.compress(volume.to_bytes()))
 
 
-def slice_row(scan, index, mask, probabilities, choices, names):
+def slice_row(scan: ScanFile, index: int, mask: np.ndarray, probabilities: np.ndarray, choices,
+              names: dict[str, str]) -> dict[str, object]:
     """One summary line; area only when the file records the pixel spacing."""
     pixels = int(mask.sum())
     spacing = scan.spacing
@@ -62,7 +65,7 @@ def slice_row(scan, index, mask, probabilities, choices, names):
     }
 
 
-def type_columns(type_probs):
+def type_columns(type_probs: np.ndarray | None) -> dict[str, str | float]:
     """The summary's tumour type and its probability (blank for a model without the type head)."""
     if type_probs is None:
         return {"tumor_type": "", "type_probability": ""}
@@ -70,7 +73,7 @@ def type_columns(type_probs):
     return {"tumor_type": LABEL_NAMES[best + 1], "type_probability": round(float(type_probs[best]), 6)}
 
 
-def write_csv(path, columns, rows):
+def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, object]]) -> None:
     with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()

@@ -21,8 +21,9 @@ from tumorseg.config import Augment
 from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
 
 
-def make_batches(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
-                 labels=None):
+def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
+                 augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
+                 labels: np.ndarray | None = None):
     """Batches of (image, mask), both (batch, S, S, 1) float32, for the current Keras backend.
 
     Training data is shuffled with the seed (a new order every epoch) and augmented; validation data is neither.
@@ -36,7 +37,7 @@ def make_batches(images, masks, batch_size, training=False, augment=None, seed=0
     return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels)
 
 
-def center_fit(array, size):
+def center_fit(array: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop or zero-pad a square array to (size, size), as tf.image.resize_with_crop_or_pad."""
     out = np.zeros((size, size), np.float32)
     current = array.shape[0]
@@ -48,7 +49,8 @@ def center_fit(array, size):
     return out
 
 
-def augment_pair(image, mask, settings, rng):
+def augment_pair(image: np.ndarray, mask: np.ndarray, settings: Augment,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """One (S, S) image and mask, augmented by `settings` (an Augment) with draws from `rng`."""
     size = image.shape[0]
     if settings.hflip and rng.random() < 0.5:
@@ -81,8 +83,9 @@ class ArrayBatches(keras.utils.PyDataset):
     of (seed, e, i) only, so a run is reproducible.
     """
 
-    def __init__(self, images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
-                 labels=None):
+    def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
+                 augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
+                 labels: np.ndarray | None = None) -> None:
         # threads prepare the next batches while the model trains (numpy and scipy release the GIL)
         super().__init__(workers=min(8, os.cpu_count() or 1) if training else 1)
         self.images = np.asarray(images, dtype=np.float32)
@@ -103,7 +106,7 @@ class ArrayBatches(keras.utils.PyDataset):
     def __len__(self):
         return self.batches
 
-    def on_epoch_end(self):
+    def on_epoch_end(self) -> None:
         self.epoch += 1
         self.order = self._order()
 

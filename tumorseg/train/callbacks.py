@@ -10,7 +10,7 @@ class MaskMetricNames(keras.callbacks.Callback):
     renames the mask's back to dice, iou, val_dice, val_iou, which train.monitor, the history and the
     plots use. The losses keep their names (loss is the total; mask_loss, tumor_type_loss its parts)."""
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         for name in [name for name in (logs or {}) if name.removeprefix("val_") in ("mask_dice", "mask_iou")]:
             logs[name.replace("mask_", "", 1)] = logs.pop(name)
 
@@ -18,7 +18,7 @@ class MaskMetricNames(keras.callbacks.Callback):
 class LearningRateLogger(keras.callbacks.Callback):
     """Adds the current learning rate to the epoch logs (for DVCLive and the CSV history)."""
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if logs is not None:
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
@@ -28,27 +28,27 @@ class EpochDVCLiveCallback(keras.callbacks.Callback):
     curves. The names follow dvclive.keras (loss -> train/loss, val_loss -> eval/loss), whose own callback
     is not used because it imports TensorFlow, which the JAX and PyTorch backends need not have."""
 
-    def __init__(self, live):
+    def __init__(self, live) -> None:
         super().__init__()
         self.live = live
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         self.live.step = epoch
         for name, value in (logs or {}).items():
             self.live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
         self.live.next_step()
 
-    def on_train_end(self, logs=None):
+    def on_train_end(self, logs: dict[str, float] | None = None) -> None:
         self.live.end()
 
 
 class CheckpointFromEpoch(keras.callbacks.ModelCheckpoint):
     """ModelCheckpoint that ignores the epochs before `first_epoch` (a Lovasz warm-up: not comparable)."""
 
-    def __init__(self, *args, first_epoch=0, **kwargs):
+    def __init__(self, *args, first_epoch: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.first_epoch = first_epoch
 
-    def on_epoch_end(self, epoch, logs=None):
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         if epoch >= self.first_epoch:
             super().on_epoch_end(epoch, logs)

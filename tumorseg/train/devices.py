@@ -22,11 +22,11 @@ class OneDevice:
 
     num_replicas_in_sync = 1
 
-    def scope(self):
+    def scope(self) -> contextlib.AbstractContextManager[None]:
         return contextlib.nullcontext()
 
 
-def check_backend(strategy):
+def check_backend(strategy: str) -> None:
     """Raise ConfigError when train.strategy needs TensorFlow and the Keras backend is another."""
     if strategy != "default" and keras.backend.backend() != "tensorflow":
         raise ConfigError(
@@ -35,7 +35,7 @@ def check_backend(strategy):
         )
 
 
-def get_strategy(name):
+def get_strategy(name: str):
     """One device; MirroredStrategy over every GPU (every logical CPU device when there is no GPU); or
     MultiWorkerMirroredStrategy over the machines TF_CONFIG lists. Other backends than TensorFlow: one device."""
     if keras.backend.backend() != "tensorflow":
@@ -50,7 +50,7 @@ def get_strategy(name):
     return tf.distribute.get_strategy()
 
 
-def has_accelerator():
+def has_accelerator() -> bool:
     """Whether the Keras backend in use computes on a GPU."""
     backend = keras.backend.backend()
     if backend == "tensorflow":
@@ -68,7 +68,7 @@ def has_accelerator():
     return False
 
 
-def make_deterministic(seed):
+def make_deterministic(seed: int) -> None:
     """Seed Python, numpy and the backend; on TensorFlow also deterministic kernels."""
     keras.utils.set_random_seed(seed)
     if keras.backend.backend() == "tensorflow":
@@ -79,7 +79,7 @@ def make_deterministic(seed):
 BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_flags(cpuinfo="/proc/cpuinfo"):
+def cpu_flags(cpuinfo: str | Path = "/proc/cpuinfo") -> set[str] | None:
     """The CPU's feature flags as a set, or None where they cannot be read (not Linux)."""
     try:
         text = Path(cpuinfo).read_text()
@@ -91,7 +91,7 @@ def cpu_flags(cpuinfo="/proc/cpuinfo"):
     return None
 
 
-def cpu_summary(flags):
+def cpu_summary(flags: set[str] | None) -> str:
     """A short description of the features that decide bfloat16 speed, for benchmark reports."""
     if flags is None:
         return "CPU flags unknown"
@@ -100,7 +100,7 @@ def cpu_summary(flags):
     return "CPU with " + (", ".join(present) if present else "none of " + ", ".join(wanted))
 
 
-def precision_warning(precision, flags, has_gpu):
+def precision_warning(precision: str, flags: set[str] | None, has_gpu: bool) -> str | None:
     """A warning when `precision` will run slower than float32 on this machine, else None."""
     if has_gpu or precision == "float32" or flags is None:
         return None

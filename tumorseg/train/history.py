@@ -11,13 +11,13 @@ from matplotlib.figure import Figure
 DPI = 100
 
 
-def read_history(path):
+def read_history(path: str | Path) -> pd.DataFrame:
     """Per-epoch history across resumed runs (a re-run epoch keeps its last record)."""
     history = pd.read_csv(path)
     return history.drop_duplicates("epoch", keep="last").sort_values("epoch").reset_index(drop=True)
 
 
-def best_epoch_row(history, first_epoch, monitor, mode):
+def best_epoch_row(history: pd.DataFrame, first_epoch: int, monitor: str, mode: str) -> pd.Series | None:
     """The history row of the best `monitor` value from `first_epoch` on (None when there is none)."""
     values = history.loc[history["epoch"] >= first_epoch, monitor]
     values = values[np.isfinite(values)]
@@ -26,7 +26,7 @@ def best_epoch_row(history, first_epoch, monitor, mode):
     return history.loc[values.idxmax() if mode == "max" else values.idxmin()]
 
 
-def best_monitored(history_csv, first_epoch, monitor, mode):
+def best_monitored(history_csv: str | Path, first_epoch: int, monitor: str, mode: str) -> float | None:
     """Best finite `monitor` value recorded from `first_epoch` on (a resumed run's bar to beat), else None."""
     if not Path(history_csv).exists():
         return None
@@ -34,7 +34,7 @@ def best_monitored(history_csv, first_epoch, monitor, mode):
     return None if best is None else float(best[monitor])
 
 
-def training_curves_figure(history):
+def training_curves_figure(history: pd.DataFrame) -> Figure:
     """Loss, Dice, IoU and learning rate per epoch (train and validation) from the Keras history table."""
     fig = Figure(figsize=(12.0, 3.2), dpi=DPI)
     FigureCanvasAgg(fig)

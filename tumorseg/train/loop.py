@@ -9,6 +9,7 @@ models/, metrics/train.json and plots/train/, are written only when training end
 import math
 import shutil
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -17,12 +18,12 @@ import keras
 import numpy as np
 from dvclive import Live
 
-from tumorseg.config import ConfigError
+from tumorseg.config import ConfigError, Oversample, Params, Train
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.preprocess import shrink
 from tumorseg.model.build import build_model, compile_model, make_loss
 from tumorseg.model.encoders import check_encoder, set_encoder_trainable
-from tumorseg.model.losses import LovaszSchedule
+from tumorseg.model.losses import BceDiceLoss, LovaszSchedule
 from tumorseg.train.batches import make_batches
 from tumorseg.train.callbacks import (
     CheckpointFromEpoch,
@@ -40,6 +41,7 @@ from tumorseg.train.devices import (
 )
 from tumorseg.train.history import best_monitored
 from tumorseg.train.phases import (
+    Phase,
     backup_epoch,
     data_digest,
     fingerprint,
@@ -66,23 +68,26 @@ class TrainPaths:
             object.__setattr__(self, name, Path(getattr(self, name)))
 
     @classmethod
-    def under(cls, folder, numpy_dir=None, split_csv=None):
+    def under(cls, folder: str | Path, numpy_dir: str | Path | None = None,
+              split_csv: str | Path | None = None) -> "TrainPaths":
         """Every output under `folder` (model.keras, train.json, plots/, work/); inputs there too unless given."""
         folder = Path(folder)
         return cls(numpy_dir or folder / "numpy", split_csv or folder / "split.csv", folder / "model.keras",
                    folder / "train.json", folder / "plots", folder / "work")
 
-    def for_worker(self, scratch):
+    def for_worker(self, scratch: str | Path) -> "TrainPaths":
         """The same inputs, and a non-chief worker's throwaway outputs under `scratch`."""
         return TrainPaths.under(scratch, self.numpy_dir, self.split_csv)
 
 
-def oversampled(positions, labels, oversample):
+def oversampled(positions: np.ndarray, labels: np.ndarray, oversample: Oversample) -> np.ndarray:
     """`positions` with each slice repeated as many times per epoch as train.oversample says for its class."""
     return np.repeat(np.asarray(positions), [oversample.times(label) for label in np.asarray(labels)])
 
 
-def learning_rate(train, steps_per_epoch, factor=1.0, plateau_start=None):
+def learning_rate(
+    train: Train, steps_per_epoch: int, factor: float = 1.0, plateau_start: float | None = None,
+) -> tuple[float | keras.optimizers.schedules.LearningRateSchedule, list[keras.callbacks.Callback]]:
     """Initial learning rate or schedule, plus the callbacks a schedule needs.
 
     `factor` scales the whole schedule (lr_max and lr_min) for fine-tuning. A
@@ -103,7 +108,8 @@ def learning_rate(train, steps_per_epoch, factor=1.0, plateau_start=None):
     return (lr_max if plateau_start is None else plateau_start * factor), [plateau]
 
 
-def training_arrays(params, numpy_dir, split_csv, replicas):
+def training_arrays(params: Params, numpy_dir: str | Path, split_csv: str | Path,
+                    replicas: int) -> list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]:
     """(images, masks, labels) of the train slices (oversampled) and of the val slices of the split; labels
     only with model.classify. Several replicas need full batches: checked here."""
     train = params.train
@@ -125,7 +131,8 @@ def training_arrays(params, numpy_dir, split_csv, replicas):
             for rows in (train_rows, val_rows)]
 
 
-def training_batches(params, subsets, replicas, size=None):
+def training_batches(params: Params, subsets: list[tuple[np.ndarray, np.ndarray, np.ndarray | None]], replicas: int,
+                     size: int | None = None):
     """(train batches, val batches) of training_arrays' `subsets`, shrunk to `size` px if given; training
     data shuffled and augmented. Several replicas cannot share a last, partial batch (a replica may get no
     slice), so they skip it: model selection then sees up to batch_size - 1 fewer validation slices;
@@ -142,7 +149,8 @@ def training_batches(params, subsets, replicas, size=None):
     return train_data, val_data
 
 
-def phase_callbacks(phase, last, train, loss, work_dir, live, schedule_callbacks):
+def phase_callbacks(phase: Phase, last: bool, train: Train, loss: BceDiceLoss, work_dir: Path, live: Live | None,
+                    schedule_callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
     first_epoch = train.first_compared_epoch
     history_csv = work_dir / "history.csv"
     callbacks = [
@@ -169,8 +177,10 @@ def phase_callbacks(phase, last, train, loss, work_dir, live, schedule_callbacks
     return callbacks
 
 
-def fit_phases(model, loss, params, batches, steps_per_epoch, strategy, work_dir, live, prepare_fit,
-               extra_callbacks):
+def fit_phases(model: keras.Model, loss: BceDiceLoss, params: Params, batches: Callable[[int | None], tuple],
+               steps_per_epoch: int, strategy, work_dir: Path, live: Live | None,
+               prepare_fit: Callable[[keras.Model], None] | None,
+               extra_callbacks: Iterable[keras.callbacks.Callback]) -> None:
     """Compile and fit each phase left to run, continuing the LR schedule. `batches(size)` gives a phase's
     (train, val) batches; a phase on another slice size goes on with the same weights in a model built for it."""
     phases = training_phases(params.train)
@@ -204,7 +214,8 @@ def fit_phases(model, loss, params, batches, steps_per_epoch, strategy, work_dir
         plateau_lr = float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
 
 
-def train(params, paths=TrainPaths(), extra_callbacks=()):
+def train(params: Params, paths: TrainPaths = TrainPaths(),
+          extra_callbacks: Iterable[keras.callbacks.Callback] = ()) -> dict[str, float]:
     """Fit the model of `params` on the split's train slices; returns the metrics written to paths.metrics."""
     train_params, model_params = params.train, params.model
     check_backend(train_params.strategy)

@@ -24,8 +24,10 @@ tests/test_strategy.py fails when a Keras release changes it.
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 
 import tensorflow as tf
 
@@ -36,22 +38,22 @@ FIX = ('set it on every machine, e.g. TF_CONFIG=\'{"cluster": {"worker": ["host1
        '"task": {"type": "worker", "index": 0}}\' (docs/scale-out.md, Several GPUs, several machines)')
 
 
-@dataclass(frozen=True)
 class ClusterError(ProjectError, ValueError):
     """TF_CONFIG, the workers or this Keras release do not allow multi-worker training; the message says why."""
 
 
+@dataclass(frozen=True)
 class Task:
     type: str
     index: int
     chief: bool
 
-    def scratch_dir(self, work_dir):
+    def scratch_dir(self, work_dir: str | Path) -> Path:
         """Where a non-chief worker keeps its run and throwaway outputs (beside the chief's work folder)."""
         return Path(f"{work_dir}-{self.type}{self.index}")
 
 
-def cluster_task(tf_config=None):
+def cluster_task(tf_config: str | None = None) -> Task:
     """This process's task in the cluster that TF_CONFIG describes, with a clear error when it is unusable."""
     text = os.environ.get("TF_CONFIG") if tf_config is None else tf_config
     if not text:
@@ -74,7 +76,7 @@ def cluster_task(tf_config=None):
     return Task(task_type, index, chief)
 
 
-def check_workers_agree(strategy, run_state, resume_epoch):
+def check_workers_agree(strategy: tf.distribute.Strategy, run_state: str, resume_epoch: int) -> None:
     """Fail on every worker, before training, unless all train the same run from the same epoch.
 
     `run_state` names what must match (params, split, data); `resume_epoch` is where this worker's
@@ -97,7 +99,7 @@ def check_workers_agree(strategy, run_state, resume_epoch):
         )
 
 
-def allow_fit(model):
+def allow_fit(model) -> None:
     """Let `model` (built under a MultiWorkerMirroredStrategy scope) train with fit() inside that scope."""
     try:
         from keras.src.backend.tensorflow import trainer
@@ -114,7 +116,7 @@ def allow_fit(model):
     model._distribute_strategy = None
 
 
-def averaging_scalars(reduce_per_replica, trainer):
+def averaging_scalars(reduce_per_replica: Callable[..., object], trainer: ModuleType) -> Callable[..., object]:
     """Keras's reduction of step outputs, averaging scalars correctly across workers."""
 
     def reduce(values, strategy, reduction):

@@ -16,6 +16,7 @@ import keras
 import numpy as np
 
 from tumorseg.atomic import atomic_dir, atomic_file, write_json
+from tumorseg.config import Params, Train
 from tumorseg.errors import ProjectError
 from tumorseg.train.history import best_epoch_row, read_history, training_curves_figure
 
@@ -37,7 +38,7 @@ class Phase:
     size: int | None = None
 
 
-def training_phases(train):
+def training_phases(train: Train) -> list[Phase]:
     """One phase; with train.freeze_encoder_epochs, decoder-only epochs and then fine-tuning at a lower rate;
     with train.progressive, epochs on smaller slices and then the rest at full size.
 
@@ -59,13 +60,13 @@ def training_phases(train):
     return phases
 
 
-def phases_to_run(phases, work_dir):
+def phases_to_run(phases: list[Phase], work_dir: str | Path) -> list[Phase]:
     """The phases left: from the latest one that has a backup (those before it are complete)."""
     started = [index for index, phase in enumerate(phases) if (Path(work_dir) / phase.backup).exists()]
     return phases[max(started, default=0):]
 
 
-def fingerprint(params, split_csv):
+def fingerprint(params: Params, split_csv: str | Path) -> str:
     """Identifies a training run: params that shape it and the split it trains on."""
     relevant = params.model_dump(include={"seed", "data", "model", "train"})
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode())
@@ -73,7 +74,7 @@ def fingerprint(params, split_csv):
     return digest.hexdigest()
 
 
-def data_digest(*arrays):
+def data_digest(*arrays: np.ndarray) -> str:
     """Identifies the arrays a run trains on."""
     digest = hashlib.sha256()
     for array in arrays:
@@ -82,13 +83,13 @@ def data_digest(*arrays):
     return digest.hexdigest()
 
 
-def backup_epoch(work_dir):
+def backup_epoch(work_dir: str | Path) -> int:
     """The epoch that the run kept in `work_dir` resumes from (-1: none)."""
     paths = Path(work_dir).glob("backup/**/training_metadata.json")
     return max((int(json.loads(path.read_text())["epoch"]) for path in paths), default=-1)
 
 
-def prepare_work_dir(work_dir, run_id):
+def prepare_work_dir(work_dir: str | Path, run_id: str) -> bool:
     """Keep the work folder of an interrupted run with the same id; start afresh otherwise."""
     work_dir = Path(work_dir)
     id_file = work_dir / "run_id"
@@ -100,7 +101,7 @@ def prepare_work_dir(work_dir, run_id):
     return resuming
 
 
-def save_for_inference(checkpoint, path):
+def save_for_inference(checkpoint: str | Path, path: str | Path) -> None:
     """Save the checkpoint's model without its training configuration (loss, metrics, optimizer state).
 
     The published model then loads with plain `keras.models.load_model`, in a
@@ -110,8 +111,9 @@ def save_for_inference(checkpoint, path):
     model.save(path)
 
 
-def finish(work_dir, model_path, metrics_path, plots_dir, first_epoch=0, monitored=("val_loss", "min"),
-           with_dvclive_plots=True):
+def finish(work_dir: Path, model_path: str | Path, metrics_path: str | Path, plots_dir: str | Path,
+           first_epoch: int = 0, monitored: tuple[str, str] = ("val_loss", "min"),
+           with_dvclive_plots: bool = True) -> dict[str, float]:
     """Check the run, then move its results into the DVC outputs (best `monitored` epoch from `first_epoch` on)."""
     history = read_history(work_dir / "history.csv")
     bad = history[~np.isfinite(history[["loss", "val_loss"]]).all(axis=1)]

@@ -23,7 +23,7 @@ def _zoom(image, mask, seed, zoom):
     return image, mask
 
 
-def rotation_transform(angle, size):
+def rotation_transform(angle: tf.Tensor, size: tf.Tensor | int) -> tf.Tensor:
     """Projective transform (output -> input coordinates) of a rotation by `angle` radians about the centre."""
     cos, sin, last = tf.cos(angle), tf.sin(angle), tf.cast(size, tf.float32) - 1.0
     x_offset = (last - (cos * last - sin * last)) / 2.0
@@ -82,8 +82,9 @@ def _augment(augment):
     return apply
 
 
-def make_dataset(images, masks, batch_size, training=False, augment=None, seed=0, drop_remainder=False,
-                 labels=None):
+def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
+                 augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
+                 labels: np.ndarray | None = None) -> tf.data.Dataset:
     """Batches of (image, mask), both (batch, S, S, 1) float32; with `labels`, of
     (image, {"mask": mask, "tumor_type": one-hot type}) (see tumorseg.train.batches.make_batches).
 
