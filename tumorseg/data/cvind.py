@@ -22,7 +22,7 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from tumorseg.data.matfile import matlab_header
+from tumorseg.data.matfile import HDF5_SIGNATURE, matlab_header
 from tumorseg.errors import ProjectError
 
 CVIND = "cvind.mat"
@@ -59,7 +59,7 @@ def read_cvind(path: str | Path) -> np.ndarray:
     with open(path, "rb") as f:
         head = f.read(520)
     try:
-        if head[512:520] == b"\x89HDF\r\n\x1a\n" or head.startswith(b"\x89HDF"):
+        if HDF5_SIGNATURE in (head[512:520], head[:8]):
             folds = _read_v73(path)
         elif head.startswith(b"MATLAB 5.0"):
             folds = _read_v5(path)

@@ -77,13 +77,10 @@ def _numeric_field(path, group, name, integer=False, max_size=None):
     if isinstance(item, h5py.Dataset) and max_size is not None and max(item.shape or (0,)) > max_size:
         raise MatFormatError(f"{path}: field '{name}' declares shape {item.shape}: more than {max_size} along "
                              "a side, far beyond any figshare slice; refusing to read it.")
-    if isinstance(item, h5py.Dataset) and not np.issubdtype(item.dtype, np.integer if integer else np.number):
-        data = None
-    else:
-        data = item[()] if isinstance(item, h5py.Dataset) else None
-    kind = np.integer if integer else np.number
-    if not isinstance(data, np.ndarray) or not np.issubdtype(data.dtype, kind):
-        found = getattr(item, "dtype", type(item).__name__) if isinstance(item, h5py.Dataset) else type(item).__name__
+    numeric = isinstance(item, h5py.Dataset) and np.issubdtype(item.dtype, np.integer if integer else np.number)
+    data = item[()] if numeric else None  # read only once the type is right
+    if not isinstance(data, np.ndarray):
+        found = item.dtype if isinstance(item, h5py.Dataset) else type(item).__name__
         wanted = "integer character codes" if integer else "numbers"
         raise MatFormatError(
             f"{path}: field '{name}' must hold {wanted}, found {found}; the file is not a figshare slice."
