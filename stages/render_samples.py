@@ -11,10 +11,8 @@ from tumorseg.evaluate.review import write_review
 def main():
     params = load_params()
     chosen = Choices.load("metrics/eval.json")
-    render_samples("models/model.keras", "data/numpy", "data/split.csv", params, "plots/samples",
-                   chosen.threshold, chosen.postprocess, chosen.tta)
-    write_review("models/model.keras", "data/numpy", "data/split.csv", "plots/review", chosen.threshold,
-                 chosen.postprocess, chosen.tta)
+    render_samples("models/model.keras", "data/numpy", "data/split.csv", params, "plots/samples", chosen)
+    write_review("models/model.keras", "data/numpy", "data/split.csv", "plots/review", chosen)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,9 @@ from tests.dvc_helpers import (
     ran_stages,
     reproduced_project,
 )
+from tumorseg.cli import exit_status
 from tumorseg.data.cvind import read_cvind
+from tumorseg.serve.predict import main as predict_main
 
 pytestmark = DVC_TEST_MARKS
 
@@ -89,3 +91,21 @@ def test_official_folds_end_to_end(tmp_path_factory):
     assert 1 not in set(folds[split.loc[split["subset"] != "test", "index"] - 1])
     test_images = json.loads((project / "metrics" / "eval.json").read_text())["test_images"]
     assert test_images == (split["subset"] == "test").sum()
+
+
+def test_predict_scores_each_slice_as_evaluate_did(tmp_path_factory):
+    """predict on the raw test slices, with evaluate's metrics/eval.json, gives each the confidence and
+    review flag that evaluate wrote into plots/eval/per_image.csv."""
+    project = reproduced_project(tmp_path_factory, "confidence")
+    per_image = pd.read_csv(project / "plots" / "eval" / "per_image.csv").set_index("index")
+    inputs = [str(project / "data" / "raw" / f"{index}.mat") for index in per_image.index[:6]]
+    out = project / "predicted"
+    assert exit_status("predict", predict_main, [*inputs, "--out", str(out), "--model",
+                                                 str(project / "models" / "model.keras"), "--eval-metrics",
+                                                 str(project / "metrics" / "eval.json"), "--params",
+                                                 str(project / "params.yaml")]) == 0
+    summary = pd.read_csv(out / "summary.csv")
+    indices = summary["input"].map(lambda path: int(path.rsplit("/", 1)[1].split(".")[0]))
+    expected = per_image.loc[indices]
+    assert summary["confidence"].to_numpy() == pytest.approx(expected["confidence"].to_numpy(), abs=1e-4)
+    assert summary["review"].tolist() == expected["review"].tolist()

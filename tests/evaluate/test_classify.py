@@ -15,7 +15,7 @@ from tumorseg.evaluate.report import evaluate
 from tumorseg.evaluate.tumor_type import confusion_rows, predicted_labels, type_scores
 from tumorseg.model.build import compile_settings
 from tumorseg.model.encoders import build_encoder_unet
-from tumorseg.model.inference import has_type_head, predict_probabilities
+from tumorseg.model.inference import has_type_head, predict, predict_probabilities
 from tumorseg.model.losses import BceDiceLoss
 from tumorseg.model.unet import build_unet, one_hot_types
 from tumorseg.serve import export
@@ -126,8 +126,9 @@ def test_the_saved_model_predicts_both_outputs(trained):
     root, _, _ = trained
     model = keras.models.load_model(root / "model.keras", compile=False)
     images = np.load(root / "numpy" / "images.npy")
-    probs, types = predict_probabilities(model, images, np.arange(5), tta="hflip", with_types=True)
-    assert probs.shape == (5, 32, 32) and types.shape == (5, 3)
+    predicted = predict(model, images, np.arange(5), tta="hflip")
+    probs, types = predicted.probabilities, predicted.types
+    assert probs.shape == (5, 32, 32) and types.shape == (5, 3) and predicted.agreement.shape == (5,)
     np.testing.assert_allclose(types.sum(axis=1), 1.0, rtol=1e-5)
     assert predict_probabilities(model, images, np.arange(5)).shape == (5, 32, 32)
 

@@ -7,6 +7,7 @@ import pytest
 from tests.helpers import identity_model, make_params
 from tumorseg.data.arrays import InputError
 from tumorseg.data.matfile import Slice, write_slice
+from tumorseg.evaluate.confidence import FEATURES
 from tumorseg.evaluate.report import evaluate
 
 SIZE = 16
@@ -104,7 +105,15 @@ def test_eval_json_keys_and_values(evaluated):
         {"iou", "iou_pooled", "dice_pooled", "threshold", "val_iou", "postprocess_min_fraction"} | scores | counts
         | {f"{name}_{key}" for name in classes for key in ("iou", "n", "failures", *scores)}
     )
-    assert set(written) == expected | {"postprocess", "tta"}
+    confidence_keys = (
+        {"confidence_auroc", "referral_05_dice", "referral_10_dice", "referral_20_dice", "review_flagged",
+         "review_caught", "confidence_fitted", "confidence_bias", "review_threshold"}
+        | {f"confidence_weight_{name}" for name in FEATURES} | {f"{name}_confidence_auroc" for name in classes}
+    )
+    assert set(written) == expected | {"postprocess", "tta"} | confidence_keys
+    # no test slice fails (Dice < 0.5): no AUROC, nothing to catch, all kept at every referral share
+    assert written["confidence_auroc"] is None and written["review_caught"] is None
+    assert written["referral_20_dice"] == pytest.approx(written["dice"], abs=0.02)
     assert (written["postprocess"], written["postprocess_min_fraction"], written["tta"]) == ("none", 0.0, "none")
     assert all(not isinstance(value, dict) for value in written.values())
     assert written["test_images"] == 7 and written["test_patients"] == 3
@@ -131,9 +140,13 @@ def test_per_image_and_per_class_tables(evaluated):
     assert (per_image["true_pixels"] == 16).all()
     assert set(per_image["pred_pixels"]) == {18, 20}
     assert per_image["dice"].mean() == pytest.approx(result["dice"], abs=1e-4)
+    assert ((per_image["confidence"] > 0) & (per_image["confidence"] < 1)).all()
+    assert {f"feature_{name}" for name in FEATURES} | {"review"} <= set(per_image.columns)
+    risk = pd.read_csv(out / "plots" / "eval" / "risk_coverage.csv")
+    assert risk["referred"].iloc[0] == 0.0 and risk["kept_dice"].iloc[0] == pytest.approx(result["dice"], abs=1e-4)
     per_class = pd.read_csv(out / "plots" / "eval" / "per_class.csv")
     assert list(per_class.columns) == [
-        "class", "dice", "iou", "dice_native", "n", "failures",
+        "class", "dice", "iou", "dice_native", "n", "failures", "confidence_auroc",
         "dice_ci_low", "dice_ci_high", "dice_native_ci_low", "dice_native_ci_high",
     ]
     assert per_class["class"].tolist() == ["meningioma", "glioma", "pituitary"]

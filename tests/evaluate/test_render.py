@@ -5,6 +5,7 @@ from PIL import Image
 
 from tests.helpers import identity_model, make_params
 from tumorseg import LABEL_NAMES
+from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.render import (
     DPI,
     GRID_CELL,
@@ -69,7 +70,7 @@ def rendered(tmp_path_factory):
     numpy_dir, split_csv = make_dataset(root)
     model_path = identity_model(root / "model.keras", SIZE)
     out_dir = root / "samples"
-    written = render_samples(model_path, numpy_dir, split_csv, PARAMS, out_dir, threshold=0.5)
+    written = render_samples(model_path, numpy_dir, split_csv, PARAMS, out_dir, Choices(threshold=0.5))
     return out_dir, written
 
 

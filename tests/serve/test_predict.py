@@ -2,6 +2,7 @@
 
 import csv
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import keras
@@ -16,6 +17,9 @@ from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 from tests.helpers import identity_model, make_params
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import preprocess_image
+from tumorseg.evaluate.confidence import FEATURES, ConfidenceModel, score_slices
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.model.inference import predict as predict_all
 from tumorseg.model.inference import predict_probabilities
 from tumorseg.model.unet import build_unet
 from tumorseg.serve import export
@@ -391,3 +395,27 @@ def test_output_stems_are_unique_and_keep_uid_names(tmp_path):
     found, problems, ignored = find_inputs([tmp_path / "a", tmp_path / "b", tmp_path / "absent"], out_dir=None)
     assert [stem for _, stem in found] == ["1.2.840.5", "x", "x-2"]
     assert problems == [(tmp_path / "absent", "not found")] and ignored == 0
+
+
+def test_confidence_and_review_flag_per_slice(tmp_path, model_path, capsys):
+    files = [write_png(tmp_path / "a.png", (50, 70)), write_png(tmp_path / "b.png", (64, 48), bits=16)]
+    model = keras.models.load_model(model_path, compile=False)
+    images = np.stack([preprocess_image(read_scan(path).slices[0], SIZE) for path in files])
+    predicted = predict_all(model, images, np.arange(2), tta="hflip")
+    # a score model that flags exactly the less confident of the two slices
+    scorer = ConfidenceModel({"mean_inside": 3.0, "uncertainty": -1.0, "agreement": 2.0}, -1.0, fitted=True)
+    expected, _ = score_slices(predicted.probabilities, predicted.agreement, None, 0.5, PostProcess(), scorer)
+    scorer = replace(scorer, review_threshold=float(expected.min()))
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"threshold": 0.5, "tta": "hflip",
+                                                                **scorer.to_metrics()}))
+    assert predict([*map(str, files), "--out", "out", "--model", str(model_path)]) == 0
+    rows = {Path(row["input"]).name: row for row in read_rows(tmp_path / "out")}
+    found = [float(rows[path.name]["confidence"]) for path in files]
+    assert found == pytest.approx(expected, abs=1e-6)
+    assert [rows[path.name]["review"] == "True" for path in files] == list(expected == expected.min())
+    assert "1 of 2 slice(s) flagged for review" in capsys.readouterr().out
+    # the export records the score's model beside the threshold
+    assert predict(["--export", "exported", "--model", str(model_path)]) == 0
+    recorded = json.loads((tmp_path / "exported" / export.METADATA).read_text())["confidence"]
+    assert ConfidenceModel.from_metrics(recorded) == scorer and recorded["features"] == list(FEATURES)

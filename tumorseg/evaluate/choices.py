@@ -1,4 +1,5 @@
-"""Evaluate's choices, made on validation and applied unchanged later: the threshold, post-processing and TTA.
+"""Evaluate's choices, made on validation and applied unchanged later: the threshold, post-processing, TTA
+and the confidence score's model (tumorseg.evaluate.confidence).
 
 The evaluate stage writes them into metrics/eval.json; render_samples and predict read them back through
 Choices.load, the one reader, which checks every value and names the file and the fix.
@@ -9,6 +10,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tumorseg.errors import ProjectError
+from tumorseg.evaluate.confidence import ConfidenceModel
 from tumorseg.evaluate.postprocess import PostProcess
 from tumorseg.model.inference import TTA_FLIPS
 
@@ -22,6 +24,7 @@ class Choices:
     threshold: float = 0.5
     postprocess: PostProcess = field(default_factory=PostProcess)
     tta: str = "none"
+    confidence: ConfidenceModel = field(default_factory=ConfidenceModel)
 
     def __post_init__(self):
         if isinstance(self.threshold, bool) or not isinstance(self.threshold, (int, float)) \
@@ -44,6 +47,7 @@ class Choices:
                 postprocess=PostProcess(chosen.get("postprocess", "none"),
                                         float(chosen.get("postprocess_min_fraction", 0.0))),
                 tta=chosen.get("tta", "none"),
+                confidence=ConfidenceModel.from_metrics(chosen),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             detail = f"no {error}" if isinstance(error, KeyError) else str(error)

@@ -17,12 +17,9 @@ from tumorseg.atomic import atomic_dir
 from tumorseg.config import Params
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.evaluate import metrics
-from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.inference import (
-    check_model_input,
-    load_model,
-    predict_probabilities,
-)
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.confidence import score_slices
+from tumorseg.model.inference import check_model_input, load_model, predict
 
 DPI = 100
 SAMPLE_FIGSIZE = (12.0, 3.6)  # inches: four panels side by side
@@ -46,6 +43,8 @@ class Sample:
     truth: np.ndarray  # (S, S) bool
     pred: np.ndarray  # (S, S) bool
     dice: float
+    confidence: float = float("nan")  # tumorseg.evaluate.confidence
+    review: bool = False  # flagged for review by the confidence score
 
     @property
     def class_name(self) -> str:
@@ -102,6 +101,13 @@ def _legend_handles():
     return [Patch(facecolor=color, label=name) for name, color in ERROR_COLORS.items()]
 
 
+def _confidence_text(sample: Sample, name: str) -> str:
+    """' conf 0.93*' for a scored sample (* when flagged for review), '' for one without a score."""
+    if np.isnan(sample.confidence):
+        return ""
+    return f"{name} {sample.confidence:.2f}{'*' if sample.review else ''}"
+
+
 def _show(ax, rgb, title):
     ax.imshow(rgb, interpolation="nearest")
     ax.set_title(title, fontsize=10)
@@ -117,7 +123,8 @@ def sample_figure(sample: Sample) -> Figure:
     _show(axes[1], overlay(sample.image, sample.truth, TRUTH_COLOR), "true mask")
     _show(axes[2], overlay(sample.image, sample.pred, PRED_COLOR), "predicted mask")
     _show(axes[3], error_view(sample.image, sample.truth, sample.pred), "errors")
-    fig.suptitle(f"{sample.class_name}  |  id {sample.id}  |  Dice {sample.dice:.3f}", fontsize=13)
+    fig.suptitle(f"{sample.class_name}  |  id {sample.id}  |  Dice {sample.dice:.3f}"
+                 f"{_confidence_text(sample, '  |  confidence')}", fontsize=13)
     fig.legend(handles=_legend_handles(), loc="lower center", ncol=3, frameon=False, fontsize=10)
     fig.subplots_adjust(left=0.01, right=0.99, top=0.82, bottom=0.12, wspace=0.05)
     return fig
@@ -147,11 +154,13 @@ def grid_figure(samples_by_class: dict[int, list[Sample]], threshold: float | No
             ax.set_axis_off()
             if row < len(samples):
                 sample = samples[row]
-                _show(ax, error_view(sample.image, sample.truth, sample.pred), f"id {sample.id}  Dice {sample.dice:.3f}")
+                _show(ax, error_view(sample.image, sample.truth, sample.pred),
+                      f"id {sample.id}  Dice {sample.dice:.3f}{_confidence_text(sample, 'conf')}")
         if not samples:
             header.text(0.5, 0.5, "no test slices", ha="center", va="center", fontsize=11, color="0.4",
                         transform=header.transAxes)
     caption = "test slices" if threshold is None else f"test slices, threshold {threshold:g}"
+    caption += " (conf: confidence score, *: flagged for review)"
     fig.legend(handles=_legend_handles(), loc="lower center", ncol=3, frameon=False, fontsize=9,
                title=caption, title_fontsize=9)
     fig.subplots_adjust(left=0.02, right=0.98, top=1.0 - 0.7 / height, bottom=0.6 / height,
@@ -160,38 +169,37 @@ def grid_figure(samples_by_class: dict[int, list[Sample]], threshold: float | No
 
 
 def build_samples(model, arrays: dict[str, np.ndarray], positions: np.ndarray, chosen: dict[int, list[int]],
-                  threshold: float, batch_size: int = 32, postprocess: PostProcess = PostProcess(),
-                  tta: str = "none") -> dict[int, list[Sample]]:
-    """Predict the chosen slices (with test-time `tta`, then thresholded and post-processed); {label: [Sample]}."""
+                  choices: Choices = Choices(), batch_size: int = 32) -> dict[int, list[Sample]]:
+    """Predict the chosen slices as evaluate did (`choices`: test-time flips, threshold, post-processing and
+    the confidence score); {label: [Sample]}."""
     ids = np.asarray(arrays["ids"])
     position_of = {int(ids[p]): int(p) for p in positions}
     samples = {}
     for label, wanted in chosen.items():
         picked = np.array([position_of[i] for i in wanted], dtype=np.int64)
-        probs = predict_probabilities(model, arrays["images"], picked, batch_size, tta) if len(picked) else []
         samples[label] = []
-        for position, prob in zip(picked, probs):
+        if not len(picked):
+            continue
+        predicted = predict(model, arrays["images"], picked, batch_size, choices.tta)
+        scores, _ = score_slices(predicted.probabilities, predicted.agreement, predicted.types, choices.threshold,
+                                 choices.postprocess, choices.confidence)
+        flags = choices.confidence.flags(scores)
+        for position, prob, score, flag in zip(picked, predicted.probabilities, scores, flags):
             truth = np.asarray(arrays["masks"][position]) > 0
-            pred = postprocess.apply(metrics.binarize(prob, threshold))
+            pred = choices.postprocess.apply(metrics.binarize(prob, choices.threshold))
             dice = float(metrics.dice_per_image(truth[None], pred[None])[0])
             image = np.asarray(arrays["images"][position], dtype=np.float32)
-            samples[label].append(Sample(int(ids[position]), label, image, truth, pred, dice))
+            samples[label].append(Sample(int(ids[position]), label, image, truth, pred, dice, float(score), bool(flag)))
     return samples
 
 
 def render_samples(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Path, params: Params,
-                   out_dir: str | Path, threshold: float | None = None, postprocess: PostProcess = PostProcess(),
-                   tta: str = "none") -> list[str]:
+                   out_dir: str | Path, choices: Choices = Choices()) -> list[str]:
     """Write <class>_<id>.png per chosen test slice and grid.png into out_dir.
 
-    `threshold` defaults to 0.5; the stage passes the threshold, post-processing
-    and tta that evaluate chose and scored (metrics/eval.json).
-    Returns the names of the files written.
+    `choices` default to a threshold of 0.5 and nothing else; the stage passes
+    those evaluate chose and scored (metrics/eval.json). Returns the names of the files written.
     """
-    threshold = 0.5 if threshold is None else float(threshold)
-    if not 0.0 <= threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], found {threshold}.")
-
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("test",))
     test = subset_positions(split, arrays, "test", split_csv)
@@ -201,7 +209,7 @@ def render_samples(model_path: str | Path, numpy_dir: str | Path, split_csv: str
     ids = np.asarray(arrays["ids"])[test]
     labels = np.asarray(arrays["labels"])[test]
     chosen = select_samples(ids, labels, params.render.per_class, params.seed)
-    samples = build_samples(model, arrays, test, chosen, threshold, postprocess=postprocess, tta=tta)
+    samples = build_samples(model, arrays, test, chosen, choices)
 
     written = []
     with atomic_dir(out_dir) as tmp:
@@ -210,7 +218,7 @@ def render_samples(model_path: str | Path, numpy_dir: str | Path, split_csv: str
                 name = f"{sample.class_name}_{sample.id}.png"
                 sample_figure(sample).savefig(Path(tmp) / name)
                 written.append(name)
-        grid_figure(samples, threshold).savefig(Path(tmp) / "grid.png")
+        grid_figure(samples, choices.threshold).savefig(Path(tmp) / "grid.png")
         written.append("grid.png")
-    print(f"rendered {len(written) - 1} test slices at threshold {threshold:g} to {out_dir}")
+    print(f"rendered {len(written) - 1} test slices at threshold {choices.threshold:g} to {out_dir}")
     return written

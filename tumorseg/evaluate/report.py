@@ -3,7 +3,9 @@
 The threshold and the post-processing (tumorseg.evaluate.postprocess) are tuned on
 the validation patients only and then applied unchanged to the test
 patients; with evaluate.tta the probabilities are averaged over flips
-first. Outputs: a flat metrics JSON (for `dvc metrics`) and a folder of CSV
+first. The confidence score (tumorseg.evaluate.confidence) is fitted on the
+validation slices too and judged on test: how well it finds the failures and
+what referring the least confident slices gains. Outputs: a flat metrics JSON (for `dvc metrics`) and a folder of CSV
 tables (for `dvc plots`).
 """
 
@@ -20,13 +22,13 @@ from tumorseg.data.arrays import InputError, load_arrays, read_split, subset_pos
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import resize_probabilities
 from tumorseg.data.split import patient_families
-from tumorseg.evaluate import metrics, tumor_type
+from tumorseg.evaluate import confidence, metrics, tumor_type
 from tumorseg.evaluate.postprocess import PostProcess, candidates
 from tumorseg.model.inference import (
     DEFAULT_BATCH_SIZE,
     check_model_input,
     load_model,
-    predict_probabilities,
+    predict,
 )
 
 DECIMALS = 4
@@ -80,6 +82,15 @@ def choose_on_validation(truth: np.ndarray, probs: np.ndarray, thresholds: np.nd
         if best is None or val_iou > best[2] + metrics.TIE_TOLERANCE:
             best = (threshold, postprocess, val_iou, sweep)
     return best
+
+
+def fit_confidence(val_truth: np.ndarray, val_predicted, threshold: float, postprocess: PostProcess,
+                   seed: int) -> confidence.ConfidenceModel:
+    """The confidence score's model fitted on the validation slices' Dice at the chosen threshold."""
+    val_pred = postprocess.apply(metrics.binarize(val_predicted.probabilities, threshold))
+    _, features = confidence.score_slices(val_predicted.probabilities, val_predicted.agreement,
+                                          val_predicted.types, threshold, postprocess, confidence.ConfidenceModel())
+    return confidence.ConfidenceModel.fit(features, metrics.dice_per_image(val_truth, val_pred), seed)
 
 
 # ---------------------------------------------------------------- reports
@@ -139,10 +150,12 @@ def per_class_table(per_image: pd.DataFrame, resamples: int, seed: int) -> pd.Da
                 "dice_native": part["dice_native"].mean() if len(part) else np.nan,
                 "n": int(len(part)),
                 "failures": int((part["dice"] < FAILURE_DICE).sum()),
+                "confidence_auroc": (confidence.failure_auroc(part["confidence"], part["dice"])
+                                     if "confidence" in part else np.nan),
                 **confidence_intervals(part, resamples, seed),
             }
         )
-    columns = ["class", "dice", "iou", "dice_native", "n", "failures",
+    columns = ["class", "dice", "iou", "dice_native", "n", "failures", "confidence_auroc",
                "dice_ci_low", "dice_ci_high", "dice_native_ci_low", "dice_native_ci_high"]
     return pd.DataFrame(rows, columns=columns)
 
@@ -179,6 +192,10 @@ def _fmt(value):
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _fmt_share(value):
+    return "n/a" if value is None else f"{value:.1%}"
+
+
 def format_summary(result: dict[str, Any], per_class: pd.DataFrame) -> str:
     """A few lines for stdout: threshold, test Dice with its CI, per class."""
     postprocess = str(PostProcess(result["postprocess"], result["postprocess_min_fraction"]))
@@ -190,6 +207,12 @@ def format_summary(result: dict[str, Any], per_class: pd.DataFrame) -> str:
         f"{_fmt(result['dice_native_ci_high'])}]  IoU {_fmt(result['iou'])}"
         f"  ({result['test_images']} slices, {result['test_patients']} patients)",
     ]
+    if result.get("confidence_auroc") is not None:
+        lines.append(
+            f"confidence: AUROC {_fmt(result['confidence_auroc'])} for slices with Dice < {confidence.REVIEW_DICE:g};"
+            f" referring the 20% least confident leaves Dice {_fmt(result['referral_20_dice'])};"
+            f" flagged for review {_fmt_share(result['review_flagged'])} of slices, {_fmt_share(result['review_caught'])}"
+            " of the failures")
     if "type_accuracy" in result:
         lines.append(f"tumour type: accuracy {_fmt(result['type_accuracy'])}, balanced accuracy "
                      f"{_fmt(result['type_balanced_accuracy'])}")
@@ -225,11 +248,13 @@ def evaluate(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Pat
 
     masks = arrays["masks"]
     val_truth = np.asarray(masks[val]) > 0
-    val_probs = predict_probabilities(model, arrays["images"], val, DEFAULT_BATCH_SIZE, tta)
-    threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_probs, thresholds, settings.postprocess)
+    val_predicted = predict(model, arrays["images"], val, DEFAULT_BATCH_SIZE, tta)
+    threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_predicted.probabilities,
+                                                                  thresholds, settings.postprocess)
+    scorer = fit_confidence(val_truth, val_predicted, threshold, postprocess, params.seed)
 
-    test_probs, test_types = predict_probabilities(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta,
-                                                   with_types=True)
+    test_predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
+    test_probs, test_types = test_predicted.probabilities, test_predicted.types
     test_truth = np.asarray(masks[test]) > 0
     test_pred = postprocess.apply(metrics.binarize(test_probs, threshold))
     pids, test_labels = np.asarray(arrays["pids"])[test], np.asarray(arrays["labels"])[test]
@@ -237,9 +262,17 @@ def evaluate(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Pat
         test_ids, pids, test_labels, test_truth, test_pred,
         native_dice(test_probs, test_ids, raw_dir, threshold, postprocess),
     )
+    scores, features = confidence.score_slices(test_probs, test_predicted.agreement, test_types, threshold,
+                                               postprocess, scorer)
+    per_image = per_image.assign(**{f"feature_{name}": values for name, values in zip(confidence.FEATURES, features.T)},
+                                 confidence=scores,
+                                 review=scorer.flags(scores))
     per_class = per_class_table(per_image, resamples, params.seed)
     ci = confidence_intervals(per_image, resamples, params.seed)
     result = summary_metrics(per_image, per_class, test_truth, test_pred, (threshold, postprocess, val_iou, tta), ci)
+    result.update({key: _round(value) for key, value in
+                   confidence.referral_metrics(scores, per_image["dice"], per_image["review"]).items()})
+    result.update(scorer.to_metrics())
     if test_types is not None:  # the model has the type head (model.classify)
         predicted = tumor_type.predicted_labels(test_types)
         per_image["predicted_type"] = [LABEL_NAMES[int(label)] for label in predicted]
@@ -254,6 +287,8 @@ def evaluate(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Pat
         sweep_table.to_csv(tmp / "threshold_sweep.csv", index=False)
         per_image.round(DECIMALS).to_csv(tmp / "per_image.csv", index=False)
         per_class.round(DECIMALS).to_csv(tmp / "per_class.csv", index=False)
+        confidence.risk_coverage(scores, per_image["dice"]).round(DECIMALS).to_csv(tmp / "risk_coverage.csv",
+                                                                                  index=False)
         # without the type head an empty table: dvc plots show then draws an empty matrix instead of
         # warning that the file is missing
         rows = tumor_type.confusion_rows(*((test_labels, predicted) if test_types is not None else ([], [])))

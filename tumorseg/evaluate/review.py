@@ -2,10 +2,13 @@
 
 plots/review/index.html is one self-contained page (no server, no network; the
 pictures lie beside it in slices/): per slice the MRI with true positive, false
-positive and false negative pixels tinted, its class, patient, Dice and the
-true and predicted areas. A class filter (also set by the address, e.g.
-index.html#class=glioma) shows one class at a time. There is no threshold
-slider: the masks are those of the threshold evaluate chose on validation.
+positive and false negative pixels tinted, its class, patient, Dice, the
+true and predicted areas, the confidence score and whether it flags the slice
+for review (tumorseg.evaluate.confidence); the header states the score's AUROC
+for finding the failures. A class filter and a sort order, Dice or confidence
+(both also set by the address, e.g. index.html#class=glioma&sort=confidence),
+choose what is shown. There is no threshold slider: the masks are those of the
+threshold evaluate chose on validation.
 """
 
 import html
@@ -17,7 +20,8 @@ from PIL import Image
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
-from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.confidence import CATCH, REVIEW_DICE, failure_auroc
 from tumorseg.evaluate.render import ERROR_COLORS, Sample, build_samples, error_view
 from tumorseg.model.inference import check_model_input, load_model
 
@@ -41,40 +45,57 @@ img {{ image-rendering: pixelated; display: block; }}
 <h1>Test slices, worst Dice first</h1>
 <p>Threshold {threshold}, post-processing {postprocess}, test-time augmentation {tta} (as evaluate chose on validation).
 <span class="key">{key}</span></p>
+<p id="confidence-note">{confidence_note}</p>
 <p><label for="class-filter">Class</label>
 <select id="class-filter">
 <option value="all">all classes</option>
 {options}
 </select>
+<label for="sort-order">sorted by</label>
+<select id="sort-order">
+<option value="dice">Dice, worst first</option>
+<option value="confidence">confidence, least first</option>
+</select>
 <span id="shown">{count}</span> of {count} slices shown</p>
 <table id="slices">
-<thead><tr><th>slice</th><th>id</th><th>class</th><th>patient</th><th>Dice</th><th>true pixels</th><th>predicted pixels</th></tr></thead>
+<thead><tr><th>slice</th><th>id</th><th>class</th><th>patient</th><th>Dice</th><th>true pixels</th><th>predicted pixels</th><th>confidence</th><th>review</th></tr></thead>
 <tbody>
 {rows}
 </tbody>
 </table>
 <script>
 const filter = document.getElementById("class-filter");
-function show(choice) {{
+const order = document.getElementById("sort-order");
+const body = document.querySelector("#slices tbody");
+function show() {{
+  const key = order.value;
+  const rows = [...body.rows].sort((a, b) => a.dataset[key] - b.dataset[key] || a.dataset.id - b.dataset.id);
   let shown = 0;
-  for (const row of document.querySelectorAll("#slices tbody tr")) {{
-    row.hidden = choice !== "all" && row.dataset.class !== choice;
+  for (const row of rows) {{
+    body.appendChild(row);
+    row.hidden = filter.value !== "all" && row.dataset.class !== filter.value;
     if (!row.hidden) shown += 1;
   }}
   document.getElementById("shown").textContent = shown;
 }}
-filter.addEventListener("change", () => {{ location.hash = "class=" + filter.value; show(filter.value); }});
-const asked = new URLSearchParams(location.hash.slice(1)).get("class");
-if (asked && [...filter.options].some(option => option.value === asked)) filter.value = asked;
-show(filter.value);
+function choose() {{ location.hash = "class=" + filter.value + "&sort=" + order.value; show(); }}
+filter.addEventListener("change", choose);
+order.addEventListener("change", choose);
+const asked = new URLSearchParams(location.hash.slice(1));
+for (const [select, name] of [[filter, "class"], [order, "sort"]]) {{
+  const value = asked.get(name);
+  if (value && [...select.options].some(option => option.value === value)) select.value = value;
+}}
+show();
 </script>
 </body>
 </html>
 """
 
-ROW = ('<tr data-class="{name}" data-dice="{dice:.4f}"><td><img src="slices/{id}.png" width="{size}" height="{size}" '
-       'alt="slice {id}"></td><td>{id}</td><td class="class">{name}</td><td class="patient">{pid}</td>'
-       "<td>{dice:.3f}</td><td>{true}</td><td>{pred}</td></tr>")
+ROW = ('<tr data-class="{name}" data-id="{id}" data-dice="{dice:.6f}" data-confidence="{confidence:.6f}">'
+       '<td><img src="slices/{id}.png" width="{size}" height="{size}" alt="slice {id}"></td><td>{id}</td>'
+       '<td class="class">{name}</td><td class="patient">{pid}</td><td>{dice:.3f}</td><td>{true}</td><td>{pred}</td>'
+       "<td>{confidence:.3f}</td><td>{review}</td></tr>")
 
 
 def picture(sample: Sample) -> np.ndarray:
@@ -84,26 +105,40 @@ def picture(sample: Sample) -> np.ndarray:
     return np.repeat(np.repeat(rgb, factor, axis=0), factor, axis=1)
 
 
-def review_page(samples: list[Sample], pids: dict[int, str], threshold: float, postprocess: PostProcess,
-                tta: str) -> str:
-    """The page's HTML for `samples` (any order; listed worst Dice first) with their patient ids."""
+def confidence_note(choices: Choices, auroc: float | None) -> str:
+    """The header's line on the confidence score: its AUROC on these slices and the review rule."""
+    model = choices.confidence
+    if not model.fitted:
+        return "Confidence score not fitted (validation held no failure): rank by it, do not trust the flag."
+    found = "n/a (no failure, or only failures, among these slices)" if auroc is None else f"{auroc:.3f}"
+    return (f"Confidence score: AUROC {found} for finding slices with Dice below {REVIEW_DICE:g}; a slice is "
+            f"flagged for review at confidence {model.review_threshold:.3g} or less (the level that flagged "
+            f"{CATCH:.0%} of the validation failures).")
+
+
+def review_page(samples: list[Sample], pids: dict[int, str], choices: Choices = Choices()) -> str:
+    """The page's HTML for `samples` (any order; listed worst Dice first) with their patient ids, the masks
+    made with evaluate's `choices`."""
+    auroc = failure_auroc([sample.confidence for sample in samples], [sample.dice for sample in samples])
     ordered = sorted(samples, key=lambda sample: (sample.dice, sample.id))
     size = max(MIN_PICTURE_SIZE, samples[0].image.shape[0]) if samples else MIN_PICTURE_SIZE
     rows = "\n".join(
-        ROW.format(name=sample.class_name, dice=sample.dice, id=sample.id, size=size, pid=html.escape(str(pids[sample.id])),
-                   true=int(sample.truth.sum()), pred=int(sample.pred.sum()))
+        ROW.format(name=sample.class_name, dice=sample.dice, id=sample.id, size=size,
+                   pid=html.escape(str(pids[sample.id])), true=int(sample.truth.sum()), pred=int(sample.pred.sum()),
+                   confidence=sample.confidence, review="yes" if sample.review else "")
         for sample in ordered
     )
     present = sorted({sample.label for sample in samples})
     options = "\n".join(f'<option value="{LABEL_NAMES[label]}">{LABEL_NAMES[label]}</option>' for label in present)
     key = "".join(f'<span style="background: rgb{tuple(round(255 * c) for c in color)}"></span>{name}'
                   for name, color in ERROR_COLORS.items())
-    return PAGE.format(threshold=f"{threshold:g}", postprocess=html.escape(str(postprocess)), tta=tta,
-                       key=key, options=options, count=len(samples), rows=rows)
+    return PAGE.format(threshold=f"{choices.threshold:g}", postprocess=html.escape(str(choices.postprocess)),
+                       tta=choices.tta, key=key, confidence_note=confidence_note(choices, None if np.isnan(auroc) else auroc), options=options,
+                       count=len(samples), rows=rows)
 
 
 def write_review(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Path, out_dir: str | Path,
-                 threshold: float = 0.5, postprocess: PostProcess = PostProcess(), tta: str = "none") -> int:
+                 choices: Choices = Choices()) -> int:
     """Write out_dir/index.html and out_dir/slices/<id>.png for every test slice; returns how many."""
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("test",))
@@ -112,13 +147,12 @@ def write_review(model_path: str | Path, numpy_dir: str | Path, split_csv: str |
     check_model_input(model, arrays["images"].shape[1], model_path)
     ids, labels = np.asarray(arrays["ids"])[test], np.asarray(arrays["labels"])[test]
     chosen = {label: sorted(int(i) for i in ids[labels == label]) for label in LABEL_NAMES}
-    samples = [s for group in build_samples(model, arrays, test, chosen, threshold, postprocess=postprocess,
-                                            tta=tta).values() for s in group]
+    samples = [s for group in build_samples(model, arrays, test, chosen, choices).values() for s in group]
     pids = dict(zip(ids.tolist(), np.asarray(arrays["pids"])[test].tolist()))
     with atomic_dir(out_dir) as tmp:
         (Path(tmp) / "slices").mkdir()
         for sample in samples:
             Image.fromarray(picture(sample)).save(Path(tmp) / "slices" / f"{sample.id}.png")
-        (Path(tmp) / "index.html").write_text(review_page(samples, pids, threshold, postprocess, tta))
+        (Path(tmp) / "index.html").write_text(review_page(samples, pids, choices))
     print(f"review page of {len(samples)} test slices: {Path(out_dir) / 'index.html'}")
     return len(samples)

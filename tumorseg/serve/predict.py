@@ -23,6 +23,7 @@ from tumorseg.cli import run
 from tumorseg.config import ConfigError, load_params
 from tumorseg.data.arrays import InputError
 from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.confidence import CATCH, FEATURES, ConfidenceModel
 from tumorseg.evaluate.postprocess import PostProcess
 from tumorseg.model.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS, has_type_head
 from tumorseg.serve import export
@@ -139,7 +140,20 @@ def run_predict(model, args: argparse.Namespace, settings: PredictSettings) -> i
         (args.out / "failures.csv").unlink(missing_ok=True)
     print(f"{len(rows)} slice(s) from {len(inputs) - len(read_failures)} file(s) written to {args.out}; "
           f"{len(failures)} input(s) failed (threshold {settings.choices.threshold:g})")
+    print(review_line(rows, settings.choices.confidence))
     return EXIT_INPUT_FAILED if failures else EXIT_OK
+
+
+def review_line(rows: list[dict[str, object]], model: ConfidenceModel) -> str:
+    """How many slices were flagged for review, and by what rule."""
+    flagged = sum(bool(row["review"]) for row in rows)
+    if not model.fitted:
+        return (f"{flagged} slice(s) flagged for review (column review of summary.csv); the confidence score is "
+                "not fitted (evaluate's validation had no failures, or --eval-metrics is missing or predates it): "
+                "rank by it, do not trust the flag.")
+    return (f"{flagged} of {len(rows)} slice(s) flagged for review: confidence at most "
+            f"{model.review_threshold:.3g}, the level that flagged {CATCH:.0%} of validation failures (column review "
+            "of summary.csv)")
 
 
 def run_export(model, args: argparse.Namespace, settings: PredictSettings) -> None:
@@ -151,7 +165,14 @@ def run_export(model, args: argparse.Namespace, settings: PredictSettings) -> No
                   "mask: tumour probability, float32 (N, S, S, 1); tumor_type: probabilities of "
                   + ", ".join(LABEL_NAMES.values()) + ", float32 (N, 3)",
         "image_size": settings.size, "normalize_percentile": settings.percentile,
-        "threshold": settings.choices.threshold,
+        "threshold": settings.choices.threshold, "postprocess": str(settings.choices.postprocess),
+        "tta": settings.choices.tta,
+        "confidence": {
+            "rule": "tumorseg.evaluate.confidence.score_slices on the (S, S) probability map: "
+                    "sigmoid(confidence_bias + sum of confidence_weight_<feature> * feature); review when at most "
+                    "review_threshold. The agreement feature needs a second pass on the mirrored slice (tta hflip).",
+            "features": list(FEATURES), **settings.choices.confidence.to_metrics(),
+        },
     }
     with atomic_entries(args.export) as tmp:  # --overwrite replaces the export's own files, nothing else
         export.export_all(model, tmp, metadata, float16=args.float16)

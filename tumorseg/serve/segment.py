@@ -3,6 +3,8 @@
 Each slice goes through tumorseg.data.preprocess.preprocess_image (the same resize and normalisation as
 training); its probability map is resized back to the slice's resolution with resize_probabilities, then
 thresholded and post-processed as evaluate chose (tumorseg.evaluate.choices), unless options say otherwise.
+Each slice's confidence and review flag come from tumorseg.evaluate.confidence.score_slices on the
+model-resolution map, as in evaluate.
 """
 
 import sys
@@ -16,8 +18,9 @@ from tqdm import tqdm
 from tumorseg.data.arrays import InputError
 from tumorseg.data.preprocess import preprocess_image, resize_probabilities
 from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.confidence import score_slices
 from tumorseg.evaluate.metrics import binarize
-from tumorseg.model.inference import has_type_head, load_model, predict_probabilities
+from tumorseg.model.inference import has_type_head, load_model, predict
 from tumorseg.model.unet import MASK_OUTPUT
 from tumorseg.serve.readers import ScanFile, read_scan, unique_stem
 from tumorseg.serve.writers import (
@@ -88,16 +91,20 @@ def predict_pending(model, pending: list[tuple[ScanFile, str]], settings: Predic
         for scan, _ in pending for image in scan.slices
     ])
     positions = np.arange(len(images))
-    probabilities, types = predict_probabilities(model, images, positions, settings.batch_size,
-                                                 settings.choices.tta, with_types=True)
+    predicted = predict(model, images, positions, settings.batch_size, settings.choices.tta)
+    probabilities, types, chosen = predicted.probabilities, predicted.types, settings.choices
+    scores, _ = score_slices(probabilities, predicted.agreement, types, chosen.threshold, chosen.postprocess,
+                             chosen.confidence)
+    flags = chosen.confidence.flags(scores)
     start = 0
     for scan, stem in pending:
-        maps = probabilities[start:start + len(scan.slices)]
-        kinds = types[start:start + len(scan.slices)] if types is not None else [None] * len(scan.slices)
+        span = slice(start, start + len(scan.slices))
+        kinds = types[span] if types is not None else [None] * len(scan.slices)
         start += len(scan.slices)
         try:
-            scan_rows = write_scan_outputs(scan, stem, maps, settings, out_dir, names_taken)
-            rows += [{**row, **type_columns(kind)} for row, kind in zip(scan_rows, kinds)]
+            scan_rows = write_scan_outputs(scan, stem, probabilities[span], settings, out_dir, names_taken)
+            rows += [{**row, **type_columns(kind), "confidence": round(float(score), 6), "review": bool(flag)}
+                     for row, kind, score, flag in zip(scan_rows, kinds, scores[span], flags[span])]
         except OSError as error:
             failures.append((scan.path, f"cannot write its outputs ({error})"))
     return rows, failures

@@ -18,7 +18,7 @@ OUTLINE_RGB = (255, 0, 0)
 SUMMARY_COLUMNS = (
     "input", "slice", "height", "width", "spacing_row_mm", "spacing_col_mm", "tumor_pixels",
     "tumor_area_mm2", "mean_probability_in_mask", "max_probability_in_image", "threshold", "postprocess",
-    "tta", "tumor_type", "type_probability", "mask_png", "overlay_png",
+    "tta", "tumor_type", "type_probability", "confidence", "review", "mask_png", "overlay_png",
 )
 
 
