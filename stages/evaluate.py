@@ -1,13 +1,24 @@
 """evaluate stage: models/model.keras + data/ -> metrics/eval.json, plots/eval/ (threshold chosen on val)"""
 
+import shutil
+
 from stages import run
 from tumorseg.config import load_params
 from tumorseg.evaluate.report import evaluate
 
+# render_samples' pages of the model evaluated last: they go with its metrics, which DVC removes before
+# this stage runs, so a failed evaluate removes them too
+VIEWS_OF_THE_METRICS = ("plots/review", "plots/samples")
+
 
 def main():
-    evaluate("models/model.keras", "data/numpy", "data/split.csv", "data/raw", load_params(),
-             "metrics/eval.json", "plots/eval")
+    try:
+        evaluate("models/model.keras", "data/numpy", "data/split.csv", "data/raw", load_params(),
+                 "metrics/eval.json", "plots/eval")
+    except BaseException:
+        for folder in VIEWS_OF_THE_METRICS:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ error status 2, and no traceback either way (tumorseg.cli)."""
 import re
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -64,3 +65,16 @@ def test_other_errors_keep_their_traceback():
         raise ProjectError("x.yaml: bad; fix it")
 
     assert exit_status("refused", refused) == EXIT_ERROR
+
+
+def test_a_failed_evaluate_removes_the_pages_of_the_older_metrics(tmp_path):
+    """DVC removes metrics/eval.json before evaluate runs; the review page and the samples of the model it
+    scored must not outlive it."""
+    (tmp_path / "stages").symlink_to(__import__("stages").__path__[0])
+    (tmp_path / "params.yaml").write_text(Path("params.yaml").read_text())
+    for folder in ("plots/review", "plots/samples"):
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "index.html").write_text("older model")
+    result = run_module("stages.evaluate", cwd=tmp_path)
+    assert_one_line(result, "evaluate", EXIT_ERROR, "")
+    assert not (tmp_path / "plots" / "review").exists() and not (tmp_path / "plots" / "samples").exists()

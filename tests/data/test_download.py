@@ -3,6 +3,7 @@
 import hashlib
 import io
 import os
+import socket
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -226,6 +227,19 @@ def test_retries_server_errors_then_gives_up(tmp_path, server, monkeypatch):
     assert url in str(error.value) and "503" in str(error.value)
 
 
+def test_a_host_that_does_not_resolve_fails_at_once_with_the_offline_sources(tmp_path, monkeypatch):
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    delays = []
+    monkeypatch.setattr(fetch.time, "sleep", delays.append)
+    with pytest.raises(DownloadError, match="ndownloader.figshare.com cannot be resolved") as error:
+        download_file("https://ndownloader.figshare.com/files/1", tmp_path / "a.zip", "0" * 32, retries=4)
+    assert delays == []  # not retried
+    assert "data.source=synthetic" in str(error.value) and "urllib3" not in str(error.value)
+
+
 def test_missing_file_is_not_retried(tmp_path, server):
     with pytest.raises(DownloadError, match="404"):
         download_file(f"{server.base_url}/404", tmp_path / "x.zip", "0" * 32, retries=3, backoff=100)
@@ -299,7 +313,9 @@ def test_local_folder_of_nested_mat_files(tmp_path, mat_bytes, capsys):
     (source / "notes.mat").write_bytes(b"not a slice")
     prepare_raw(str(source), tmp_path / "raw")
     assert names(tmp_path / "raw") == ["1.mat", "2.mat", "4.mat", "cvind.mat"]
-    assert "found 3 slices; missing 3, 5-3064" in capsys.readouterr().out
+    output = capsys.readouterr().out
+    assert "found 3 slices; missing 3, 5-3064" in output
+    assert "not tracked: DVC does not see later changes" in output and "dvc repro -f download" in output
 
 
 def test_local_folder_of_zips(tmp_path, figshare_zips, mat_bytes):

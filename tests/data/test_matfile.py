@@ -259,3 +259,32 @@ def test_pids_that_break_text_or_spreadsheets_are_refused(tmp_path, codes, messa
         "PID", data=np.array(codes, dtype=np.uint16).reshape(-1, 1)))
     with pytest.raises(MatFormatError, match=message):
         read_slice(path)
+
+
+@pytest.mark.parametrize("dtype, values", [("uint16", (0, 40000, 65535)), ("float64", (0.0, 0.37, 0.99)),
+                                           ("float32", (-0.5, 0.25, 1e5))])
+def test_images_are_kept_by_value_whatever_their_type(tmp_path, dtype, values):
+    """A uint16 image above 32767 must not wrap to negative, a float image below 1 must not be truncated."""
+    image = np.array(values, dtype=dtype)[np.arange(12 * 10) % 3].reshape(12, 10)  # small_slice's shape
+    path = tmp_path / "1.mat"
+    write_slice(path, small_slice())
+    replace_field(path, "image", lambda group, f: group.create_dataset("image", data=image.T))
+    read = read_slice(path).image
+    np.testing.assert_array_equal(read, image.astype(np.float32))
+    assert read.dtype == np.float32
+
+
+def test_a_uint16_image_converts_like_the_same_image_in_int16(tmp_path):
+    """The normalisation divides by a percentile, so the scale of an image does not change the model input."""
+    from tumorseg.data.convert import convert_slice
+
+    image = (np.arange(32 * 32).reshape(32, 32) % 97).astype(np.uint16)
+    low, high = tmp_path / "1.mat", tmp_path / "2.mat"
+    write_slice(low, Slice(image.astype(np.int16), np.zeros((32, 32), np.uint8), 1, "P1", np.zeros((1, 2))))
+    write_slice(high, Slice(image.astype(np.int16), np.zeros((32, 32), np.uint8), 1, "P1", np.zeros((1, 2))))
+    replace_field(high, "image", lambda group, f: group.create_dataset("image", data=(image * 600).T))
+    assert (image * 600).max() > 32767
+    small, large = convert_slice(low, 16, 99.5)[0], convert_slice(high, 16, 99.5)[0]
+    assert small.max() > 0
+    # equal up to the rounding of Pillow's 16-bit area average, which the int16 image goes through
+    np.testing.assert_allclose(large, small, atol=0.01)

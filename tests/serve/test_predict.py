@@ -2,6 +2,7 @@
 
 import csv
 import json
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,7 +26,7 @@ from tumorseg.model.unet import build_unet
 from tumorseg.serve import export
 from tumorseg.cli import exit_status
 from tumorseg.serve.predict import main, parse_args, resolve_percentile
-from tumorseg.serve.readers import find_inputs, read_dicom, read_image, read_scan
+from tumorseg.serve.readers import ReadError, find_inputs, read_dicom, read_image, read_scan
 
 SIZE = 32
 
@@ -148,6 +149,26 @@ def test_dicom_rescale_spacing_and_area(tmp_path, model_path):
     assert int(row["tumor_pixels"]) == 48 * 40  # threshold 0: every pixel is tumour
     assert float(row["tumor_area_mm2"]) == pytest.approx(48 * 40 * 0.5 * 0.8)
     assert png_shape(out / row["mask_png"]) == (48, 40)
+
+
+@pytest.mark.parametrize("spacing", [(0.0, -1.0), (1e308, 1.0), (0.5, 500.0)])
+def test_a_dicom_spacing_that_is_no_size_is_refused(tmp_path, spacing):
+    write_dicom(tmp_path / "slice.dcm", (8, 8), spacing=spacing)
+    with pytest.raises(ReadError, match=r"pixel spacing .* is not a pair of positive sizes of at most 100 mm"):
+        read_dicom(tmp_path / "slice.dcm")
+
+
+def test_jpeg_exif_orientation_is_applied(tmp_path):
+    """A camera JPEG stored sideways with orientation 6 (rotate 90 clockwise to view): the slice and so the
+    mask are read as a viewer shows them."""
+    stored = np.zeros((20, 30), np.uint8)
+    stored[:5, :] = 255  # a bright band along the stored top edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(stored).save(tmp_path / "photo.jpg", exif=exif, quality=95)
+    (slice_,) = read_image(tmp_path / "photo.jpg").slices
+    assert slice_.shape == (30, 20)  # rotated: 30 rows, 20 columns
+    assert slice_[:, -5:].mean() > 200 and slice_[:, :10].mean() < 30  # the band is now along the right edge
 
 
 def test_nifti_slices_area_and_mask_volume(tmp_path, model_path):
@@ -292,6 +313,37 @@ def test_missing_or_foreign_model_fails_before_any_work(tmp_path, capsys):
     assert predict([str(image), "--out", str(out), "--model", str(foreign)]) == 1
     assert "segmentation model" in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("kind, message", [
+    ("garbage", "not a Keras model (a .keras file is a zip archive"),
+    ("truncated", "not a Keras model (a .keras file is a zip archive"),
+    ("fifo", "not a regular file (a folder, FIFO or device)"),
+    ("folder", "not a regular file (a folder, FIFO or device)"),
+])
+def test_a_model_file_that_is_no_model_is_named_for_what_it_is(tmp_path, model_path, capsys, kind, message):
+    bad = tmp_path / "model.keras"
+    if kind == "garbage":
+        bad.write_bytes(np.random.default_rng(0).bytes(1000))
+    elif kind == "truncated":
+        bad.write_bytes(model_path.read_bytes()[:2000])
+    elif kind == "fifo":
+        os.mkfifo(bad)
+    else:
+        bad.mkdir()
+    image = write_png(tmp_path / "a.png", (30, 30))
+    assert predict([str(image), "--out", "out", "--model", str(bad)]) == 1
+    err = capsys.readouterr().err
+    assert message in err and "not found" not in err
+
+
+def test_a_fifo_or_device_given_as_input_is_named_for_what_it_is(tmp_path, model_path, capsys):
+    os.mkfifo(tmp_path / "scan.png")
+    image = write_png(tmp_path / "a.png", (30, 30))
+    assert predict([str(image), "scan.png", "/dev/zero", "--out", "out", "--model", str(model_path)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("not a regular file (a FIFO, device or socket)") == 2 and "not found" not in err
+    assert len(read_rows(tmp_path / "out")) == 1  # the good input is still segmented
 
 
 def test_threshold_from_eval_metrics_and_override(tmp_path, model_path):

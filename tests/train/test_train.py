@@ -12,7 +12,8 @@ from tests.helpers import StopAtEpoch, identity_model, make_params, synthetic_pr
 from tumorseg.config import Oversample
 from tumorseg.train import phases as runs_module
 from tumorseg.train.loop import TrainPaths, learning_rate, oversampled, train
-from tumorseg.train.phases import finish
+from tumorseg.train.callbacks import CheckpointFromEpoch, finite_weights
+from tumorseg.train.phases import TrainingError, finish
 
 
 def small_params(filters=8, **train_overrides):
@@ -157,9 +158,40 @@ def test_oversampling_repeats_the_named_classes():
 @pytest.mark.slow
 def test_nan_loss_stops_with_a_clear_message(synthetic_data, tmp_path):
     params = small_params(4, epochs=2, lr_max=1.0e30, lr_min=1.0e30)
-    with pytest.raises(RuntimeError, match="NaN"):
+    with pytest.raises(RuntimeError, match="NaN") as raised:
         run(params, synthetic_data, tmp_path)
     assert not (tmp_path / "model.keras").exists()
+    checkpoints = list(tmp_path.rglob("best.keras"))
+    assert ("no model was kept" in str(raised.value)) == (not checkpoints)
+    for checkpoint in checkpoints:  # a checkpoint the message promises holds finite weights
+        assert finite_weights(keras.models.load_model(checkpoint, compile=False))
+
+
+def test_a_nan_checkpoint_is_not_promised_as_the_last_good_model(tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    model = keras.models.load_model(identity_model(work / "best.keras", 8), compile=False)
+    model.set_weights([np.full_like(weight, np.nan) for weight in model.get_weights()])
+    model.save(work / "best.keras")
+    history = {"epoch": [0], "loss": [np.nan], "val_loss": [np.nan], "dice": [0.0], "val_dice": [0.0]}
+    pd.DataFrame(history).to_csv(work / "history.csv", index=False)
+    with pytest.raises(TrainingError, match="at epoch 1; models/ was not written and no epoch ended with a finite"):
+        finish(work, tmp_path / "model.keras", tmp_path / "train.json", tmp_path / "plots")
+    assert not (work / "best.keras").exists() and not (tmp_path / "model.keras").exists()
+
+
+def test_the_checkpoint_skips_an_epoch_with_a_nan_loss_or_weights(tmp_path):
+    model = keras.models.load_model(identity_model(tmp_path / "start.keras", 8), compile=False)
+    checkpoint = CheckpointFromEpoch(tmp_path / "best.keras", monitor="val_loss", save_best_only=True)
+    checkpoint.set_model(model)
+    checkpoint.on_epoch_end(0, {"loss": np.nan, "val_loss": 0.5})
+    assert not (tmp_path / "best.keras").exists()
+    checkpoint.on_epoch_end(1, {"loss": 0.4, "val_loss": 0.5})
+    assert (tmp_path / "best.keras").exists()
+    model.set_weights([np.full_like(weight, np.inf) for weight in model.get_weights()])
+    (tmp_path / "best.keras").unlink()
+    checkpoint.on_epoch_end(2, {"loss": 0.3, "val_loss": 0.2})
+    assert not (tmp_path / "best.keras").exists()
 
 
 def test_an_interrupted_finish_never_leaves_new_model_beside_old_metrics(tmp_path, monkeypatch):

@@ -7,6 +7,7 @@ to anything but https is refused before it is followed.
 import hashlib
 import os
 import re
+import socket
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -51,6 +52,22 @@ class _Transient(Exception):
 
 
 TRANSIENT = (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError, _Transient)
+
+
+def unresolvable(error: BaseException) -> bool:
+    """Whether a connection error comes from a host name that does not resolve (socket.gaierror somewhere
+    in its chain of causes, as urllib3's NameResolutionError wraps it)."""
+    seen, pending = set(), [error]
+    while pending:
+        current = pending.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, socket.gaierror):
+            return True
+        pending += [current.__cause__, current.__context__, getattr(current, "reason", None),
+                    *(arg for arg in getattr(current, "args", ()) if isinstance(arg, BaseException))]
+    return False
 
 
 def is_secure(url: str) -> bool:
@@ -112,6 +129,12 @@ def download_file(url: str, dest: str | Path, md5: str, size: int | None = None,
             _fetch(url, part, size, timeout)
             break
         except TRANSIENT as error:
+            if unresolvable(error):  # an offline machine: retrying cannot help
+                raise DownloadError(
+                    f"{url}: the host {urlsplit(url).hostname} cannot be resolved (no network or no DNS here). "
+                    "To run offline use -S data.source=synthetic, or a local folder holding the figshare "
+                    "files (-S data.source=/path/to/folder)."
+                ) from error
             kept = part.stat().st_size if part.exists() else 0
             if attempt == retries:
                 raise DownloadError(

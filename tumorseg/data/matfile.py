@@ -32,7 +32,7 @@ class MatFormatError(ProjectError, ValueError):
 
 @dataclass
 class Slice:
-    image: np.ndarray  # (H, W) int16, display orientation
+    image: np.ndarray  # (H, W) display orientation: int16 as figshare stores it, else float32 (see _by_value)
     mask: np.ndarray  # (H, W) uint8 in {0, 1}
     label: int  # 1 meningioma, 2 glioma, 3 pituitary
     pid: str
@@ -86,6 +86,15 @@ def _numeric_field(path, group, name, integer=False, max_size=None):
             f"{path}: field '{name}' must hold {wanted}, found {found}; the file is not a figshare slice."
         )
     return data
+
+
+def _by_value(image: np.ndarray) -> np.ndarray:
+    """The image with its values kept: int16 when it is integer and fits (the figshare files), else float32,
+    so a uint16 image above 32767 does not wrap to negative and a float image in [0, 1] is not truncated."""
+    if np.issubdtype(image.dtype, np.integer) and (not image.size or (
+            image.min() >= np.iinfo(np.int16).min and image.max() <= np.iinfo(np.int16).max)):
+        return image.astype(np.int16, copy=False)
+    return image.astype(np.float32)
 
 
 def _decode_pid(path, codes):
@@ -150,7 +159,7 @@ def read_slice(path: str | Path, with_border: bool = True) -> Slice:
         raise MatFormatError(f"{path}: field 'PID' must hold character codes, found {pid_codes.ravel()[:5]}.")
     pid = _decode_pid(path, pid_codes.ravel())
     return Slice(
-        image=image.astype(np.int16, copy=False),
+        image=_by_value(image),
         mask=(mask > 0).astype(np.uint8),
         label=int(label.item()),
         pid=pid,

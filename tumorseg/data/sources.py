@@ -18,6 +18,10 @@ from tumorseg.data.matfile import SLICE_NAME
 from tumorseg.data.synthetic import write_dataset
 
 TOTAL_SLICES = 3064
+# data.source may be figshare, synthetic or a folder, and a dvc.yaml dependency cannot depend on a
+# parameter's kind, so DVC does not watch a local folder's files
+LOCAL_SOURCE_NOTE = ("{source}: a local source is read, not tracked: DVC does not see later changes to its files. "
+                     "After adding, removing or replacing slices there, run: dvc repro -f download")
 
 
 def prepare_raw(source: str, out_dir: str | Path, base_url: str = FIGSHARE_URL, synthetic: Synthetic | None = None,
@@ -73,6 +77,7 @@ def _prepare_local(source, out_dir):
             extract_zips(zips, build)
             copy_loose([p for p in mats if p.name == CVIND], build)
         report_slices(_slice_indices(build))
+    print(LOCAL_SOURCE_NOTE.format(source=source))
     return out_dir
 
 

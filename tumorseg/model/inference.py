@@ -1,5 +1,6 @@
 """Load a trained model and predict tumour probabilities in batches."""
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,8 +23,14 @@ def load_model(model_path: str | Path) -> keras.Model:
     """Load the Keras model for inference, or raise naming the file and the fix."""
     model_path = Path(model_path)
     fix = "run the train stage first (dvc repro train)."
-    if not model_path.is_file():
+    if not model_path.exists():
         raise InputError(f"{model_path}: model file not found; {fix}")
+    if not model_path.is_file():
+        raise InputError(f"{model_path}: not a regular file (a folder, FIFO or device); give the .keras file "
+                         "that the train stage writes (models/model.keras).")
+    if not zipfile.is_zipfile(model_path):
+        raise InputError(f"{model_path}: not a Keras model (a .keras file is a zip archive; this one is damaged, "
+                         f"truncated or of another kind); give the file the train stage writes, or {fix}")
     try:
         return keras.models.load_model(model_path, compile=False)
     except Exception as error:  # keras raises many types for a bad archive

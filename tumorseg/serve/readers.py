@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageSequence
+from PIL import Image, ImageOps, ImageSequence
 
 from tumorseg.data.matfile import read_slice
 from tumorseg.errors import ProjectError
@@ -25,6 +25,7 @@ NIFTI_SUFFIXES = (".nii", ".nii.gz")
 DICOM_MAGIC_OFFSET = 128
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 KNOWN_SUFFIXES = NIFTI_SUFFIXES + (".mat",) + IMAGE_SUFFIXES + DICOM_SUFFIXES
+MAX_SPACING_MM = 100.0  # per pixel; MRI has 0.2 to 10
 NIFTI_UNITS_TO_MM = {"mm": 1.0, "unknown": 1.0, "micron": 1e-3, "meter": 1e3}
 
 
@@ -79,6 +80,15 @@ def _checked_slice(path, array):
     return array
 
 
+def _checked_spacing(path, spacing):
+    """(row mm, column mm), or ReadError unless both are positive and at most MAX_SPACING_MM: an area
+    computed from anything else (-0.0 mm², inf) would be wrong without saying so."""
+    if not all(np.isfinite(value) and 0 < value <= MAX_SPACING_MM for value in spacing):
+        raise ReadError(f"{path}: pixel spacing {spacing} mm is not a pair of positive sizes of at most "
+                        f"{MAX_SPACING_MM:g} mm; the header is damaged: fix PixelSpacing (or the NIfTI zooms).")
+    return spacing
+
+
 def _luma(rgb):
     """ITU-R 601 gray of an (H, W, 3+) array, as Pillow's convert('L') but keeping the bit depth."""
     rgb = np.asarray(rgb, dtype=np.float32)[..., :3]
@@ -92,6 +102,7 @@ def read_image(path: Path) -> ScanFile:
     with Image.open(path) as image:
         for frame in ImageSequence.Iterator(image):
             frame.load()
+            frame = ImageOps.exif_transpose(frame)  # as a viewer shows it (JPEG EXIF orientation)
             array = np.asarray(frame) if frame.mode in HIGH_BIT_MODES else np.asarray(frame.convert("L"))
             slices.append(_checked_slice(path, array))
     return ScanFile(path, "image", slices, slice_indices=list(range(len(slices))))
@@ -122,7 +133,8 @@ def read_dicom(path: Path) -> ScanFile:
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         array = array.max() - array
     spacing = dataset.get("PixelSpacing")
-    spacing = (float(spacing[0]), float(spacing[1])) if spacing is not None and len(spacing) == 2 else None
+    spacing = _checked_spacing(path, (float(spacing[0]), float(spacing[1]))) \
+        if spacing is not None and len(spacing) == 2 else None
     return ScanFile(path, "dicom", [_checked_slice(path, array)], spacing=spacing)
 
 
@@ -148,7 +160,7 @@ def read_nifti(path: Path, axis: int = 2) -> ScanFile:
     slices = [_checked_slice(path, np.rot90(np.take(volume, k, axis=axis))) for k in range(shape[axis])]
     return ScanFile(
         path, "nifti", slices,
-        spacing=(zooms[second], zooms[first]),  # rot90 puts the second remaining axis along rows
+        spacing=_checked_spacing(path, (zooms[second], zooms[first])),  # rot90: the second axis along rows
         slice_indices=list(range(shape[axis])),
         nifti=image,
         axis=axis,
@@ -211,7 +223,8 @@ def find_inputs(paths: Iterable[Path],
         elif root.is_file():
             candidates = [(root, Path(root.name))]
         else:
-            problems.append((root, "not found"))
+            problems.append((root, "not a regular file (a FIFO, device or socket): give image files or folders"
+                             if root.exists() else "not found"))
             continue
         for path, relative in candidates:
             if path.resolve() not in seen:

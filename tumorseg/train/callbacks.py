@@ -2,6 +2,7 @@
 logs, DVCLive curves per epoch, and a checkpoint that ignores a warm-up."""
 
 import keras
+import numpy as np
 from dvclive.utils import standardize_metric_name
 
 
@@ -43,12 +44,19 @@ class EpochDVCLiveCallback(keras.callbacks.Callback):
 
 
 class CheckpointFromEpoch(keras.callbacks.ModelCheckpoint):
-    """ModelCheckpoint that ignores the epochs before `first_epoch` (a Lovasz warm-up: not comparable)."""
+    """ModelCheckpoint that ignores the epochs before `first_epoch` (a Lovasz warm-up: not comparable) and
+    never keeps an epoch whose loss or weights are not finite."""
 
     def __init__(self, *args, first_epoch: int = 0, **kwargs) -> None:
         super().__init__(*args, **kwargs)
         self.first_epoch = first_epoch
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        if epoch >= self.first_epoch:
+        losses = [value for key, value in (logs or {}).items() if key.endswith("loss")]
+        if epoch >= self.first_epoch and np.isfinite(losses).all() and finite_weights(self.model):
             super().on_epoch_end(epoch, logs)
+
+
+def finite_weights(model: keras.Model) -> bool:
+    """Whether every weight of the model is a finite number."""
+    return all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)

@@ -18,6 +18,7 @@ import numpy as np
 from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.config import Params, Train
 from tumorseg.errors import ProjectError
+from tumorseg.train.callbacks import finite_weights
 from tumorseg.train.history import best_epoch_row, read_history, training_curves_figure
 
 
@@ -111,6 +112,18 @@ def save_for_inference(checkpoint: str | Path, path: str | Path) -> None:
     model.save(path)
 
 
+def kept_checkpoint(checkpoint: Path) -> str:
+    """What is left of a failed run's best checkpoint, for its message: a NaN or unreadable one is removed."""
+    if checkpoint.exists():
+        try:
+            if finite_weights(keras.models.load_model(checkpoint, compile=False)):
+                return f"the last good model stays in {checkpoint}"
+        except Exception:  # noqa: BLE001  any unreadable checkpoint is no good model
+            pass
+        checkpoint.unlink()
+    return "no epoch ended with a finite loss and finite weights, so no model was kept"
+
+
 def finish(work_dir: Path, model_path: str | Path, metrics_path: str | Path, plots_dir: str | Path,
            first_epoch: int = 0, monitored: tuple[str, str] = ("val_loss", "min"),
            with_dvclive_plots: bool = True) -> dict[str, float]:
@@ -120,8 +133,8 @@ def finish(work_dir: Path, model_path: str | Path, metrics_path: str | Path, plo
     if len(bad) or not (work_dir / "best.keras").exists():
         epoch = int(bad["epoch"].iloc[0]) + 1 if len(bad) else len(history)
         raise TrainingError(
-            f"the loss became NaN or infinite at epoch {epoch}; models/ was not written and the last good "
-            f"model stays in {work_dir}/best.keras. Lower train.lr_max or use train.precision=float32, "
+            f"the loss became NaN or infinite at epoch {epoch}; models/ was not written and "
+            f"{kept_checkpoint(work_dir / 'best.keras')}. Lower train.lr_max or use train.precision=float32, "
             f"then delete {work_dir} and run the stage again."
         )
     best = best_epoch_row(history, first_epoch, *monitored)
