@@ -163,6 +163,7 @@ class Train(Section):
     progressive: Progressive
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
     strategy: Literal["default", "mirrored", "multiworker"]
+    init_from: str | None = Field(min_length=1)
 
     @model_validator(mode="after")
     def _consistent(self):

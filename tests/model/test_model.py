@@ -2,6 +2,8 @@ import keras
 import numpy as np
 import pytest
 
+from tests.helpers import make_params
+from tumorseg.model.build import InitError, build_model, load_initial_weights
 from tumorseg.model.losses import BceDiceLoss, dice_score, training_metrics
 from tumorseg.model.unet import build_unet
 
@@ -77,3 +79,34 @@ def test_separable_convolutions_below_the_top_level_only():
     assert separable.count_params() < plain.count_params()
     output = separable(np.zeros((2, 32, 32, 1), np.float32))
     assert tuple(output.shape) == (2, 32, 32, 1)
+
+
+def test_initial_weights_are_carried_over_from_a_saved_model(tmp_path):
+    params = make_params({"data.image_size": 32, "model": {"depth": 2, "filters": 4}})
+    keras.utils.set_random_seed(1)
+    build_model(params).save(tmp_path / "source.keras")
+    keras.utils.set_random_seed(2)
+    model = build_model(params)
+    source = keras.models.load_model(tmp_path / "source.keras", compile=False)
+    assert not all(np.array_equal(a, b) for a, b in zip(model.get_weights(), source.get_weights()))
+    load_initial_weights(model, tmp_path / "source.keras")
+    for mine, theirs in zip(model.get_weights(), source.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+@pytest.mark.parametrize("other, message", [
+    ({"model.filters": 8}, r"first differing layer 0 '.*' \(Conv2D, weights \[\(3, 3, 1, 8\).*set model.filters"),
+    ({"model.depth": 3}, r"set model.depth, model.hypercolumns or model.classify"),
+    ({"model.classify": True}, r"set model.depth, model.hypercolumns or model.classify"),
+])
+def test_a_model_of_another_architecture_names_the_layer_and_the_param(tmp_path, other, message):
+    base = {"data.image_size": 32, "model.depth": 2, "model.filters": 4}
+    build_model(make_params({**base, **other})).save(tmp_path / "source.keras")
+    with pytest.raises(InitError, match=message):
+        load_initial_weights(build_model(make_params(base)), tmp_path / "source.keras")
+
+
+def test_a_missing_initial_model_names_the_param(tmp_path):
+    model = build_model(make_params({"data.image_size": 32, "model.depth": 2, "model.filters": 4}))
+    with pytest.raises(InitError, match=r"train.init_from: .*absent.keras: model file not found"):
+        load_initial_weights(model, tmp_path / "absent.keras")

@@ -3,10 +3,15 @@
 Benchmarks and tests build through these too, so what they time or check is what the train stage trains.
 """
 
+from pathlib import Path
+
 import keras
+import numpy as np
 
 from tumorseg.config import Loss, Params
+from tumorseg.errors import ProjectError
 from tumorseg.model.encoders import build_encoder_unet
+from tumorseg.model.inference import load_model
 from tumorseg.model.losses import BceDiceLoss, training_metrics
 from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, build_unet
 
@@ -20,6 +25,55 @@ def build_model(params: Params, image_size: int | None = None) -> keras.Model:
     if model.encoder == "none":
         return build_unet(image_size, **settings)
     return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
+
+
+class InitError(ProjectError, ValueError):
+    """train.init_from names no usable model, or one whose architecture is not the one params describe."""
+
+
+ARCHITECTURE_PARAMS = "model.depth, model.filters, model.encoder, model.separable, model.hypercolumns, model.classify"
+
+
+def _weighted_layers(model: keras.Model) -> list[tuple[str, str, list[tuple[int, ...]]]]:
+    """(name, class, weight shapes) of each layer with weights, in order."""
+    return [(layer.name, type(layer).__name__, [tuple(w.shape) for w in layer.weights])
+            for layer in model.layers if layer.weights]
+
+
+def architecture_difference(source: keras.Model, model: keras.Model) -> str | None:
+    """None when both models have the same layers with weights of the same shapes, else the first layer
+    that differs and which param to change."""
+    theirs, ours = _weighted_layers(source), _weighted_layers(model)
+    first = next((i for i, (have, want) in enumerate(zip(theirs, ours)) if have[1:] != want[1:]), None)
+    if first is None and len(theirs) == len(ours):
+        return None
+    if len(theirs) != len(ours):
+        fix = "model.depth, model.hypercolumns or model.classify"
+    elif theirs[first][1] == ours[first][1]:
+        fix = "model.filters"
+    else:
+        fix = "model.separable or model.encoder"
+    where = "" if first is None else (
+        f"; first differing layer {first} '{theirs[first][0]}' ({theirs[first][1]}, weights {theirs[first][2]}) "
+        f"against '{ours[first][0]}' ({ours[first][1]}, weights {ours[first][2]})")
+    return f"it has {len(theirs)} layers with weights, this params' model {len(ours)}{where}: set {fix} as it was trained"
+
+
+def load_initial_weights(model: keras.Model, path: str | Path) -> None:
+    """Set `model`'s weights to those of the .keras model at `path` (train.init_from), or raise InitError
+    naming the file, the first differing layer and the param to change."""
+    try:
+        source = load_model(path)
+    except ProjectError as error:
+        raise InitError(f"train.init_from: {error}") from None
+    difference = architecture_difference(source, model)
+    if difference:
+        raise InitError(f"train.init_from {path}: not the architecture params describe: {difference} "
+                        f"({ARCHITECTURE_PARAMS}).")
+    weights = source.get_weights()
+    if not all(np.isfinite(w).all() for w in weights):
+        raise InitError(f"train.init_from {path}: the model holds NaN or infinite weights; start from another.")
+    model.set_weights(weights)
 
 
 def make_loss(loss: Loss) -> BceDiceLoss:

@@ -21,7 +21,7 @@ from dvclive import Live
 from tumorseg.config import ConfigError, Oversample, Params, Train
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.preprocess import shrink
-from tumorseg.model.build import build_model, compile_model, make_loss
+from tumorseg.model.build import build_model, compile_model, load_initial_weights, make_loss
 from tumorseg.model.encoders import check_encoder, set_encoder_trainable
 from tumorseg.model.losses import BceDiceLoss, LovaszSchedule
 from tumorseg.train.batches import make_batches
@@ -250,6 +250,9 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
         multiworker.check_workers_agree(strategy, run_id + digest, backup_epoch(work_dir))
     with strategy.scope():
         model = build_model(params)
+        if train_params.init_from and not resuming:  # a resumed run restores its own weights
+            load_initial_weights(model, train_params.init_from)
+            print(f"initial weights from {train_params.init_from}")
         loss = make_loss(train_params.loss)
     chief = task is None or task.chief
     live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False) if chief else None
