@@ -5,7 +5,8 @@
 
 The threshold, post-processing and test-time augmentation are those evaluate
 chose and scored (metrics/eval.json), unless options say otherwise; the work
-is done by tumorseg.serve.segment.
+is done by tumorseg.serve.segmenter.Segmenter (also the Python API) and
+tumorseg.serve.segment.
 
 Exit status: 0 when every input was segmented; 1 when some input failed (it is
 reported and skipped, the others are still written) or nothing could be done
@@ -20,23 +21,17 @@ from pathlib import Path
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_entries
 from tumorseg.cli import run
-from tumorseg.config import ConfigError, load_params
 from tumorseg.data.arrays import InputError
 from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.confidence import CATCH, FEATURES, ConfidenceModel
-from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS, has_type_head
-from tumorseg.serve import export
+from tumorseg.model.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS
+from tumorseg.serve import export, segmenter
 from tumorseg.serve.readers import find_inputs
-from tumorseg.serve.segment import (
-    PredictSettings,
-    load_segmentation_model,
-    segment_inputs,
-)
+from tumorseg.serve.segment import segment_inputs
+from tumorseg.serve.segmenter import Segmenter, segmentation_model
 from tumorseg.serve.writers import SUMMARY_COLUMNS, write_csv
 
 EXIT_OK, EXIT_INPUT_FAILED = 0, 1
-DEFAULT_PERCENTILE = 99.5
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -94,24 +89,12 @@ def check_outside(model_path: str | Path, folder: Path, option: str) -> None:
 def resolve_choices(args: argparse.Namespace) -> Choices:
     """Evaluate's choices from --eval-metrics when that file exists (else a threshold of 0.5, no
     post-processing, no TTA), each replaced by its option when given."""
-    chosen = Choices.load(args.eval_metrics) if args.eval_metrics.is_file() else Choices()
-    return chosen.with_options(args.threshold, PostProcess(args.postprocess) if args.postprocess else None, args.tta)
+    return segmenter.resolve_choices(args.eval_metrics, args.threshold, args.postprocess, args.tta)
 
 
 def resolve_percentile(args: argparse.Namespace) -> float:
     """--percentile, else data.normalize_percentile of --params when that file exists, else 99.5."""
-    percentile, source = args.percentile, "--percentile"
-    if percentile is None and args.params.is_file():
-        try:
-            percentile = load_params(args.params).data.normalize_percentile
-        except ConfigError as error:
-            raise InputError(f"{error}\nfix the file or pass --percentile.") from None
-        source = f"{args.params} data.normalize_percentile"
-    if percentile is None:
-        return DEFAULT_PERCENTILE
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 100.0:
-        raise InputError(f"{source}: percentile {percentile!r} must be a number in (0, 100].")
-    return float(percentile)
+    return segmenter.resolve_percentile(args.percentile, args.params, "--percentile")
 
 
 def check_free(path: Path, overwrite: bool, option: str) -> None:
@@ -122,7 +105,7 @@ def check_free(path: Path, overwrite: bool, option: str) -> None:
         raise InputError(f"{path}: {option} folder is not empty; choose a new folder or pass --overwrite.")
 
 
-def run_predict(model, args: argparse.Namespace, settings: PredictSettings) -> int:
+def run_predict(segmenter: Segmenter, args: argparse.Namespace) -> int:
     """Segment the inputs into --out; returns the exit status."""
     inputs, failures, ignored = find_inputs(args.inputs, args.out)
     for path, reason in failures:
@@ -130,7 +113,7 @@ def run_predict(model, args: argparse.Namespace, settings: PredictSettings) -> i
     if ignored:
         print(f"ignored {ignored} file(s) of unsupported type in the input folders", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, read_failures = segment_inputs(model, inputs, settings, args.out)
+    rows, read_failures = segment_inputs(segmenter, inputs, args.out, args.axis)
     failures += read_failures
     write_csv(args.out / "summary.csv", SUMMARY_COLUMNS, rows)
     if failures:
@@ -139,8 +122,8 @@ def run_predict(model, args: argparse.Namespace, settings: PredictSettings) -> i
     else:  # an --overwrite rerun: the failures of an earlier run are not this run's
         (args.out / "failures.csv").unlink(missing_ok=True)
     print(f"{len(rows)} slice(s) from {len(inputs) - len(read_failures)} file(s) written to {args.out}; "
-          f"{len(failures)} input(s) failed (threshold {settings.choices.threshold:g})")
-    print(review_line(rows, settings.choices.confidence))
+          f"{len(failures)} input(s) failed (threshold {segmenter.choices.threshold:g})")
+    print(review_line(rows, segmenter.choices.confidence))
     return EXIT_INPUT_FAILED if failures else EXIT_OK
 
 
@@ -156,27 +139,27 @@ def review_line(rows: list[dict[str, object]], model: ConfidenceModel) -> str:
             "of summary.csv)")
 
 
-def run_export(model, args: argparse.Namespace, settings: PredictSettings) -> None:
+def run_export(segmenter: Segmenter, args: argparse.Namespace) -> None:
     """SavedModel and TFLite files into --export DIR, then a check that they agree with Keras."""
     metadata = {
-        "input": f"float32 (N, {settings.size}, {settings.size}, 1) in [0, 1] from "
+        "input": f"float32 (N, {segmenter.size}, {segmenter.size}, 1) in [0, 1] from "
                  "tumorseg.data.preprocess.preprocess_image",
-        "output": "tumour probability, float32 (N, S, S, 1)" if not has_type_head(model) else
+        "output": "tumour probability, float32 (N, S, S, 1)" if not segmenter.has_type_head else
                   "mask: tumour probability, float32 (N, S, S, 1); tumor_type: probabilities of "
                   + ", ".join(LABEL_NAMES.values()) + ", float32 (N, 3)",
-        "image_size": settings.size, "normalize_percentile": settings.percentile,
-        "threshold": settings.choices.threshold, "postprocess": str(settings.choices.postprocess),
-        "tta": settings.choices.tta,
+        "image_size": segmenter.size, "normalize_percentile": segmenter.percentile,
+        "threshold": segmenter.choices.threshold, "postprocess": str(segmenter.choices.postprocess),
+        "tta": segmenter.choices.tta,
         "confidence": {
             "rule": "tumorseg.evaluate.confidence.score_slices on the (S, S) probability map: "
                     "sigmoid(confidence_bias + sum of confidence_weight_<feature> * feature); review when at most "
                     "review_threshold. The agreement feature needs a second pass on the mirrored slice (tta hflip).",
-            "features": list(FEATURES), **settings.choices.confidence.to_metrics(),
+            "features": list(FEATURES), **segmenter.choices.confidence.to_metrics(),
         },
     }
     with atomic_entries(args.export) as tmp:  # --overwrite replaces the export's own files, nothing else
-        export.export_all(model, tmp, metadata, float16=args.float16)
-    check = export.check_exports(model, args.export, settings.size, settings.choices.threshold)
+        export.export_all(segmenter.model, tmp, metadata, float16=args.float16)
+    check = export.check_exports(segmenter.model, args.export, segmenter.size, segmenter.choices.threshold)
     print(f"exported to {args.export}; max |probability difference| to Keras on random inputs: "
           + ", ".join(f"{name} {value:.2g}" for name, value in check["max_difference"].items()))
     if "float16_mask_agreement" in check:
@@ -191,11 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.export is not None:
         check_free(args.export, args.overwrite, "--export")
         check_outside(args.model, args.export, "--export")
-    model, size = load_segmentation_model(args.model)
-    settings = PredictSettings(size, choices, percentile, args.axis, args.batch_size)
+    model, size = segmentation_model(args.model)
+    segmenter = Segmenter(model, size, choices, percentile, args.batch_size)
     if args.export is not None:
-        run_export(model, args, settings)
-    return run_predict(model, args, settings) if args.inputs else EXIT_OK
+        run_export(segmenter, args)
+    return run_predict(segmenter, args) if args.inputs else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
 from tumorseg.data.preprocess import normalize_intensity
 from tumorseg.serve.readers import ScanFile, nifti_mask_volume
@@ -47,30 +46,24 @@ def write_nifti_mask(path: str | Path, scan: ScanFile, masks: list[np.ndarray]) 
         tmp.write_bytes(gzip.compress(volume.to_bytes()))
 
 
-def slice_row(scan: ScanFile, index: int, mask: np.ndarray, probabilities: np.ndarray, choices,
-              names: dict[str, str]) -> dict[str, object]:
-    """One summary line; area only when the file records the pixel spacing."""
-    pixels = int(mask.sum())
-    spacing = scan.spacing
-    inside = probabilities[mask]
+def slice_row(scan: ScanFile, index: int, result, names: dict[str, str]) -> dict[str, object]:
+    """One summary line of a slice's Segmentation (tumorseg.serve.segmenter); area only when the file records
+    the pixel spacing, type only with the type head."""
+    spacing, choices = result.spacing, result.choices
+    inside = result.probabilities[result.mask]
     return {
-        "input": str(scan.path), "slice": index, "height": mask.shape[0], "width": mask.shape[1],
+        "input": str(scan.path), "slice": index, "height": result.mask.shape[0], "width": result.mask.shape[1],
         "spacing_row_mm": spacing[0] if spacing else "", "spacing_col_mm": spacing[1] if spacing else "",
-        "tumor_pixels": pixels,
-        "tumor_area_mm2": round(pixels * spacing[0] * spacing[1], 4) if spacing else "",
-        "mean_probability_in_mask": round(float(inside.mean()), 6) if pixels else "",
-        "max_probability_in_image": round(float(probabilities.max()), 6),
+        "tumor_pixels": result.tumor_pixels,
+        "tumor_area_mm2": round(result.area_mm2, 4) if spacing else "",
+        "mean_probability_in_mask": round(float(inside.mean()), 6) if result.tumor_pixels else "",
+        "max_probability_in_image": round(float(result.probabilities.max()), 6),
         "threshold": choices.threshold, "postprocess": str(choices.postprocess), "tta": choices.tta,
+        "tumor_type": result.tumor_type or "",
+        "type_probability": "" if result.type_probability is None else round(result.type_probability, 6),
+        "confidence": round(result.confidence, 6), "review": result.review,
         **names,
     }
-
-
-def type_columns(type_probs: np.ndarray | None) -> dict[str, str | float]:
-    """The summary's tumour type and its probability (blank for a model without the type head)."""
-    if type_probs is None:
-        return {"tumor_type": "", "type_probability": ""}
-    best = int(np.argmax(type_probs))
-    return {"tumor_type": LABEL_NAMES[best + 1], "type_probability": round(float(type_probs[best]), 6)}
 
 
 def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, object]]) -> None:

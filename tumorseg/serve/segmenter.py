@@ -1,0 +1,172 @@
+"""Segment slices from your own code: the one inference path of predict, with the preprocessing built in.
+
+    from tumorseg.serve.segmenter import Segmenter
+    segmenter = Segmenter.load("models/model.keras")  # evaluate's choices from metrics/eval.json when present
+    result = segmenter("scan.dcm")                    # or a 2-D array, at any size and scale
+    result.mask, result.area_mm2, result.confidence, result.review, result.tumor_type
+
+Each slice goes through tumorseg.data.preprocess.preprocess_image (the resize and normalisation of
+training); its probability map is resized back to the slice's own size, then thresholded and
+post-processed as evaluate chose (tumorseg.evaluate.choices); its confidence and review flag come from
+tumorseg.evaluate.confidence.score_slices on the model-resolution map, as in evaluate.
+"""
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from tumorseg import LABEL_NAMES
+from tumorseg.config import ConfigError, load_params
+from tumorseg.data.arrays import InputError
+from tumorseg.data.preprocess import preprocess_image, resize_probabilities
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.confidence import score_slices
+from tumorseg.evaluate.metrics import binarize
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.model.inference import DEFAULT_BATCH_SIZE, has_type_head, load_model, predict
+from tumorseg.model.unet import MASK_OUTPUT
+from tumorseg.serve.readers import read_scan
+
+DEFAULT_PERCENTILE = 99.5
+
+
+@dataclass(frozen=True)
+class Segmentation:
+    """One slice's result, at the slice's own size."""
+
+    mask: np.ndarray  # (H, W) bool
+    probabilities: np.ndarray  # (H, W) float32 tumour probability
+    spacing: tuple[float, float] | None  # (row mm, column mm) when known
+    tumor_type: str | None  # with the type head: meningioma, glioma or pituitary
+    type_probability: float | None
+    confidence: float  # in (0, 1): how far to trust the mask (tumorseg.evaluate.confidence)
+    review: bool  # flagged for a person to check
+    choices: Choices  # the threshold, post-processing and TTA used
+
+    @property
+    def tumor_pixels(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def area_mm2(self) -> float | None:
+        """Tumour area in mm², when the slice's pixel spacing is known."""
+        return None if self.spacing is None else self.tumor_pixels * self.spacing[0] * self.spacing[1]
+
+
+def segmentation_model(model_path: str | Path):
+    """The model and its image size S; InputError unless it maps (N, S, S, 1) to (N, S, S, 1) (its mask
+    output, for a model with the type head)."""
+    model = load_model(model_path)
+    input_shape, output_shape = getattr(model, "input_shape", None), getattr(model, "output_shape", None)
+    if has_type_head(model) and isinstance(output_shape, list):
+        output_shape = output_shape[model.output_names.index(MASK_OUTPUT)]
+    size = input_shape[1] if isinstance(input_shape, tuple) and len(input_shape) == 4 else None
+    expected = (size, size, 1)
+    if not isinstance(size, int) or input_shape[1:] != expected or not isinstance(output_shape, tuple) \
+            or output_shape[1:] != expected:
+        raise InputError(
+            f"{model_path}: input {input_shape} and output {output_shape} are not those of this project's "
+            "segmentation model ((None, S, S, 1) to (None, S, S, 1)); pass the models/model.keras "
+            "written by the train stage."
+        )
+    return model, size
+
+
+def resolve_choices(eval_metrics: str | Path | None, threshold: float | None = None, postprocess: str | None = None,
+                    tta: str | None = None) -> Choices:
+    """Evaluate's choices from `eval_metrics` when that file exists (else a threshold of 0.5, no
+    post-processing, no TTA), each replaced by the value given (not None)."""
+    chosen = Choices.load(eval_metrics) if eval_metrics is not None and Path(eval_metrics).is_file() else Choices()
+    return chosen.with_options(threshold, PostProcess(postprocess) if postprocess else None, tta)
+
+
+def resolve_percentile(percentile: float | None, params: str | Path | None,
+                       option: str = "the percentile") -> float:
+    """`percentile`, else data.normalize_percentile of the `params` file when it exists, else 99.5; InputError
+    naming where a bad value came from."""
+    source = option
+    if percentile is None and params is not None and Path(params).is_file():
+        try:
+            percentile = load_params(params).data.normalize_percentile
+        except ConfigError as error:
+            raise InputError(f"{error}\nfix the file or give {option}.") from None
+        source = f"{params} data.normalize_percentile"
+    if percentile is None:
+        return DEFAULT_PERCENTILE
+    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 100.0:
+        raise InputError(f"{source}: percentile {percentile!r} must be a number in (0, 100].")
+    return float(percentile)
+
+
+class Segmenter:
+    """A trained model with the choices evaluate made for it; call it on slices."""
+
+    def __init__(self, model, size: int, choices: Choices = Choices(), percentile: float = DEFAULT_PERCENTILE,
+                 batch_size: int = DEFAULT_BATCH_SIZE):
+        percentile = resolve_percentile(percentile, None)
+        if batch_size < 1:
+            raise InputError(f"batch size {batch_size} must be at least 1.")
+        self.model, self.size, self.choices = model, size, choices
+        self.percentile, self.batch_size = percentile, batch_size
+
+    @classmethod
+    def load(cls, model_path: str | Path = "models/model.keras", eval_metrics: str | Path | None = "metrics/eval.json",
+             params: str | Path | None = "params.yaml", *, threshold: float | None = None,
+             postprocess: str | None = None, tta: str | None = None, percentile: float | None = None,
+             batch_size: int = DEFAULT_BATCH_SIZE) -> "Segmenter":
+        """The model at `model_path` with evaluate's choices from `eval_metrics` (when that file exists; else a
+        threshold of 0.5, no post-processing, no TTA) and the normalisation percentile of `params` (when it
+        exists; else 99.5); each keyword given replaces the recorded value."""
+        chosen, percentile = resolve_choices(eval_metrics, threshold, postprocess, tta), \
+            resolve_percentile(percentile, params)
+        model, size = segmentation_model(model_path)
+        return cls(model, size, chosen, percentile, batch_size)
+
+    @property
+    def has_type_head(self) -> bool:
+        return has_type_head(self.model)
+
+    def __call__(self, image: np.ndarray | str | Path, spacing: tuple[float, float] | None = None) -> Segmentation:
+        """One slice: a 2-D array, or the path of a single-slice file (any format predict reads; its
+        pixel spacing is used when the file records it)."""
+        if isinstance(image, (str, Path)):
+            results = self.scan(image)
+            if len(results) != 1:
+                raise InputError(f"{image}: {len(results)} slices; use Segmenter.scan for a file of several.")
+            return results[0]
+        return self.batch([image], [spacing])[0]
+
+    def scan(self, path: str | Path, axis: int = 2) -> list[Segmentation]:
+        """Every slice of a file (PNG, JPEG, TIFF, DICOM, NIfTI along voxel `axis`, figshare .mat)."""
+        scan = read_scan(Path(path), axis)
+        return self.batch(scan.slices, [scan.spacing] * len(scan.slices))
+
+    def batch(self, images: Sequence[np.ndarray],
+              spacings: Sequence[tuple[float, float] | None] | None = None) -> list[Segmentation]:
+        """Segment 2-D slices of any sizes together, in batches of `batch_size`."""
+        images = [np.asarray(image) for image in images]
+        for image in images:
+            if image.ndim != 2 or min(image.shape) < 2:
+                raise InputError(f"expected 2-D slices of at least 2 x 2 pixels, found shape {image.shape}.")
+        spacings = list(spacings) if spacings is not None else [None] * len(images)
+        if not images:
+            return []
+        inputs = np.stack([preprocess_image(image, self.size, self.percentile) for image in images])
+        found = predict(self.model, inputs, np.arange(len(inputs)), self.batch_size, self.choices.tta)
+        chosen = self.choices
+        scores, _ = score_slices(found.probabilities, found.agreement, found.types, chosen.threshold,
+                                 chosen.postprocess, chosen.confidence)
+        flags = chosen.confidence.flags(scores)
+        results = []
+        for i, image in enumerate(images):
+            probabilities = resize_probabilities(found.probabilities[i], image.shape)
+            mask = chosen.postprocess.apply(binarize(probabilities, chosen.threshold))
+            kind, kind_probability = None, None
+            if found.types is not None:
+                best = int(np.argmax(found.types[i]))
+                kind, kind_probability = LABEL_NAMES[best + 1], float(found.types[i][best])
+            results.append(Segmentation(mask, probabilities, spacings[i], kind, kind_probability,
+                                        float(scores[i]), bool(flags[i]), chosen))
+        return results
