@@ -43,11 +43,19 @@ def test_shrink_averages_image_blocks_and_keeps_half_area_mask_pixels():
 
 
 def test_normalisation_uses_a_robust_percentile():
-    image = np.full((100, 100), 100.0)
+    image = np.zeros((100, 100))
+    image[20:80, 20:80] = 100.0  # a head on a dark background
     image[0, 0] = 10000.0  # one hot pixel must not set the scale
     normalised = normalize_intensity(image, 99.5)
-    assert normalised.max() == 1.0 and normalised[50, 50] == pytest.approx(1.0)
+    assert normalised.max() == 1.0 and normalised[50, 50] == pytest.approx(1.0) and normalised[5, 5] == 0.0
     assert normalize_intensity(np.zeros((8, 8))).max() == 0.0
+
+
+def test_normalisation_ignores_scale_and_offset():
+    image = np.random.default_rng(0).gamma(2.0, 300.0, (64, 64))
+    reference = normalize_intensity(image)
+    for changed in (image * 3.7, image + 500.0, image * 0.01 - 40.0):
+        np.testing.assert_allclose(normalize_intensity(changed), reference, atol=1e-5)
 
 
 def test_real_sample_converts(real_sample, tmp_path):

@@ -3,11 +3,14 @@
 One set of functions shared by mat_to_numpy, evaluate and prediction, so every
 image goes through exactly the same resize and normalisation.
 
-Normalisation rule: MRI magnitudes are non-negative, so an image is divided by
-its `percentile`-th intensity percentile (default 99.5, computed on the resized
-slice) and clipped to [0, 1]. The percentile ignores the few brightest pixels
-(fat, vessels, enhancing rims) that would otherwise set the scale; a blank
-image stays zero.
+Normalisation rule: the image's minimum is subtracted (MRI magnitudes start at
+0, as in every figshare slice, so this changes nothing there; a scan exported
+with an offset loses it), then the image is divided by its `percentile`-th
+intensity percentile (default 99.5, computed on the resized slice) and clipped
+to [0, 1]. The percentile ignores the few brightest pixels (fat, vessels,
+enhancing rims) that would otherwise set the scale; a blank image stays zero.
+So the model input does not depend on how a slice was scaled or offset
+(tests/serve/test_invariance.py).
 """
 
 import numpy as np
@@ -17,16 +20,17 @@ from PIL import Image
 def resize_area(array: np.ndarray, size: int) -> np.ndarray:
     """Resize a 2-D array to (size, size) as float32: area averaging when shrinking, bilinear when growing.
 
-    Integer images (MRI magnitudes) go through Pillow's 16-bit path, which is
-    several times faster than float for the same area average.
+    Integer images within 0..65535 (MRI magnitudes) go through Pillow's 16-bit path, which is
+    several times faster than float for the same area average; others (negative values) go through float.
     """
     array = np.asarray(array)
     height, width = array.shape
     if (height, width) == (size, size):
         return array.astype(np.float32)
     resample = Image.Resampling.BOX if height >= size and width >= size else Image.Resampling.BILINEAR
-    if np.issubdtype(array.dtype, np.integer) and array.max(initial=0) <= np.iinfo(np.uint16).max:
-        image = Image.fromarray(np.maximum(array, 0).astype(np.uint16))
+    if np.issubdtype(array.dtype, np.integer) and array.size and 0 <= array.min() and \
+            array.max() <= np.iinfo(np.uint16).max:
+        image = Image.fromarray(array.astype(np.uint16))
     else:
         image = Image.fromarray(array.astype(np.float32), mode="F")
     return np.asarray(image.resize((size, size), resample), dtype=np.float32)
@@ -34,7 +38,9 @@ def resize_area(array: np.ndarray, size: int) -> np.ndarray:
 
 def normalize_intensity(image: np.ndarray, percentile: float = 99.5) -> np.ndarray:
     """Scale to [0, 1] by the image's own percentile (see module docstring)."""
-    image = np.maximum(np.asarray(image, dtype=np.float32), 0.0)
+    image = np.asarray(image, dtype=np.float32)
+    if image.size:
+        image = image - image.min()
     scale = np.percentile(image, percentile)
     if scale <= 0:
         return np.zeros_like(image)
