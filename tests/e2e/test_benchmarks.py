@@ -21,6 +21,12 @@ def test_convert_benchmark_quick():
     assert "24 slices" in output and "slices/s" in output and "peak RSS" in output
 
 
+def test_serve_benchmark_quick():
+    output = run_script("benchmarks/serve.py", "--quick")
+    assert "command:" in output and "machine:" in output and "onnxruntime" in output
+    assert "max |probability difference|" in output and "masks agree on" in output
+
+
 def test_train_benchmark_quick():
     output = run_script("benchmarks/train.py", "--quick", "--compare-feed")
     expected = ("command:", "machine:", "train:", "cores busy on average", "train on a pre-made batch:", "predict:")

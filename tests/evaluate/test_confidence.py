@@ -20,7 +20,7 @@ from tumorseg.evaluate.confidence import (
     slice_features,
 )
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.inference import soft_agreement
+from tumorseg.model.prediction import soft_agreement
 
 SIZE = 16
 

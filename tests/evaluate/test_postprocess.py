@@ -6,7 +6,7 @@ import pytest
 
 from tumorseg.data.arrays import InputError
 from tumorseg.evaluate.postprocess import MIN_SIZE_FRACTIONS, PostProcess, candidates
-from tumorseg.model.inference import predict_probabilities
+from tumorseg.model.prediction import predict_probabilities
 
 
 def three_blobs():

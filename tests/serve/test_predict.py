@@ -3,6 +3,8 @@
 import csv
 import json
 import os
+import subprocess
+import sys
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,8 +22,8 @@ from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import preprocess_image
 from tumorseg.evaluate.confidence import FEATURES, ConfidenceModel, score_slices
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.inference import predict as predict_all
-from tumorseg.model.inference import predict_probabilities
+from tumorseg.model.prediction import predict as predict_all
+from tumorseg.model.prediction import predict_probabilities
 from tumorseg.model.unet import build_unet
 from tumorseg.serve import export
 from tumorseg.cli import exit_status
@@ -404,7 +406,33 @@ def test_exports_match_keras(tmp_path, model_path):
     np.testing.assert_allclose(lite, reference, atol=1e-4)
     half = export.run_tflite(exported / export.TFLITE_FLOAT16, images)
     assert ((half >= 0.5) == (reference >= 0.5)).mean() >= 0.995
+    onnx = export.run_onnx(exported / export.ONNX, images)
+    np.testing.assert_allclose(onnx, reference, atol=1e-4)
     assert json.loads((exported / export.METADATA).read_text())["image_size"] == SIZE
+
+
+def test_predict_runs_on_the_onnx_export_without_tensorflow(tmp_path, model_path):
+    """The ONNX file gives the masks the Keras model gives, in a process where TensorFlow and Keras cannot
+    be imported."""
+    assert predict(["--export", "exported", "--model", str(model_path)]) == 0
+    files = [str(write_png(tmp_path / "a.png", (50, 70))), str(write_png(tmp_path / "b.png", (64, 48), bits=16))]
+    assert predict([*files, "--out", "keras_out", "--model", str(model_path), "--tta", "hflip"]) == 0
+    script = (
+        "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None\n"
+        "from tumorseg.cli import exit_status\n"
+        "from tumorseg.serve.predict import main\n"
+        f"status = exit_status('predict', main, {files!r} + ['--out', 'onnx_out', '--model', "
+        "'exported/model.onnx', '--tta', 'hflip'])\n"
+        "assert not [name for name in sys.modules if name.startswith(('tensorflow', 'keras')) and sys.modules[name]]\n"
+        "sys.exit(status)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("a_mask.png", "b_mask.png"):
+        with Image.open(tmp_path / "keras_out" / name) as keras_mask, Image.open(tmp_path / "onnx_out" / name) as onnx_mask:
+            assert (np.asarray(keras_mask) == np.asarray(onnx_mask)).mean() >= 0.999
+    confidences = [[float(row["confidence"]) for row in read_rows(tmp_path / out)] for out in ("keras_out", "onnx_out")]
+    assert confidences[0] == pytest.approx(confidences[1], abs=1e-4)
 
 
 def test_export_folder_not_replaced_without_overwrite(tmp_path, model_path, capsys):

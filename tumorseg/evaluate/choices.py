@@ -12,7 +12,7 @@ from pathlib import Path
 from tumorseg.errors import ProjectError
 from tumorseg.evaluate.confidence import ConfidenceModel
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.inference import TTA_FLIPS
+from tumorseg.model.prediction import TTA_FLIPS
 
 
 class ChoicesError(ProjectError, ValueError):

@@ -19,7 +19,8 @@ from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.evaluate import metrics
 from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.confidence import score_slices
-from tumorseg.model.inference import check_model_input, load_model, predict
+from tumorseg.model.inference import check_model_input, load_model
+from tumorseg.model.prediction import predict
 
 DPI = 100
 SAMPLE_FIGSIZE = (12.0, 3.6)  # inches: four panels side by side

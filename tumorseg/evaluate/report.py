@@ -24,12 +24,8 @@ from tumorseg.data.preprocess import resize_probabilities
 from tumorseg.data.split import patient_families
 from tumorseg.evaluate import confidence, metrics, tumor_type
 from tumorseg.evaluate.postprocess import PostProcess, candidates
-from tumorseg.model.inference import (
-    DEFAULT_BATCH_SIZE,
-    check_model_input,
-    load_model,
-    predict,
-)
+from tumorseg.model.inference import check_model_input, load_model
+from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, predict
 
 DECIMALS = 4
 FAILURE_DICE = 0.1  # a test slice below this Dice counts as a failure (tumour missed or wrong region)

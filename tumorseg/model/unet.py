@@ -11,8 +11,8 @@ from keras import layers
 
 from tumorseg import LABEL_NAMES
 from tumorseg.config import ConfigError
+from tumorseg.model.prediction import MASK_OUTPUT, TYPE_OUTPUT
 
-MASK_OUTPUT, TYPE_OUTPUT = "mask", "tumor_type"  # output names of a model with the type head
 MAX_FILTER_MULTIPLIER = 8  # filters double per level up to 8x the base, as in the reference
 
 

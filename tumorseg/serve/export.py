@@ -1,10 +1,12 @@
-"""Export the Keras model for serving: a TensorFlow SavedModel and TFLite files.
+"""Export the Keras model for serving: a TensorFlow SavedModel, TFLite files and ONNX.
 
 Layout of the export folder:
   saved_model/          TF Serving / tf.saved_model.load; signature `serving_default`
   model.tflite          float32 TFLite (converted from the SavedModel)
   model_float16.tflite  weights quantised to float16 (only with float16=True)
-  export.json           the preprocessing contract and the threshold
+  model.onnx            ONNX (Keras's export through tf2onnx), run with onnxruntime alone
+                        (tumorseg.serve.onnx_model; predict --model DIR/model.onnx)
+  export.json           the preprocessing contract, evaluate's choices and the confidence score's model
 
 Every export takes a batch of preprocessed images (N, S, S, 1) float32 in
 [0, 1] (see tumorseg.data.preprocess.preprocess_image) and returns tumour
@@ -19,17 +21,33 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.model.inference import split_outputs
+from tumorseg.model.prediction import split_outputs
 
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FLOAT32 = "model.tflite"
 TFLITE_FLOAT16 = "model_float16.tflite"
+ONNX = "model.onnx"
 METADATA = "export.json"
 
 
 def export_saved_model(model, path: str | Path) -> None:
     """Write `model` as a TensorFlow SavedModel at `path` (a folder)."""
     model.export(str(path), format="tf_saved_model", verbose=False)
+
+
+def export_onnx(model, path: str | Path) -> None:
+    """Write `model` as ONNX at `path` (Keras traces a model only once it has been called)."""
+    size = model.input_shape[1]
+    model.predict_on_batch(np.zeros((1, size, size, 1), np.float32))
+    model.export(str(path), format="onnx", verbose=False)
+
+
+def run_onnx(onnx_path: str | Path, images: np.ndarray) -> np.ndarray:
+    """Probabilities (N, S, S) of preprocessed images (N, S, S) from an ONNX file, with onnxruntime."""
+    from tumorseg.serve.onnx_model import OnnxModel
+
+    batch = np.asarray(images, dtype=np.float32)[..., None]
+    return split_outputs(OnnxModel(onnx_path).predict_on_batch(batch))[0].reshape(np.shape(images))
 
 
 def convert_to_tflite(saved_model_dir: str | Path, path: Path, float16: bool = False) -> None:
@@ -44,10 +62,11 @@ def convert_to_tflite(saved_model_dir: str | Path, path: Path, float16: bool = F
 
 
 def export_all(model, out_dir: Path, metadata: dict[str, object], float16: bool = False) -> dict[str, Path]:
-    """SavedModel, float32 TFLite (and float16 TFLite), and export.json into `out_dir`; returns the paths."""
-    paths = {"saved_model": out_dir / SAVED_MODEL_DIR, "tflite": out_dir / TFLITE_FLOAT32}
+    """SavedModel, float32 TFLite (and float16 TFLite), ONNX and export.json into `out_dir`; returns the paths."""
+    paths = {"saved_model": out_dir / SAVED_MODEL_DIR, "tflite": out_dir / TFLITE_FLOAT32, "onnx": out_dir / ONNX}
     export_saved_model(model, paths["saved_model"])
     convert_to_tflite(paths["saved_model"], paths["tflite"])
+    export_onnx(model, paths["onnx"])
     if float16:
         paths["tflite_float16"] = out_dir / TFLITE_FLOAT16
         convert_to_tflite(paths["saved_model"], paths["tflite_float16"], float16=True)
@@ -94,17 +113,19 @@ def check_exports(model, export_dir: Path, size: int, threshold: float, samples:
                   seed: int = 0) -> dict[str, dict[str, float] | float]:
     """Compare the exports with the Keras model on random inputs.
 
-    Returns {"max_difference": {"SavedModel": .., "TFLite": ..}} and, when the
-    float16 file exists, "float16_mask_agreement" (fraction of equal mask pixels).
+    Returns {"max_difference": {"SavedModel": .., "TFLite": .., "ONNX": ..}, "onnx_mask_agreement": ..} and,
+    when the float16 file exists, "float16_mask_agreement" (fractions of equal mask pixels).
     """
     images = np.random.default_rng(seed).random((samples, size, size), dtype=np.float32)
     reference = split_outputs(model.predict_on_batch(images[..., None]))[0].reshape(images.shape)
     saved = run_saved_model(export_dir / SAVED_MODEL_DIR, images)
     lite = run_tflite(export_dir / TFLITE_FLOAT32, images)
+    onnx = run_onnx(export_dir / ONNX, images)
     result = {"max_difference": {
         "SavedModel": float(np.abs(saved - reference).max()),
         "TFLite": float(np.abs(lite - reference).max()),
-    }}
+        "ONNX": float(np.abs(onnx - reference).max()),
+    }, "onnx_mask_agreement": float(((onnx >= threshold) == (reference >= threshold)).mean())}
     if (export_dir / TFLITE_FLOAT16).is_file():
         half = run_tflite(export_dir / TFLITE_FLOAT16, images)
         result["float16_mask_agreement"] = float(((half >= threshold) == (reference >= threshold)).mean())

@@ -24,7 +24,7 @@ from tumorseg.cli import run
 from tumorseg.data.arrays import InputError
 from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.confidence import CATCH, FEATURES, ConfidenceModel
-from tumorseg.model.inference import DEFAULT_BATCH_SIZE, TTA_FLIPS
+from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, TTA_FLIPS
 from tumorseg.serve import export, segmenter
 from tumorseg.serve.readers import find_inputs
 from tumorseg.serve.segment import segment_inputs
@@ -45,7 +45,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="files or folders (searched recursively): PNG/JPEG/TIFF, figshare .mat, DICOM, NIfTI")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder for masks, overlays and summary.csv")
     parser.add_argument("--model", type=Path, metavar="FILE", default=Path("models/model.keras"),
-                        help="Keras model (default: %(default)s)")
+                        help="Keras model, or an ONNX export (model.onnx, run without TensorFlow) "
+                             "(default: %(default)s)")
     parser.add_argument("--threshold", type=float, metavar="T",
                         help="probability threshold (default: 'threshold' of --eval-metrics when present, else 0.5)")
     parser.add_argument("--eval-metrics", type=Path, metavar="FILE", default=Path("metrics/eval.json"),
@@ -63,7 +64,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, metavar="N", default=DEFAULT_BATCH_SIZE,
                         help="slices per prediction batch (default: %(default)s)")
     parser.add_argument("--export", type=Path, metavar="DIR",
-                        help="write a TensorFlow SavedModel and a float32 TFLite model to DIR")
+                        help="write a TensorFlow SavedModel, a float32 TFLite model and an ONNX model to DIR")
     parser.add_argument("--float16", action="store_true", help="with --export: also a float16-quantised TFLite model")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty --out or --export DIR, replacing only files of the same name")
@@ -162,6 +163,7 @@ def run_export(segmenter: Segmenter, args: argparse.Namespace) -> None:
     check = export.check_exports(segmenter.model, args.export, segmenter.size, segmenter.choices.threshold)
     print(f"exported to {args.export}; max |probability difference| to Keras on random inputs: "
           + ", ".join(f"{name} {value:.2g}" for name, value in check["max_difference"].items()))
+    print(f"ONNX masks agree with Keras on {check['onnx_mask_agreement']:.4%} of pixels")
     if "float16_mask_agreement" in check:
         print(f"float16 TFLite masks agree with Keras on {check['float16_mask_agreement']:.4%} of pixels")
 
@@ -174,6 +176,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.export is not None:
         check_free(args.export, args.overwrite, "--export")
         check_outside(args.model, args.export, "--export")
+        if args.model.suffix.lower() == ".onnx":
+            raise InputError(f"{args.model}: --export converts a Keras model; give the .keras file "
+                             "(models/model.keras).")
     model, size = segmentation_model(args.model)
     segmenter = Segmenter(model, size, choices, percentile, args.batch_size)
     if args.export is not None:

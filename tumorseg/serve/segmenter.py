@@ -25,8 +25,7 @@ from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.confidence import score_slices
 from tumorseg.evaluate.metrics import binarize
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.inference import DEFAULT_BATCH_SIZE, has_type_head, load_model, predict
-from tumorseg.model.unet import MASK_OUTPUT
+from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, MASK_OUTPUT, has_type_head, predict
 from tumorseg.serve.readers import read_scan
 
 DEFAULT_PERCENTILE = 99.5
@@ -56,9 +55,16 @@ class Segmentation:
 
 
 def segmentation_model(model_path: str | Path):
-    """The model and its image size S; InputError unless it maps (N, S, S, 1) to (N, S, S, 1) (its mask
-    output, for a model with the type head)."""
-    model = load_model(model_path)
+    """The model (a .keras file, or a .onnx export run by onnxruntime without TensorFlow) and its image size
+    S; InputError unless it maps (N, S, S, 1) to (N, S, S, 1) (its mask output, with the type head)."""
+    if Path(model_path).suffix.lower() == ".onnx":
+        from tumorseg.serve.onnx_model import OnnxModel
+
+        model = OnnxModel(model_path)
+    else:
+        from tumorseg.model.inference import load_model  # Keras, and with it TensorFlow
+
+        model = load_model(model_path)
     input_shape, output_shape = getattr(model, "input_shape", None), getattr(model, "output_shape", None)
     if has_type_head(model) and isinstance(output_shape, list):
         output_shape = output_shape[model.output_names.index(MASK_OUTPUT)]
