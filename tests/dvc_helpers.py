@@ -44,6 +44,18 @@ def dvc(*args, cwd, timeout=None):
     return run([sys.executable, "-m", "dvc", *args], cwd, timeout=timeout)
 
 
+def start_queue(project, jobs=1, timeout=300):
+    """`dvc queue start -j jobs`, its output in .dvc/tmp/queue-start.log: the worker daemon it leaves running
+    inherits that output, so with a pipe (as `run` captures) the call would wait until the worker ends."""
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    log_path = Path(project) / ".dvc" / "tmp" / "queue-start.log"
+    with open(log_path, "w") as log:
+        status = subprocess.run([sys.executable, "-m", "dvc", "queue", "start", "-j", str(jobs)], cwd=project, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, timeout=timeout).returncode
+    if status:
+        raise AssertionError(f"dvc queue start failed:\n{log_path.read_text()[-4000:]}")
+
+
 def git(*args, cwd):
     return run(["git", "-c", "user.name=test", "-c", "user.email=test@example.com", *args], cwd)
 

@@ -20,6 +20,7 @@ from tests.dvc_helpers import (
     git,
     reproduced_project,
     run,
+    start_queue,
 )
 from tumorseg.experiments import summarize
 
@@ -70,7 +71,7 @@ def cv_project(tmp_path_factory):
     queued = dvc("exp", "run", "--queue", "-S", "split.fold=0,1", cwd=project)
     assert queued.count("Queued experiment") == 2, queued
     try:
-        dvc("queue", "start", "-j", "1", cwd=project)
+        start_queue(project, jobs=1)
         wait_for_queue(project)
         yield project
     finally:
