@@ -11,8 +11,9 @@ The features of a slice, at the model's resolution, with the threshold and post-
 The score is a logistic regression of "segmented well" (Dice >= REVIEW_DICE) on these features, fitted
 on the validation slices only (scikit-learn, standardised features); it lies in (0, 1), higher is more
 trustworthy. A slice scoring at most `review_threshold` is flagged for review: the smallest threshold
-that flags at least CATCH of the validation failures. Evaluate, predict and render_samples all score
-through `score_slices`, so a slice gets the same score wherever it is predicted.
+that flags at least CATCH of the validation failures. Evaluate and render_samples score the masks they
+made with `slice_features` and `ConfidenceModel.score`; predict through `score_slices`, which makes the
+masks the same way: a slice gets the same score wherever it is predicted (tested end to end).
 """
 
 import math

@@ -18,7 +18,7 @@ from tumorseg.config import Params
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.evaluate import metrics
 from tumorseg.evaluate.choices import Choices
-from tumorseg.evaluate.confidence import score_slices
+from tumorseg.evaluate.confidence import slice_features
 from tumorseg.model.inference import check_model_input, load_model
 from tumorseg.model.prediction import predict
 
@@ -156,7 +156,7 @@ def grid_figure(samples_by_class: dict[int, list[Sample]], threshold: float | No
             if row < len(samples):
                 sample = samples[row]
                 _show(ax, error_view(sample.image, sample.truth, sample.pred),
-                      f"id {sample.id}  Dice {sample.dice:.3f}{_confidence_text(sample, 'conf')}")
+                      f"id {sample.id}  Dice {sample.dice:.3f}{_confidence_text(sample, '  conf')}")
         if not samples:
             header.text(0.5, 0.5, "no test slices", ha="center", va="center", fontsize=11, color="0.4",
                         transform=header.transAxes)
@@ -182,12 +182,12 @@ def build_samples(model, arrays: dict[str, np.ndarray], positions: np.ndarray, c
         if not len(picked):
             continue
         predicted = predict(model, arrays["images"], picked, batch_size, choices.tta)
-        scores, _ = score_slices(predicted.probabilities, predicted.agreement, predicted.types, choices.threshold,
-                                 choices.postprocess, choices.confidence)
+        masks = choices.postprocess.apply(metrics.binarize(predicted.probabilities, choices.threshold))
+        scores = choices.confidence.score(slice_features(predicted.probabilities, masks, predicted.agreement,
+                                                         predicted.types))
         flags = choices.confidence.flags(scores)
-        for position, prob, score, flag in zip(picked, predicted.probabilities, scores, flags):
+        for position, pred, score, flag in zip(picked, masks, scores, flags):
             truth = np.asarray(arrays["masks"][position]) > 0
-            pred = choices.postprocess.apply(metrics.binarize(prob, choices.threshold))
             dice = float(metrics.dice_per_image(truth[None], pred[None])[0])
             image = np.asarray(arrays["images"][position], dtype=np.float32)
             samples[label].append(Sample(int(ids[position]), label, image, truth, pred, dice, float(score), bool(flag)))

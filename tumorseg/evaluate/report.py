@@ -84,8 +84,8 @@ def fit_confidence(val_truth: np.ndarray, val_predicted, threshold: float, postp
                    seed: int) -> confidence.ConfidenceModel:
     """The confidence score's model fitted on the validation slices' Dice at the chosen threshold."""
     val_pred = postprocess.apply(metrics.binarize(val_predicted.probabilities, threshold))
-    _, features = confidence.score_slices(val_predicted.probabilities, val_predicted.agreement,
-                                          val_predicted.types, threshold, postprocess, confidence.ConfidenceModel())
+    features = confidence.slice_features(val_predicted.probabilities, val_pred, val_predicted.agreement,
+                                         val_predicted.types)
     return confidence.ConfidenceModel.fit(features, metrics.dice_per_image(val_truth, val_pred), seed)
 
 
@@ -258,8 +258,9 @@ def evaluate(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Pat
         test_ids, pids, test_labels, test_truth, test_pred,
         native_dice(test_probs, test_ids, raw_dir, threshold, postprocess),
     )
-    scores, features = confidence.score_slices(test_probs, test_predicted.agreement, test_types, threshold,
-                                               postprocess, scorer)
+    # the masks scored above, so the features are those score_slices gives predict and render_samples
+    features = confidence.slice_features(test_probs, test_pred, test_predicted.agreement, test_types)
+    scores = scorer.score(features)
     per_image = per_image.assign(**{f"feature_{name}": values for name, values in zip(confidence.FEATURES, features.T)},
                                  confidence=scores,
                                  review=scorer.flags(scores))

@@ -25,7 +25,8 @@ from tumorseg.data.arrays import InputError
 from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.confidence import CATCH, FEATURES, ConfidenceModel
 from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, TTA_FLIPS
-from tumorseg.serve import export, segmenter
+from tumorseg.serve import export
+from tumorseg.serve import segmenter as segmenter_api
 from tumorseg.serve.readers import find_inputs
 from tumorseg.serve.segment import segment_inputs
 from tumorseg.serve.segmenter import Segmenter, segmentation_model
@@ -90,12 +91,12 @@ def check_outside(model_path: str | Path, folder: Path, option: str) -> None:
 def resolve_choices(args: argparse.Namespace) -> Choices:
     """Evaluate's choices from --eval-metrics when that file exists (else a threshold of 0.5, no
     post-processing, no TTA), each replaced by its option when given."""
-    return segmenter.resolve_choices(args.eval_metrics, args.threshold, args.postprocess, args.tta)
+    return segmenter_api.resolve_choices(args.eval_metrics, args.threshold, args.postprocess, args.tta)
 
 
 def resolve_percentile(args: argparse.Namespace) -> float:
     """--percentile, else data.normalize_percentile of --params when that file exists, else 99.5."""
-    return segmenter.resolve_percentile(args.percentile, args.params, "--percentile")
+    return segmenter_api.resolve_percentile(args.percentile, args.params, "--percentile")
 
 
 def check_free(path: Path, overwrite: bool, option: str) -> None:
