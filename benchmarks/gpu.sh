@@ -3,18 +3,19 @@
 # mixed_bfloat16, at batch 32 and 128: slices/s through the input pipeline and on a batch held on the GPU,
 # prediction slices/s, the GPU's name and peak memory (benchmarks/train.py prints each).
 #
-#   bash benchmarks/gpu.sh          # on the GPU machine; installs Keras from wheels/ first if it is missing
+#   bash benchmarks/gpu.sh          # on the GPU machine; installs Keras from .whl/ first if it is missing
 #   bash benchmarks/gpu.sh quick    # dry run of every configuration with a tiny model (any machine with jax)
 #
-# The GPU machine has no network: fetch the wheels beforehand (see benchmarks/gpu-requirements.txt) into
-# wheels/ and carry that folder along.
+# The GPU machine has no network: fetch the wheels beforehand into .whl/ (bash benchmarks/gpu_wheels.sh)
+# and carry that folder along.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 python=${PYTHON:-python3}
-if ! "$python" -c "import keras, yaml, pydantic" 2>/dev/null; then
-    "$python" -m pip install --quiet --no-index --find-links wheels -r benchmarks/gpu-requirements.txt
+export KERAS_BACKEND=jax  # before keras is first imported: its default backend, TensorFlow, is not there
+if ! "$python" -c "import keras, pydantic, optree" 2>/dev/null; then
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
-export KERAS_BACKEND=jax
 if [ "${1:-}" = quick ]; then
     size_options=(--filters 4 --depth 2 --size 32)
     slices=256

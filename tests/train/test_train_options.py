@@ -149,3 +149,15 @@ def test_encoder_settings_it_cannot_serve_fail_before_any_work(model, message, t
     with pytest.raises(ValueError, match=message):
         train(params, TrainPaths(tmp_path / "absent", tmp_path / "absent.csv", work_dir=tmp_path / "work"))
     assert not (tmp_path / "work").exists()
+
+
+def test_a_passed_deadline_ends_training_after_the_epoch_and_keeps_its_best(tiny_data, tmp_path):
+    import time
+
+    from tumorseg.train.callbacks import StopAtDeadline
+
+    stop = StopAtDeadline(time.monotonic())  # already passed: the first epoch is the last
+    metrics = run(tiny_params(), tiny_data, tmp_path / "out", extra_callbacks=[stop], dvclive=False)
+    assert stop.stopped_at == 1 and metrics["epochs"] == 1 and metrics["best_epoch"] == 1
+    assert (tmp_path / "out" / "model.keras").is_file() and (tmp_path / "out" / "plots" / "curves.png").is_file()
+    assert not (tmp_path / "out" / "plots" / "metrics").exists()  # dvclive=False: no DVCLive curves

@@ -44,6 +44,19 @@ def load_arrays(numpy_dir: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
+def read_npz(path: str | Path, what: str, fix: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz file (allow_pickle=False); a missing, truncated or foreign file is an
+    InputError naming it, `what` it should be and the `fix`."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as stored:
+            return {name: stored[name] for name in stored.files}
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: {fix}.") from None
+    except Exception as error:  # noqa: BLE001  a truncated or foreign file
+        raise InputError(f"{path} is not a readable {what} ({error}): {fix}.") from None
+
+
 def read_split(split_csv: str | Path, subsets: Iterable[str] = ()) -> pd.DataFrame:
     """Read the split table; each subset in `subsets` must be non-empty."""
     split_csv = Path(split_csv)

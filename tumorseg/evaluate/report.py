@@ -22,10 +22,10 @@ from tumorseg.data.arrays import InputError, load_arrays, read_split, subset_pos
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import resize_probabilities
 from tumorseg.data.split import patient_families
-from tumorseg.evaluate import confidence, metrics, tumor_type
+from tumorseg.evaluate import confidence, metrics, stored, tumor_type
 from tumorseg.evaluate.postprocess import PostProcess, candidates
 from tumorseg.model.inference import check_model_input, load_model
-from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, predict
+from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, Predictions, predict
 
 DECIMALS = 4
 FAILURE_DICE = 0.1  # a test slice below this Dice counts as a failure (tumour missed or wrong region)
@@ -229,27 +229,51 @@ def evaluate(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Pat
 
     All inputs are checked before anything is written. Returns the metrics dict.
     """
-    settings = params.evaluate
-    thresholds = metrics.threshold_grid(settings.threshold_min, settings.threshold_max, settings.threshold_step)
-    resamples, tta = settings.bootstrap, settings.tta
+    arrays, val, test = evaluation_inputs(numpy_dir, split_csv, raw_dir)
+    model = load_model(model_path)
+    check_model_input(model, arrays["images"].shape[1], model_path)
+    tta = params.evaluate.tta
+    val_predicted = predict(model, arrays["images"], val, DEFAULT_BATCH_SIZE, tta)
+    test_predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
+    return score(val_predicted, test_predicted, arrays, val, test, raw_dir, params, metrics_path, plots_dir)
 
+
+def evaluate_stored(predictions_path: str | Path, numpy_dir: str | Path, split_csv: str | Path,
+                    raw_dir: str | Path, params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict[str, Any]:
+    """evaluate on predictions made elsewhere (tumorseg.evaluate.stored): the same choices and scores."""
+    arrays, val, test = evaluation_inputs(numpy_dir, split_csv, raw_dir)
+    ids, size, tta = np.asarray(arrays["ids"]), arrays["images"].shape[1], params.evaluate.tta
+    val_predicted = stored.load_predictions(predictions_path, "val", ids[val], size, tta)
+    test_predicted = stored.load_predictions(predictions_path, "test", ids[test], size, tta)
+    return score(val_predicted, test_predicted, arrays, val, test, raw_dir, params, metrics_path, plots_dir)
+
+
+def evaluation_inputs(numpy_dir: str | Path, split_csv: str | Path,
+                      raw_dir: str | Path) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray]:
+    """(arrays of data/numpy, positions of the val slices, of the test slices), the raw test files checked."""
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("val", "test"))
     val = subset_positions(split, arrays, "val", split_csv)
     test = subset_positions(split, arrays, "test", split_csv)
-    test_ids = np.asarray(arrays["ids"])[test]
-    check_raw_files(raw_dir, test_ids)
-    model = load_model(model_path)
-    check_model_input(model, arrays["images"].shape[1], model_path)
+    check_raw_files(raw_dir, np.asarray(arrays["ids"])[test])
+    return arrays, val, test
 
+
+def score(val_predicted: Predictions, test_predicted: Predictions, arrays: dict[str, np.ndarray],
+          val: np.ndarray, test: np.ndarray, raw_dir: str | Path, params: Params, metrics_path: str | Path,
+          plots_dir: str | Path) -> dict[str, Any]:
+    """The threshold, post-processing and confidence model chosen on the val predictions, the test
+    predictions scored with them; metrics and tables written."""
+    settings = params.evaluate
+    thresholds = metrics.threshold_grid(settings.threshold_min, settings.threshold_max, settings.threshold_step)
+    resamples, tta = settings.bootstrap, settings.tta
+    test_ids = np.asarray(arrays["ids"])[test]
     masks = arrays["masks"]
     val_truth = np.asarray(masks[val]) > 0
-    val_predicted = predict(model, arrays["images"], val, DEFAULT_BATCH_SIZE, tta)
     threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_predicted.probabilities,
                                                                   thresholds, settings.postprocess)
     scorer = fit_confidence(val_truth, val_predicted, threshold, postprocess, params.seed)
 
-    test_predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
     test_probs, test_types = test_predicted.probabilities, test_predicted.types
     test_truth = np.asarray(masks[test]) > 0
     test_pred = postprocess.apply(metrics.binarize(test_probs, threshold))

@@ -3,7 +3,6 @@ logs, DVCLive curves per epoch, and a checkpoint that ignores a warm-up."""
 
 import keras
 import numpy as np
-from dvclive.utils import standardize_metric_name
 
 
 class MaskMetricNames(keras.callbacks.Callback):
@@ -34,6 +33,8 @@ class EpochDVCLiveCallback(keras.callbacks.Callback):
         self.live = live
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        from dvclive.utils import standardize_metric_name
+
         self.live.step = epoch
         for name, value in (logs or {}).items():
             self.live.log_metric(standardize_metric_name(name, "dvclive.keras"), value)
@@ -60,3 +61,20 @@ class CheckpointFromEpoch(keras.callbacks.ModelCheckpoint):
 def finite_weights(model: keras.Model) -> bool:
     """Whether every weight of the model is a finite number."""
     return all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
+
+
+class StopAtDeadline(keras.callbacks.Callback):
+    """Ends training after the epoch during which time.monotonic() passed `deadline`; the best epoch so far
+    is kept as usual. For a machine lent for a fixed time (benchmarks/gpu_cv.py)."""
+
+    def __init__(self, deadline: float) -> None:
+        super().__init__()
+        self.deadline = deadline
+        self.stopped_at: int | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        import time
+
+        if time.monotonic() >= self.deadline:
+            self.stopped_at = epoch + 1
+            self.model.stop_training = True

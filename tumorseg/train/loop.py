@@ -13,15 +13,20 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import keras
 import numpy as np
-from dvclive import Live
 
 from tumorseg.config import ConfigError, Oversample, Params, Train
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.preprocess import shrink
-from tumorseg.model.build import build_model, compile_model, load_initial_weights, make_loss
+from tumorseg.model.build import (
+    build_model,
+    compile_model,
+    load_initial_weights,
+    make_loss,
+)
 from tumorseg.model.encoders import check_encoder, set_encoder_trainable
 from tumorseg.model.losses import BceDiceLoss, LovaszSchedule
 from tumorseg.train.batches import make_batches
@@ -50,6 +55,9 @@ from tumorseg.train.phases import (
     prepare_work_dir,
     training_phases,
 )
+
+if TYPE_CHECKING:
+    from dvclive import Live
 
 
 @dataclass(frozen=True)
@@ -149,7 +157,7 @@ def training_batches(params: Params, subsets: list[tuple[np.ndarray, np.ndarray,
     return train_data, val_data
 
 
-def phase_callbacks(phase: Phase, last: bool, train: Train, loss: BceDiceLoss, work_dir: Path, live: Live | None,
+def phase_callbacks(phase: Phase, last: bool, train: Train, loss: BceDiceLoss, work_dir: Path, live: "Live | None",
                     schedule_callbacks: list[keras.callbacks.Callback]) -> list[keras.callbacks.Callback]:
     first_epoch = train.first_compared_epoch
     history_csv = work_dir / "history.csv"
@@ -178,7 +186,7 @@ def phase_callbacks(phase: Phase, last: bool, train: Train, loss: BceDiceLoss, w
 
 
 def fit_phases(model: keras.Model, loss: BceDiceLoss, params: Params, batches: Callable[[int | None], tuple],
-               steps_per_epoch: int, strategy, work_dir: Path, live: Live | None,
+               steps_per_epoch: int, strategy, work_dir: Path, live: "Live | None",
                prepare_fit: Callable[[keras.Model], None] | None,
                extra_callbacks: Iterable[keras.callbacks.Callback]) -> None:
     """Compile and fit each phase left to run, continuing the LR schedule. `batches(size)` gives a phase's
@@ -215,8 +223,11 @@ def fit_phases(model: keras.Model, loss: BceDiceLoss, params: Params, batches: C
 
 
 def train(params: Params, paths: TrainPaths = TrainPaths(),
-          extra_callbacks: Iterable[keras.callbacks.Callback] = ()) -> dict[str, float]:
-    """Fit the model of `params` on the split's train slices; returns the metrics written to paths.metrics."""
+          extra_callbacks: Iterable[keras.callbacks.Callback] = (), dvclive: bool = True) -> dict[str, float]:
+    """Fit the model of `params` on the split's train slices; returns the metrics written to paths.metrics.
+
+    dvclive=False: no DVCLive curves in paths.plots (the CSV history and curves.png stay), for machines
+    without DVC, such as an offline GPU machine (benchmarks/gpu_cv.py)."""
     train_params, model_params = params.train, params.model
     check_backend(train_params.strategy)
     check_encoder(model_params.encoder, model_params.encoder_weights, params.data.image_size, model_params.depth)
@@ -254,12 +265,16 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
             load_initial_weights(model, train_params.init_from)
             print(f"initial weights from {train_params.init_from}")
         loss = make_loss(train_params.loss)
-    chief = task is None or task.chief
-    live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False) if chief else None
+    curves = dvclive and (task is None or task.chief)
+    live = None
+    if curves:
+        from dvclive import Live
+
+        live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)
     fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
                work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
     metrics = finish(work_dir, paths.model, paths.metrics, paths.plots, train_params.first_compared_epoch,
-                     (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=chief)
+                     (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=curves)
     if scratch:
         shutil.rmtree(scratch)
     return metrics

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The one prepared run for a lent GPU machine (one H200, offline, 10 minutes a command): the GPU recipe's
+# cross-validation on the official folds (benchmarks/gpu_cv.py train, every fold at once, each stopped at
+# a deadline with its best epoch so far), then the train-step benchmark of the reference U-Net
+# (benchmarks/gpu_step.py). Everything it brings back lands in $OUT.
+#
+# Prepare here first (docs/scale-out.md, "GPU cross-validation"):
+#   python benchmarks/gpu_cv.py pack                     # gpu_cv/: the dev set at 256x256 (JPEG), splits, params
+#   bash benchmarks/gpu_wheels.sh                        # .whl/: keras, optree, namex, pydantic for Python 3.12
+# then run it there with the device tool, carrying gpu_cv and .whl:
+#   bash benchmarks/gpu_session.sh                       # timeout_s 600
+# and score the predictions here:
+#   python benchmarks/gpu_cv.py score --predictions <the folder the device's files came back to>
+#
+#   python benchmarks/gpu_cv.py pack --quick --work /tmp/gpu_cv_quick
+#   WORK=/tmp/gpu_cv_quick bash benchmarks/gpu_session.sh quick    # a dry run on any machine with jax and keras
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python=${PYTHON:-python3}
+work=${WORK:-gpu_cv}
+out=${OUT:-$work/out}
+mkdir -p "$out"
+export KERAS_BACKEND=jax  # before keras is first imported: its default backend, TensorFlow, is not there
+if ! "$python" -c "import keras, pydantic, optree" 2>/dev/null; then  # the GPU image lacks them: carried wheels
+    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+export PYTHONUNBUFFERED=1
+if [ "${1:-}" = quick ]; then
+    cv_options=(--parallel 2 --deadline 300)
+    step_options=(--quick)
+else
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+    cv_options=(--parallel 4 --deadline "${CV_DEADLINE:-360}")  # seconds of training; most of the rest for the step benchmark
+    step_options=()
+fi
+"$python" benchmarks/gpu_cv.py train --work "$work" --out "$out" "${cv_options[@]}" 2>&1 | tail -n 60 \
+    || echo "the cross-validation failed: see $out/train.log"
+# what is left of the device's 600 s (each row of gpu_step.json is written as soon as it is measured)
+timeout $(( ${SESSION_S:-590} - SECONDS )) "$python" benchmarks/gpu_step.py --out "$out" "${step_options[@]}" 2>&1 \
+    | grep -v -E '^(W|I)[0-9]{4}' || echo "gpu_step.py stopped at the time limit"
+# back in $OUT: fold<k>.npz, gpu_cv.json, train.log, gpu_step.json, trace.tar.gz (8 files at most come back)
