@@ -87,13 +87,26 @@ def test_without_failures_on_validation_the_fallback_ranks_by_mean_inside():
     assert not model.flags(confidence).any()
 
 
-def test_review_threshold_on_a_hand_made_case():
-    confidence = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9, 0.95])
-    failed = np.array([True, True, True, True, True, False, False])
-    # 80% of 5 failures = 4: the 4th lowest failure score
-    assert review_threshold(confidence, failed) == 0.4
-    assert review_threshold(confidence, failed, catch=1.0) == 0.5
-    assert review_threshold(confidence, np.zeros(7, bool)) == 0.0
+def binomial_tail(k, n, p):
+    """P(X >= k) for X ~ Binomial(n, p), summed by hand."""
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1))
+
+
+def test_review_threshold_on_hand_made_cases():
+    # 20 failures: catching 19 leaves P(X >= 19 | p = 0.8) = 20 * 0.8^19 * 0.2 + 0.8^20 = 0.069 > 0.05,
+    # so 0.8 is not excluded at 95%; catching all 20 gives 0.8^20 = 0.012: the 20th failure's score
+    failures = np.arange(1, 21) / 100
+    confidence = np.concatenate([failures, [0.5, 0.9]])
+    failed = np.array([True] * 20 + [False, False])
+    assert binomial_tail(19, 20, 0.8) > 0.05 >= binomial_tail(20, 20, 0.8)
+    assert review_threshold(confidence, failed) == 0.20
+    # 100 failures: the smallest k with P(X >= k | 0.8) <= 0.05, found by the hand sum
+    k = next(k for k in range(80, 101) if binomial_tail(k, 100, 0.8) <= 0.05)
+    assert k == 87
+    assert review_threshold(np.arange(1, 101) / 1000, np.ones(100, bool)) == pytest.approx(k / 1000)
+    # 5 failures: even all 5 leave 0.8^5 = 0.33 > 0.05: every failure is flagged
+    assert review_threshold(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9]), np.array([1, 1, 1, 1, 1, 0], bool)) == 0.5
+    assert review_threshold(np.array([0.1, 0.9]), np.zeros(2, bool)) == 0.0
 
 
 def test_auroc_referral_and_risk_coverage_on_a_hand_made_case():

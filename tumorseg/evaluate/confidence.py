@@ -11,7 +11,9 @@ The features of a slice, at the model's resolution, with the threshold and post-
 The score is a logistic regression of "segmented well" (Dice >= REVIEW_DICE) on these features, fitted
 on the validation slices only (scikit-learn, standardised features); it lies in (0, 1), higher is more
 trustworthy. A slice scoring at most `review_threshold` is flagged for review: the smallest threshold
-that flags at least CATCH of the validation failures. Evaluate and render_samples score the masks they
+at which validation shows, with 95% confidence, that at least CATCH of the failures are flagged (the
+one-sided Clopper-Pearson lower bound of the share caught reaches CATCH), since validation's failures are
+few: a threshold that catches exactly CATCH of them catches fewer on test (docs/results.md). Evaluate and render_samples score the masks they
 made with `slice_features` and `ConfidenceModel.score`; predict through `score_slices`, which makes the
 masks the same way: a slice gets the same score wherever it is predicted (tested end to end).
 """
@@ -28,7 +30,8 @@ from tumorseg.evaluate.postprocess import PostProcess
 
 FEATURES = ("mean_inside", "uncertainty", "agreement", "log_area", "components", "type_probability")
 REVIEW_DICE = 0.5  # a slice below this Dice is a failure the score should catch
-CATCH = 0.8  # share of the validation failures the review threshold flags
+CATCH = 0.8  # share of the failures the review threshold aims to flag
+CATCH_CONFIDENCE = 0.95  # confidence, on validation, that the threshold flags at least CATCH of the failures
 REFERRAL_FRACTIONS = (0.05, 0.10, 0.20)
 EPSILON = 1e-6
 
@@ -118,13 +121,19 @@ class ConfidenceModel:
                    bool(chosen["confidence_fitted"]))
 
 
-def review_threshold(confidence: np.ndarray, failed: np.ndarray, catch: float = CATCH) -> float:
-    """The smallest score s such that flagging confidence <= s catches at least `catch` of the failures
-    (0 when there is none)."""
+def review_threshold(confidence: np.ndarray, failed: np.ndarray, catch: float = CATCH,
+                     level: float = CATCH_CONFIDENCE) -> float:
+    """The smallest score s such that flagging confidence <= s catches k of the n failures with the
+    one-sided Clopper-Pearson lower bound of k/n at `level` at least `catch`; the highest failure score
+    (every failure flagged) when n is too small for any k to reach it, 0 when there is no failure."""
+    from scipy.stats import beta
+
     scores = np.sort(np.asarray(confidence)[np.asarray(failed, dtype=bool)])
-    if not len(scores):
-        return 0.0
-    return float(scores[math.ceil(catch * len(scores)) - 1])
+    n = len(scores)
+    for k in range(math.ceil(catch * n), n + 1):
+        if k and beta.ppf(1 - level, k, n - k + 1) >= catch:
+            return float(scores[k - 1])
+    return float(scores[-1]) if n else 0.0
 
 
 def score_slices(probabilities: np.ndarray, agreement: np.ndarray, types: np.ndarray | None, threshold: float,

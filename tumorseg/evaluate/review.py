@@ -112,8 +112,8 @@ def confidence_note(choices: Choices, auroc: float | None) -> str:
         return "Confidence score not fitted (validation held no failure): rank by it, do not trust the flag."
     found = "n/a (no failure, or only failures, among these slices)" if auroc is None else f"{auroc:.3f}"
     return (f"Confidence score: AUROC {found} for finding slices with Dice below {REVIEW_DICE:g}; a slice is "
-            f"flagged for review at confidence {model.review_threshold:.3g} or less (the level that flagged "
-            f"{CATCH:.0%} of the validation failures).")
+            f"flagged for review at confidence {model.review_threshold:.3g} or less (the level at which validation "
+            f"shows, with 95% confidence, that at least {CATCH:.0%} of the failures are flagged).")
 
 
 def review_page(samples: list[Sample], pids: dict[int, str], choices: Choices = Choices()) -> str:

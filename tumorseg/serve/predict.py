@@ -137,8 +137,8 @@ def review_line(rows: list[dict[str, object]], model: ConfidenceModel) -> str:
                 "not fitted (evaluate's validation had no failures, or --eval-metrics is missing or predates it): "
                 "rank by it, do not trust the flag.")
     return (f"{flagged} of {len(rows)} slice(s) flagged for review: confidence at most "
-            f"{model.review_threshold:.3g}, the level that flagged {CATCH:.0%} of validation failures (column review "
-            "of summary.csv)")
+            f"{model.review_threshold:.3g}, set on validation to flag at least {CATCH:.0%} of the failures (column "
+            "review of summary.csv)")
 
 
 def run_export(segmenter: Segmenter, args: argparse.Namespace) -> None:
