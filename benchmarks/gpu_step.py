@@ -94,7 +94,7 @@ def jit_step(params, batch: int, steps: int, trace_dir: Path | None = None) -> d
             loss.block_until_ready()
     tflops = flops * steps / seconds / 1e12
     return {"train_slices_per_s": round(batch * steps / seconds, 1), "compile_s": round(compile_s, 1),
-            "gflop_per_slice": round(flops / batch / 1e9, 1), "tflop_per_s": round(tflops, 1),
+            "gflop_per_slice": round(flops / batch / 1e9, 3), "tflop_per_s": round(tflops, 3),
             "planned_memory_mib": round(planned / 2**20), "loss": float(loss)}
 
 
