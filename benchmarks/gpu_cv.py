@@ -180,12 +180,12 @@ def train_fold(args) -> None:
     predict_s = time.monotonic() - started
     ids = {subset: np.asarray(arrays["ids"])[rows] for subset, rows in positions.items()}
     save_predictions(out / f"fold{fold}.npz", predictions, ids, params.evaluate.tta)
-    train_rows = int((split["subset"] == "train").sum()) if "train" in set(split["subset"]) else None
+    train_rows = int((split["subset"] == "train").sum())
     result = {"train": metrics, "train_s": round(train_s, 1), "predict_s": round(predict_s, 1),
               "stopped_at_deadline": stop.stopped_at, "train_slices": train_rows,
+              # compilation and validation included
+              "train_slices_per_s": round(train_rows * metrics["epochs"] / train_s, 1),
               "backend": keras.backend.backend(), **_accelerator()}
-    if train_rows:
-        result["train_slices_per_s"] = round(train_rows * metrics["epochs"] / train_s, 1)
     (out / f"fold{fold}.json").write_text(json.dumps(result))
     print(json.dumps(result))
 

@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tarfile
 import time
@@ -164,8 +165,6 @@ def main() -> None:
     if (out / "trace").is_dir():
         with tarfile.open(out / "trace.tar.gz", "w:gz") as archive:
             archive.add(out / "trace", arcname="trace")
-        import shutil
-
         shutil.rmtree(out / "trace")
 
 

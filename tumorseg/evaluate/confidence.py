@@ -13,9 +13,10 @@ on the validation slices only (scikit-learn, standardised features); it lies in 
 trustworthy. A slice scoring at most `review_threshold` is flagged for review: the smallest threshold
 at which validation shows, with 95% confidence, that at least CATCH of the failures are flagged (the
 one-sided Clopper-Pearson lower bound of the share caught reaches CATCH), since validation's failures are
-few: a threshold that catches exactly CATCH of them catches fewer on test (docs/results.md). Evaluate and render_samples score the masks they
-made with `slice_features` and `ConfidenceModel.score`; predict through `score_slices`, which makes the
-masks the same way: a slice gets the same score wherever it is predicted (tested end to end).
+few: a threshold that catches exactly CATCH of them catches fewer on test (docs/results.md). Evaluate
+and render_samples score the masks they made with `slice_features` and `ConfidenceModel.score`; predict
+through `score_slices`, which makes the masks the same way: a slice gets the same score wherever it is
+predicted (tested end to end).
 """
 
 import math

@@ -1,6 +1,8 @@
 """Keras callbacks of the train stage: the mask's metrics under their usual names, the learning rate in the
 logs, DVCLive curves per epoch, and a checkpoint that ignores a warm-up."""
 
+import time
+
 import keras
 import numpy as np
 
@@ -73,8 +75,6 @@ class StopAtDeadline(keras.callbacks.Callback):
         self.stopped_at: int | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
-        import time
-
         if time.monotonic() >= self.deadline:
             self.stopped_at = epoch + 1
             self.model.stop_training = True

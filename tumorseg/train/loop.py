@@ -21,12 +21,7 @@ import numpy as np
 from tumorseg.config import ConfigError, Oversample, Params, Train
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.preprocess import shrink
-from tumorseg.model.build import (
-    build_model,
-    compile_model,
-    load_initial_weights,
-    make_loss,
-)
+from tumorseg.model.build import build_model, compile_model, load_initial_weights, make_loss
 from tumorseg.model.encoders import check_encoder, set_encoder_trainable
 from tumorseg.model.losses import BceDiceLoss, LovaszSchedule
 from tumorseg.train.batches import make_batches
