@@ -10,12 +10,7 @@
 # and carry that folder along.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${PYTHON:-python3}
-export KERAS_BACKEND=jax  # before keras is first imported: its default backend, TensorFlow, is not there
-if ! "$python" -c "import keras, pydantic, optree" 2>/dev/null; then
-    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
+source benchmarks/gpu_env.sh  # $python, KERAS_BACKEND=jax, the carried wheels
 if [ "${1:-}" = quick ]; then
     size_options=(--filters 4 --depth 2 --size 32)
     slices=256

@@ -16,15 +16,10 @@
 #   WORK=/tmp/gpu_cv_quick bash benchmarks/gpu_session.sh quick    # a dry run on any machine with jax and keras
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python=${PYTHON:-python3}
+source benchmarks/gpu_env.sh  # $python, KERAS_BACKEND=jax, the carried wheels
 work=${WORK:-gpu_cv}
 out=${OUT:-$work/out}
 mkdir -p "$out"
-export KERAS_BACKEND=jax  # before keras is first imported: its default backend, TensorFlow, is not there
-if ! "$python" -c "import keras, pydantic, optree" 2>/dev/null; then  # the GPU image lacks them: carried wheels
-    "$python" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
-fi
 export PYTHONUNBUFFERED=1
 if [ "${1:-}" = quick ]; then
     cv_options=(--parallel 2 --deadline 1800)
