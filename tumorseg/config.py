@@ -96,6 +96,7 @@ class Model(Section):
     batchnorm_momentum: float = Field(ge=0, lt=1)
     dropout: float = Field(ge=0, lt=1)
     hypercolumns: StrictBool
+    deep_supervision: StrictBool
     separable: StrictBool
     encoder: Literal[ENCODER_NAMES]
     encoder_weights: str = Field(min_length=1)

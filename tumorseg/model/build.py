@@ -13,7 +13,14 @@ from tumorseg.errors import ProjectError
 from tumorseg.model.encoders import build_encoder_unet
 from tumorseg.model.inference import load_model
 from tumorseg.model.losses import BceDiceLoss, training_metrics
-from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, build_unet
+from tumorseg.model.unet import (
+    MASK_OUTPUT,
+    TYPE_OUTPUT,
+    build_unet,
+    supervised_level_outputs,
+    supervised_level_weight,
+    without_training_outputs,
+)
 
 
 def build_model(params: Params, image_size: int | None = None) -> keras.Model:
@@ -21,7 +28,7 @@ def build_model(params: Params, image_size: int | None = None) -> keras.Model:
     model, image_size = params.model, image_size or params.data.image_size
     settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
                     dropout=model.dropout, hypercolumns=model.hypercolumns, classify=model.classify,
-                    separable=model.separable)
+                    separable=model.separable, deep_supervision=model.deep_supervision)
     if model.encoder == "none":
         return build_unet(image_size, **settings)
     return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
@@ -32,6 +39,7 @@ class InitError(ProjectError, ValueError):
 
 
 ARCHITECTURE_PARAMS = "model.depth, model.filters, model.encoder, model.separable, model.hypercolumns, model.classify"
+# model.deep_supervision is not among them: its heads are compared and copied only where both models have them
 
 
 def _weighted_layers(model: keras.Model) -> list[tuple[str, str, list[tuple[int, ...]]]]:
@@ -66,6 +74,8 @@ def load_initial_weights(model: keras.Model, path: str | Path) -> None:
         source = load_model(path)
     except ProjectError as error:
         raise InitError(f"train.init_from: {error}") from None
+    if len(source.outputs) != len(model.outputs):  # a published model has no deep-supervision heads
+        source, model = without_training_outputs(source), without_training_outputs(model)
     difference = architecture_difference(source, model)
     if difference:
         raise InitError(f"train.init_from {path}: not the architecture params describe: {difference} "
@@ -82,16 +92,27 @@ def make_loss(loss: Loss) -> BceDiceLoss:
                        lovasz_weight=loss.lovasz_weight, lovasz_from_epoch=loss.lovasz_from_epoch)
 
 
+def mask_targets(params: Params) -> list[str]:
+    """The outputs trained against the mask: the mask's, and with model.deep_supervision those of the
+    coarser decoder levels."""
+    return [MASK_OUTPUT] + (supervised_level_outputs(params.model.depth) if params.model.deep_supervision else [])
+
+
 def compile_settings(segmentation_loss: keras.losses.Loss, params: Params) -> dict[str, object]:
-    """compile() arguments: the segmentation loss and metrics, or with model.classify those of both outputs,
-    the type's cross-entropy weighted by train.loss.class_weight."""
-    if not params.model.classify:
+    """compile() arguments: the segmentation loss and metrics, or, with model.classify or
+    model.deep_supervision, those of each output: the type's cross-entropy weighted by
+    train.loss.class_weight, the segmentation loss of each coarser level weighted 1/2, 1/4, ..."""
+    masks = mask_targets(params)
+    if not params.model.classify and len(masks) == 1:
         return dict(loss=segmentation_loss, metrics=training_metrics())
-    return dict(
-        loss={MASK_OUTPUT: segmentation_loss, TYPE_OUTPUT: keras.losses.CategoricalCrossentropy()},
-        loss_weights={MASK_OUTPUT: 1.0, TYPE_OUTPUT: params.train.loss.class_weight},
-        metrics={MASK_OUTPUT: training_metrics(), TYPE_OUTPUT: [keras.metrics.CategoricalAccuracy(name="accuracy")]},
-    )
+    loss = {name: segmentation_loss for name in masks}
+    loss_weights = {name: 1.0 if name == MASK_OUTPUT else supervised_level_weight(name) for name in masks}
+    metrics = {MASK_OUTPUT: training_metrics()}
+    if params.model.classify:
+        loss[TYPE_OUTPUT] = keras.losses.CategoricalCrossentropy()
+        loss_weights[TYPE_OUTPUT] = params.train.loss.class_weight
+        metrics[TYPE_OUTPUT] = [keras.metrics.CategoricalAccuracy(name="accuracy")]
+    return dict(loss=loss, loss_weights=loss_weights, metrics=metrics)
 
 
 def compile_model(model: keras.Model, params: Params, loss: keras.losses.Loss,

@@ -178,7 +178,7 @@ def set_batchnorm_momentum(backbone: keras.Model, momentum: float) -> None:
 def build_encoder_unet(image_size: int, encoder: str, depth: int = 4, filters: int = 64,
                        batchnorm_momentum: float = 0.8, dropout: float = 0.1, hypercolumns: bool = False,
                        encoder_weights: str | Path | None = "imagenet", classify: bool = False,
-                       separable: bool = False) -> keras.Model:
+                       separable: bool = False, deep_supervision: bool = False) -> keras.Model:
     """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder."""
     check_encoder(encoder, encoder_weights, image_size, depth)
     backbone = load_backbone(encoder, encoder_weights, image_size)
@@ -197,8 +197,8 @@ def build_encoder_unet(image_size: int, encoder: str, depth: int = 4, filters: i
             )
     skips = [maps.get(level) for level in range(depth)]
     features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout, separable)
-    return keras.Model(inputs, model_outputs(features, maps[depth], hypercolumns, classify, dropout),
-                       name=f"{encoder}_unet")
+    outputs = model_outputs(features, maps[depth], hypercolumns, classify, dropout, deep_supervision)
+    return keras.Model(inputs, outputs, name=f"{encoder}_unet")
 
 
 def set_encoder_trainable(model: keras.Model, trainable: bool) -> None:

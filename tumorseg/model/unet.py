@@ -2,7 +2,9 @@
 
 The decoder and the output heads are shared with the pretrained-encoder
 variants of tumorseg.model.encoders. With `classify`, the model has two outputs,
-{"mask": (N, S, S, 1) tumour probability, "tumor_type": (N, 3) class probabilities}.
+{"mask": (N, S, S, 1) tumour probability, "tumor_type": (N, 3) class probabilities}. With
+`deep_supervision`, training also sees one mask per coarser decoder level ("mask_level1", ...: see
+deep_supervision_heads); the published model keeps only the outputs above (without_training_outputs).
 """
 
 import keras
@@ -90,16 +92,57 @@ def type_head(bottleneck: keras.KerasTensor, dropout: float) -> keras.KerasTenso
     return layers.Dense(len(LABEL_NAMES), activation="softmax", dtype="float32", name=TYPE_OUTPUT)(x)
 
 
+def supervised_level_outputs(depth: int) -> list[str]:
+    """Names of the deep-supervision outputs of a `depth`-level decoder, finest first: the mask at
+    1/2, 1/4, ... of the resolution (decoder levels 1 .. depth - 1), upsampled to full size."""
+    return [f"{MASK_OUTPUT}_level{level}" for level in range(1, depth)]
+
+
+def supervised_level_weight(name: str) -> float:
+    """Loss weight of a deep-supervision output: halved per level, 1/2 at level 1 (the main mask has 1)."""
+    return 0.5 ** int(name.removeprefix(f"{MASK_OUTPUT}_level"))
+
+
+def deep_supervision_heads(features: list[keras.KerasTensor]) -> dict[str, keras.KerasTensor]:
+    """A mask from each coarser decoder level (features deepest first, the full-resolution one last): a
+    1x1 convolution, bilinear upsampling of its logits to full size, then the sigmoid. Trained against the
+    same mask as the main output, they ask the coarse levels, which see the most context, to find the
+    tumour themselves rather than only feed the top level."""
+    heads = {}
+    for index, level_features in enumerate(features[:-1]):
+        level = len(features) - 1 - index
+        name = f"{MASK_OUTPUT}_level{level}"
+        logits = layers.Conv2D(1, 1, name=f"{name}_logits")(level_features)
+        logits = layers.UpSampling2D(2**level, interpolation="bilinear")(logits)
+        heads[name] = layers.Activation("sigmoid", dtype="float32", name=name)(logits)
+    return heads
+
+
 def model_outputs(features: list[keras.KerasTensor], bottleneck: keras.KerasTensor, hypercolumns: bool, classify: bool,
-                  dropout: float) -> keras.KerasTensor | dict[str, keras.KerasTensor]:
-    """The mask output alone, or with `classify` the dict of the mask and the tumour-type outputs."""
-    mask = output_head(features, hypercolumns)
-    return {MASK_OUTPUT: mask, TYPE_OUTPUT: type_head(bottleneck, dropout)} if classify else mask
+                  dropout: float, deep_supervision: bool = False) -> keras.KerasTensor | dict[str, keras.KerasTensor]:
+    """The mask output alone, or a dict of it with the tumour-type output (`classify`) and the masks of
+    the coarser decoder levels (`deep_supervision`)."""
+    outputs = {MASK_OUTPUT: output_head(features, hypercolumns)}
+    if classify:
+        outputs[TYPE_OUTPUT] = type_head(bottleneck, dropout)
+    if deep_supervision:
+        outputs.update(deep_supervision_heads(features))
+    return outputs if len(outputs) > 1 else outputs[MASK_OUTPUT]
+
+
+def without_training_outputs(model: keras.Model) -> keras.Model:
+    """`model` without its deep-supervision outputs (the same layers and weights): the mask alone, or the
+    mask and the tumour type. A model without them is returned as it is."""
+    names = list(getattr(model, "output_names", None) or [])
+    if not any(name.startswith(f"{MASK_OUTPUT}_level") for name in names):
+        return model
+    kept = {name: model.get_layer(name).output for name in (MASK_OUTPUT, TYPE_OUTPUT) if name in names}
+    return keras.Model(model.inputs, kept if len(kept) > 1 else kept[MASK_OUTPUT], name=model.name)
 
 
 def build_unet(image_size: int = 128, depth: int = 4, filters: int = 64, batchnorm_momentum: float = 0.8,
                dropout: float = 0.1, hypercolumns: bool = False, classify: bool = False,
-               separable: bool = False) -> keras.Model:
+               separable: bool = False, deep_supervision: bool = False) -> keras.Model:
     """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output (and a type head).
 
     With `separable`, every level below the top one uses depthwise-separable 3x3 convolutions; the top
@@ -117,4 +160,5 @@ def build_unet(image_size: int = 128, depth: int = 4, filters: int = 64, batchno
         x = layers.Dropout(dropout)(x)
     bottleneck = conv_block(x, widths[depth], batchnorm_momentum, separable)
     features = decoder(bottleneck, skips, widths, batchnorm_momentum, dropout, separable) or [bottleneck]
-    return keras.Model(inputs, model_outputs(features, bottleneck, hypercolumns, classify, dropout), name="unet")
+    outputs = model_outputs(features, bottleneck, hypercolumns, classify, dropout, deep_supervision)
+    return keras.Model(inputs, outputs, name="unet")

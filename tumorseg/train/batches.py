@@ -12,6 +12,7 @@ reproducible within a backend, not across backends.
 
 import math
 import os
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -23,18 +24,30 @@ from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
 
 def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
                  augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
-                 labels: np.ndarray | None = None):
+                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,)):
     """Batches of (image, mask), both (batch, S, S, 1) float32, for the current Keras backend.
 
     Training data is shuffled with the seed (a new order every epoch) and augmented; validation data is neither.
-    With `labels` (1, 2, 3 per slice, for a model with the type head) the target is
-    {"mask": mask, "tumor_type": (batch, 3) one-hot type} instead of the mask.
+    With `labels` (1, 2, 3 per slice, for a model with the type head) or several `mask_outputs` (the
+    deep-supervision outputs, tumorseg.model.build.mask_targets) the target is a dict instead of the mask
+    (batch_target).
     """
     if keras.backend.backend() == "tensorflow":
         from tumorseg.train.tfdata import make_dataset
 
-        return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder, labels)
-    return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels)
+        return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs)
+    return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs)
+
+
+def batch_target(mask, types, mask_outputs: Sequence[str] = (MASK_OUTPUT,)):
+    """The target fit() gets for a batch: the mask alone, or a dict of the mask under each of
+    `mask_outputs` and, unless `types` is None, the one-hot types under "tumor_type"."""
+    if types is None and tuple(mask_outputs) == (MASK_OUTPUT,):
+        return mask
+    target = {name: mask for name in mask_outputs}
+    if types is not None:
+        target[TYPE_OUTPUT] = types
+    return target
 
 
 def center_fit(array: np.ndarray, size: int) -> np.ndarray:
@@ -85,12 +98,13 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
                  augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
-                 labels: np.ndarray | None = None) -> None:
+                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,)) -> None:
         # threads prepare the next batches while the model trains (numpy and scipy release the GIL)
         super().__init__(workers=min(8, os.cpu_count() or 1) if training else 1)
         self.images = np.asarray(images, dtype=np.float32)
         self.masks = np.asarray(masks, dtype=np.float32)
         self.types = None if labels is None else one_hot_types(labels)
+        self.mask_outputs = tuple(mask_outputs)
         self.batch_size, self.training, self.seed = int(batch_size), training, int(seed)
         self.settings = augment or Augment()
         count = len(self.images) / self.batch_size
@@ -117,6 +131,5 @@ class ArrayBatches(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             for k in range(len(rows)):
                 images[k], masks[k] = augment_pair(images[k], masks[k], self.settings, rng)
-        if self.types is None:
-            return images[..., None], masks[..., None]
-        return images[..., None], {MASK_OUTPUT: masks[..., None], TYPE_OUTPUT: self.types[rows]}
+        types = None if self.types is None else self.types[rows]
+        return images[..., None], batch_target(masks[..., None], types, self.mask_outputs)

@@ -21,7 +21,7 @@ import numpy as np
 from tumorseg.config import ConfigError, Oversample, Params, Train
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.preprocess import shrink
-from tumorseg.model.build import build_model, compile_model, load_initial_weights, make_loss
+from tumorseg.model.build import build_model, compile_model, load_initial_weights, make_loss, mask_targets
 from tumorseg.model.encoders import check_encoder, set_encoder_trainable
 from tumorseg.model.losses import BceDiceLoss, LovaszSchedule
 from tumorseg.train.batches import make_batches
@@ -145,10 +145,11 @@ def training_batches(params: Params, subsets: list[tuple[np.ndarray, np.ndarray,
     if size:
         train_images, train_masks = shrink(train_images, train_masks, size)
         val_images, val_masks = shrink(val_images, val_masks, size)
-    several = replicas > 1
+    several, targets = replicas > 1, mask_targets(params)
     train_data = make_batches(train_images, train_masks, train.batch_size, True, train.augment, params.seed,
-                              drop_remainder=several, labels=train_labels)
-    val_data = make_batches(val_images, val_masks, train.batch_size, drop_remainder=several, labels=val_labels)
+                              drop_remainder=several, labels=train_labels, mask_outputs=targets)
+    val_data = make_batches(val_images, val_masks, train.batch_size, drop_remainder=several, labels=val_labels,
+                            mask_outputs=targets)
     return train_data, val_data
 
 

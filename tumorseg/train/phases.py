@@ -18,6 +18,7 @@ import numpy as np
 from tumorseg.atomic import atomic_dir, atomic_file, write_json
 from tumorseg.config import Params, Train
 from tumorseg.errors import ProjectError
+from tumorseg.model.unet import without_training_outputs
 from tumorseg.train.callbacks import finite_weights
 from tumorseg.train.history import best_epoch_row, read_history, training_curves_figure
 
@@ -103,13 +104,14 @@ def prepare_work_dir(work_dir: str | Path, run_id: str) -> bool:
 
 
 def save_for_inference(checkpoint: str | Path, path: str | Path) -> None:
-    """Save the checkpoint's model without its training configuration (loss, metrics, optimizer state).
+    """Save the checkpoint's model without its training configuration (loss, metrics, optimizer state)
+    and without the deep-supervision outputs, which only training uses.
 
     The published model then loads with plain `keras.models.load_model`, in a
     notebook that never imports this package.
     """
     model = keras.models.load_model(checkpoint, compile=False)
-    model.save(path)
+    without_training_outputs(model).save(path)
 
 
 def kept_checkpoint(checkpoint: Path) -> str:

@@ -1,11 +1,14 @@
 """tf.data input pipeline with augmentation applied identically to image and mask (the TensorFlow backend's;
 tumorseg.train.batches chooses the pipeline for the backend in use)."""
 
+from collections.abc import Sequence
+
 import numpy as np
 import tensorflow as tf
 
 from tumorseg.config import Augment
-from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
+from tumorseg.model.unet import MASK_OUTPUT, one_hot_types
+from tumorseg.train.batches import batch_target
 
 
 def _flip(image, mask, seed, axis):
@@ -84,9 +87,10 @@ def _augment(augment):
 
 def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
                  augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
-                 labels: np.ndarray | None = None) -> tf.data.Dataset:
+                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,)) -> tf.data.Dataset:
     """Batches of (image, mask), both (batch, S, S, 1) float32; with `labels`, of
-    (image, {"mask": mask, "tumor_type": one-hot type}) (see tumorseg.train.batches.make_batches).
+    (image, {"mask": mask, "tumor_type": one-hot type}), and the mask under each of `mask_outputs`
+    (see tumorseg.train.batches.make_batches).
 
     Training data is shuffled with the seed (a new order every epoch) and
     augmented; validation data is neither. `drop_remainder` keeps every batch
@@ -107,10 +111,9 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, trainin
             num_parallel_calls=tf.data.AUTOTUNE,
             deterministic=True,
         )
-    if labels is None:
-        dataset = dataset.map(lambda image, mask, _: (image, mask))
-    else:
-        dataset = dataset.map(lambda image, mask, kind: (image, {MASK_OUTPUT: mask, TYPE_OUTPUT: kind}))
+    with_types = labels is not None
+    dataset = dataset.map(lambda image, mask, kind: (image, batch_target(mask, kind if with_types else None,
+                                                                         mask_outputs)))
     # Data built from arrays in memory has no files to shard: each worker keeps its share of every
     # batch (what AUTO falls back to, said explicitly to spare the fallback's warning)
     options = tf.data.Options()
