@@ -146,6 +146,14 @@ class Progressive(Section):
     epochs: Count = Field(ge=0)
 
 
+class Crop(Section):
+    """Training on random square crops of the slices (size 0: off); validation and evaluation see whole
+    slices. `tumour` is the share of crops placed to contain a random tumour pixel, the others anywhere."""
+
+    size: Count = Field(ge=0)
+    tumour: float = Field(ge=0, le=1)
+
+
 class Train(Section):
     epochs: Count = Field(ge=1)
     batch_size: Count = Field(ge=1)
@@ -162,6 +170,7 @@ class Train(Section):
     augment: Augment
     oversample: Oversample
     progressive: Progressive
+    crop: Crop
     precision: Literal["float32", "mixed_bfloat16", "mixed_float16"]
     strategy: Literal["default", "mirrored", "multiworker"]
     init_from: str | None = Field(min_length=1)
@@ -240,6 +249,14 @@ class Params(Section):
         if self.train.freeze_encoder_epochs and self.model.encoder == "none":
             raise ValueError("train.freeze_encoder_epochs needs a pretrained model.encoder: "
                              "set it to 0 with model.encoder none")
+        crop = self.train.crop.size
+        if crop:
+            if self.model.encoder != "none" or self.train.progressive.size:
+                raise ValueError("train.crop needs model.encoder none and no train.progressive (both build the "
+                                 "model for one size): set train.crop.size to 0, or turn the others off")
+            if crop >= size or crop % 2**depth:
+                raise ValueError(f"train.crop.size ({crop}) must be below data.image_size ({size}) and divisible "
+                                 f"by 2**model.depth ({2**depth}): e.g. {size // 2}")
         small = self.train.progressive.size
         if small:
             if self.model.encoder != "none":

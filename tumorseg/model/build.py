@@ -24,8 +24,11 @@ from tumorseg.model.unet import (
 
 
 def build_model(params: Params, image_size: int | None = None) -> keras.Model:
-    """The model params.model describes, for `image_size` images (default params.data.image_size)."""
+    """The model params.model describes, for `image_size` images (default params.data.image_size; with
+    train.crop, of any size: crops in training, whole slices in validation)."""
     model, image_size = params.model, image_size or params.data.image_size
+    if params.train.crop.size:
+        image_size = None
     settings = dict(depth=model.depth, filters=model.filters, batchnorm_momentum=model.batchnorm_momentum,
                     dropout=model.dropout, hypercolumns=model.hypercolumns, classify=model.classify,
                     separable=model.separable, deep_supervision=model.deep_supervision)

@@ -137,18 +137,20 @@ def without_training_outputs(model: keras.Model) -> keras.Model:
     if not any(name.startswith(f"{MASK_OUTPUT}_level") for name in names):
         return model
     kept = {name: model.get_layer(name).output for name in (MASK_OUTPUT, TYPE_OUTPUT) if name in names}
-    return keras.Model(model.inputs, kept if len(kept) > 1 else kept[MASK_OUTPUT], name=model.name)
+    return keras.Model(model.input, kept if len(kept) > 1 else kept[MASK_OUTPUT], name=model.name)
 
 
-def build_unet(image_size: int = 128, depth: int = 4, filters: int = 64, batchnorm_momentum: float = 0.8,
+def build_unet(image_size: int | None = 128, depth: int = 4, filters: int = 64, batchnorm_momentum: float = 0.8,
                dropout: float = 0.1, hypercolumns: bool = False, classify: bool = False,
                separable: bool = False, deep_supervision: bool = False) -> keras.Model:
     """U-Net: `depth` down/up levels, max-pool down, Conv2DTranspose up, sigmoid output (and a type head).
 
     With `separable`, every level below the top one uses depthwise-separable 3x3 convolutions; the top
     level (the image's one channel in, the fewest channels at the most pixels) keeps full ones.
+    `image_size` None: any size divisible by 2**depth (training on crops, validation on whole slices).
     """
-    check_image_size(image_size, depth)
+    if image_size is not None:
+        check_image_size(image_size, depth)
     widths = level_widths(filters, depth)
     inputs = keras.Input((image_size, image_size, 1), name="image")
     x = inputs

@@ -18,16 +18,18 @@ import keras
 import numpy as np
 from scipy import ndimage
 
-from tumorseg.config import Augment
+from tumorseg.config import Augment, Crop
 from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
 
 
 def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
                  augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
-                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,)):
+                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,),
+                 crop: Crop | None = None):
     """Batches of (image, mask), both (batch, S, S, 1) float32, for the current Keras backend.
 
-    Training data is shuffled with the seed (a new order every epoch) and augmented; validation data is neither.
+    Training data is shuffled with the seed (a new order every epoch) and augmented, then, with a
+    `crop` of size > 0, cut to a random crop (crop_window); validation data is none of these.
     With `labels` (1, 2, 3 per slice, for a model with the type head) or several `mask_outputs` (the
     deep-supervision outputs, tumorseg.model.build.mask_targets) the target is a dict instead of the mask
     (batch_target).
@@ -35,8 +37,9 @@ def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, trainin
     if keras.backend.backend() == "tensorflow":
         from tumorseg.train.tfdata import make_dataset
 
-        return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs)
-    return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs)
+        return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs,
+                            crop)
+    return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs, crop)
 
 
 def batch_target(mask, types, mask_outputs: Sequence[str] = (MASK_OUTPUT,)):
@@ -48,6 +51,24 @@ def batch_target(mask, types, mask_outputs: Sequence[str] = (MASK_OUTPUT,)):
     if types is not None:
         target[TYPE_OUTPUT] = types
     return target
+
+
+def window_range(pixel: int, size: int, span: int) -> tuple[int, int]:
+    """First and last start (0 .. span) of a `size`-long window that contains `pixel`."""
+    return max(0, pixel - size + 1), min(span, pixel)
+
+
+def crop_window(mask: np.ndarray, size: int, tumour: float, rng: np.random.Generator) -> tuple[int, int]:
+    """Top-left corner of a random size x size window of an (S, S) slice: with probability `tumour` one
+    of the windows that contain a random tumour pixel (drawn uniformly among them), else any window.
+    A slice without tumour pixels always gets any window."""
+    span = mask.shape[0] - size
+    rows, cols = np.nonzero(mask > 0.5)
+    if len(rows) and rng.random() < tumour:
+        pick = rng.integers(len(rows))
+        return tuple(int(rng.integers(first, last + 1))
+                     for first, last in (window_range(rows[pick], size, span), window_range(cols[pick], size, span)))
+    return int(rng.integers(span + 1)), int(rng.integers(span + 1))
 
 
 def center_fit(array: np.ndarray, size: int) -> np.ndarray:
@@ -98,7 +119,8 @@ class ArrayBatches(keras.utils.PyDataset):
 
     def __init__(self, images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
                  augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
-                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,)) -> None:
+                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,),
+                 crop: Crop | None = None) -> None:
         # threads prepare the next batches while the model trains (numpy and scipy release the GIL)
         super().__init__(workers=min(8, os.cpu_count() or 1) if training else 1)
         self.images = np.asarray(images, dtype=np.float32)
@@ -107,6 +129,7 @@ class ArrayBatches(keras.utils.PyDataset):
         self.mask_outputs = tuple(mask_outputs)
         self.batch_size, self.training, self.seed = int(batch_size), training, int(seed)
         self.settings = augment or Augment()
+        self.crop = crop if crop and crop.size and training else None
         count = len(self.images) / self.batch_size
         self.batches = math.floor(count) if drop_remainder else math.ceil(count)
         self.epoch = 0
@@ -131,5 +154,10 @@ class ArrayBatches(keras.utils.PyDataset):
             rng = np.random.default_rng([self.seed, self.epoch, index])
             for k in range(len(rows)):
                 images[k], masks[k] = augment_pair(images[k], masks[k], self.settings, rng)
+            if self.crop:
+                size = self.crop.size
+                corners = [crop_window(mask, size, self.crop.tumour, rng) for mask in masks]
+                images = np.stack([image[r:r + size, c:c + size] for image, (r, c) in zip(images, corners)])
+                masks = np.stack([mask[r:r + size, c:c + size] for mask, (r, c) in zip(masks, corners)])
         types = None if self.types is None else self.types[rows]
         return images[..., None], batch_target(masks[..., None], types, self.mask_outputs)

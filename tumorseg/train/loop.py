@@ -147,7 +147,7 @@ def training_batches(params: Params, subsets: list[tuple[np.ndarray, np.ndarray,
         val_images, val_masks = shrink(val_images, val_masks, size)
     several, targets = replicas > 1, mask_targets(params)
     train_data = make_batches(train_images, train_masks, train.batch_size, True, train.augment, params.seed,
-                              drop_remainder=several, labels=train_labels, mask_outputs=targets)
+                              drop_remainder=several, labels=train_labels, mask_outputs=targets, crop=train.crop)
     val_data = make_batches(val_images, val_masks, train.batch_size, drop_remainder=several, labels=val_labels,
                             mask_outputs=targets)
     return train_data, val_data
@@ -191,7 +191,7 @@ def fit_phases(model: keras.Model, loss: BceDiceLoss, params: Params, batches: C
     plateau_lr = None
     for phase in phases_to_run(phases, work_dir):
         size = phase.size or params.data.image_size
-        if model.input_shape[1] != size:
+        if model.input_shape[1] not in (size, None):  # None: a model for any size (train.crop)
             with strategy.scope():
                 resized = build_model(params, size)
                 resized.set_weights(model.get_weights())
@@ -270,7 +270,8 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
     fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
                work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
     metrics = finish(work_dir, paths.model, paths.metrics, paths.plots, train_params.first_compared_epoch,
-                     (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=curves)
+                     (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=curves,
+                     image_size=params.data.image_size)
     if scratch:
         shutil.rmtree(scratch)
     return metrics

@@ -103,15 +103,20 @@ def prepare_work_dir(work_dir: str | Path, run_id: str) -> bool:
     return resuming
 
 
-def save_for_inference(checkpoint: str | Path, path: str | Path) -> None:
+def save_for_inference(checkpoint: str | Path, path: str | Path, image_size: int | None = None) -> None:
     """Save the checkpoint's model without its training configuration (loss, metrics, optimizer state)
-    and without the deep-supervision outputs, which only training uses.
+    and without the deep-supervision outputs, which only training uses. A model trained on crops (any
+    input size) is published for `image_size` slices, the size evaluate, predict and the exports check.
 
     The published model then loads with plain `keras.models.load_model`, in a
     notebook that never imports this package.
     """
-    model = keras.models.load_model(checkpoint, compile=False)
-    without_training_outputs(model).save(path)
+    model = without_training_outputs(keras.models.load_model(checkpoint, compile=False))
+    if model.input_shape[1] is None and image_size:
+        fixed = keras.models.clone_model(model, input_tensors=keras.Input((image_size, image_size, 1), name="image"))
+        fixed.set_weights(model.get_weights())
+        model = fixed
+    model.save(path)
 
 
 def kept_checkpoint(checkpoint: Path) -> str:
@@ -128,8 +133,9 @@ def kept_checkpoint(checkpoint: Path) -> str:
 
 def finish(work_dir: Path, model_path: str | Path, metrics_path: str | Path, plots_dir: str | Path,
            first_epoch: int = 0, monitored: tuple[str, str] = ("val_loss", "min"),
-           with_dvclive_plots: bool = True) -> dict[str, float]:
-    """Check the run, then move its results into the DVC outputs (best `monitored` epoch from `first_epoch` on)."""
+           with_dvclive_plots: bool = True, image_size: int | None = None) -> dict[str, float]:
+    """Check the run, then move its results into the DVC outputs (best `monitored` epoch from `first_epoch` on;
+    the model for `image_size` slices where it was trained on crops)."""
     history = read_history(work_dir / "history.csv")
     bad = history[~np.isfinite(history[["loss", "val_loss"]]).all(axis=1)]
     if len(bad) or not (work_dir / "best.keras").exists():
@@ -145,7 +151,7 @@ def finish(work_dir: Path, model_path: str | Path, metrics_path: str | Path, plo
     # The metrics go first and come back last: an interruption leaves no metrics beside a new model.
     Path(metrics_path).unlink(missing_ok=True)
     with atomic_file(model_path) as tmp:
-        save_for_inference(work_dir / "best.keras", tmp)
+        save_for_inference(work_dir / "best.keras", tmp, image_size)
     with atomic_dir(plots_dir) as tmp:
         if with_dvclive_plots:
             shutil.copytree(work_dir / "dvclive" / "plots", tmp, dirs_exist_ok=True)

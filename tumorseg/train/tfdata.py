@@ -6,7 +6,7 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from tumorseg.config import Augment
+from tumorseg.config import Augment, Crop
 from tumorseg.model.unet import MASK_OUTPUT, one_hot_types
 from tumorseg.train.batches import batch_target
 
@@ -85,15 +85,40 @@ def _augment(augment):
     return apply
 
 
+def _crop(size: int, tumour: float):
+    """A map function (image, mask, seed) -> (image, mask) cut to a size x size window: with probability
+    `tumour` one that contains a random tumour pixel, else any (tumorseg.train.batches.crop_window)."""
+
+    def apply(image, mask, seed):
+        span = tf.shape(mask)[0] - size
+        seeds = tf.random.experimental.stateless_split(tf.random.experimental.stateless_fold_in(seed, 1), 3)
+        pixels = tf.cast(tf.where(mask[..., 0] > 0.5), tf.int32)
+        count = tf.shape(pixels)[0]
+        on_tumour = (count > 0) & (tf.random.stateless_uniform([], seeds[0]) < tumour)
+        pick = tf.random.stateless_uniform([], seeds[1], 0, tf.maximum(count, 1), dtype=tf.int32)
+        pixel = tf.concat([pixels, tf.zeros((1, 2), tf.int32)], axis=0)[pick]  # the zeros only when count is 0
+        first = tf.where(on_tumour, tf.maximum(0, pixel - size + 1), 0)
+        last = tf.where(on_tumour, tf.minimum(span, pixel), span)
+        draw = tf.random.stateless_uniform([2], seeds[2])
+        corner = first + tf.cast(tf.floor(draw * tf.cast(last - first + 1, tf.float32)), tf.int32)
+        corner = tf.minimum(corner, last)  # a draw of 1.0 - epsilon rounding up stays inside
+        start = tf.concat([corner, [0]], axis=0)
+        return tf.slice(image, start, [size, size, 1]), tf.slice(mask, start, [size, size, 1])
+
+    return apply
+
+
 def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
                  augment: Augment | None = None, seed: int = 0, drop_remainder: bool = False,
-                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,)) -> tf.data.Dataset:
+                 labels: np.ndarray | None = None, mask_outputs: Sequence[str] = (MASK_OUTPUT,),
+                 crop: Crop | None = None) -> tf.data.Dataset:
     """Batches of (image, mask), both (batch, S, S, 1) float32; with `labels`, of
     (image, {"mask": mask, "tumor_type": one-hot type}), and the mask under each of `mask_outputs`
     (see tumorseg.train.batches.make_batches).
 
-    Training data is shuffled with the seed (a new order every epoch) and
-    augmented; validation data is neither. `drop_remainder` keeps every batch
+    Training data is shuffled with the seed (a new order every epoch),
+    augmented and, with a `crop` of size > 0, cut to random crops; validation
+    data is none of these. `drop_remainder` keeps every batch
     full, which training on several replicas needs (a replica must not get
     an empty share of the last batch). Under a multi-worker strategy every
     worker builds the same batches and keeps its share of each (data
@@ -106,11 +131,17 @@ def make_dataset(images: np.ndarray, masks: np.ndarray, batch_size: int, trainin
     if training:
         dataset = dataset.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
-        dataset = tf.data.Dataset.zip((dataset, seeds)).map(
-            lambda row, seed_pair: (*_augment(augment or Augment())(row[0], row[1], seed_pair), row[2]),
-            num_parallel_calls=tf.data.AUTOTUNE,
-            deterministic=True,
-        )
+        augmented = _augment(augment or Augment())
+        cropped = _crop(crop.size, crop.tumour) if crop and crop.size else None
+
+        def prepare(row, seed_pair):
+            image, mask = augmented(row[0], row[1], seed_pair)
+            if cropped:
+                image, mask = cropped(image, mask, seed_pair)
+            return image, mask, row[2]
+
+        dataset = tf.data.Dataset.zip((dataset, seeds)).map(prepare, num_parallel_calls=tf.data.AUTOTUNE,
+                                                            deterministic=True)
     with_types = labels is not None
     dataset = dataset.map(lambda image, mask, kind: (image, batch_target(mask, kind if with_types else None,
                                                                          mask_outputs)))
