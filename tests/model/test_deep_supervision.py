@@ -6,10 +6,19 @@ import numpy as np
 import pytest
 
 from tests.helpers import make_params, synthetic_project
-from tumorseg.model.build import build_model, compile_settings, load_initial_weights, mask_targets
+from tumorseg.model.build import (
+    build_model,
+    compile_settings,
+    load_initial_weights,
+    mask_targets,
+)
 from tumorseg.model.encoders import build_encoder_unet
 from tumorseg.model.losses import BceDiceLoss
-from tumorseg.model.unet import build_unet, supervised_level_outputs, without_training_outputs
+from tumorseg.model.unet import (
+    build_unet,
+    supervised_level_outputs,
+    without_training_outputs,
+)
 from tumorseg.train.batches import ArrayBatches, make_batches
 from tumorseg.train.loop import TrainPaths, train
 

@@ -7,6 +7,8 @@ variants of tumorseg.model.encoders. With `classify`, the model has two outputs,
 deep_supervision_heads); the published model keeps only the outputs above (without_training_outputs).
 """
 
+from collections.abc import Sequence
+
 import keras
 import numpy as np
 from keras import layers
@@ -21,6 +23,17 @@ MAX_FILTER_MULTIPLIER = 8  # filters double per level up to 8x the base, as in t
 def one_hot_types(labels: np.ndarray) -> np.ndarray:
     """(n, 3) float32 one-hot tumour types of labels 1, 2, 3 (the order of the type head's outputs)."""
     return np.eye(len(LABEL_NAMES), dtype=np.float32)[np.asarray(labels, dtype=np.int64) - 1]
+
+
+def batch_target(mask, types, mask_outputs: Sequence[str] = (MASK_OUTPUT,)):
+    """The target fit() gets for a batch: the mask alone, or a dict of the mask under each of
+    `mask_outputs` and, unless `types` is None, the one-hot types under "tumor_type"."""
+    if types is None and tuple(mask_outputs) == (MASK_OUTPUT,):
+        return mask
+    target = {name: mask for name in mask_outputs}
+    if types is not None:
+        target[TYPE_OUTPUT] = types
+    return target
 
 
 def conv_block(x: keras.KerasTensor, filters: int, batchnorm_momentum: float,

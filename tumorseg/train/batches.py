@@ -19,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from tumorseg.config import Augment, Crop
-from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
+from tumorseg.model.unet import MASK_OUTPUT, batch_target, one_hot_types
 
 
 def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,
@@ -32,7 +32,7 @@ def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, trainin
     `crop` of size > 0, cut to a random crop (crop_window); validation data is none of these.
     With `labels` (1, 2, 3 per slice, for a model with the type head) or several `mask_outputs` (the
     deep-supervision outputs, tumorseg.model.build.mask_targets) the target is a dict instead of the mask
-    (batch_target).
+    (tumorseg.model.unet.batch_target).
     """
     if keras.backend.backend() == "tensorflow":
         from tumorseg.train.tfdata import make_dataset
@@ -40,17 +40,6 @@ def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, trainin
         return make_dataset(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs,
                             crop)
     return ArrayBatches(images, masks, batch_size, training, augment, seed, drop_remainder, labels, mask_outputs, crop)
-
-
-def batch_target(mask, types, mask_outputs: Sequence[str] = (MASK_OUTPUT,)):
-    """The target fit() gets for a batch: the mask alone, or a dict of the mask under each of
-    `mask_outputs` and, unless `types` is None, the one-hot types under "tumor_type"."""
-    if types is None and tuple(mask_outputs) == (MASK_OUTPUT,):
-        return mask
-    target = {name: mask for name in mask_outputs}
-    if types is not None:
-        target[TYPE_OUTPUT] = types
-    return target
 
 
 def window_range(pixel: int, size: int, span: int) -> tuple[int, int]:

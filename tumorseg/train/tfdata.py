@@ -7,8 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from tumorseg.config import Augment, Crop
-from tumorseg.model.unet import MASK_OUTPUT, one_hot_types
-from tumorseg.train.batches import batch_target
+from tumorseg.model.unet import MASK_OUTPUT, batch_target, one_hot_types
 
 
 def _flip(image, mask, seed, axis):
