@@ -16,7 +16,7 @@ from tumorseg.model.encoders import build_encoder_unet
 from tumorseg.model.losses import BceDiceLoss
 from tumorseg.model.unet import (
     build_unet,
-    supervised_level_outputs,
+    supervised_levels,
     without_training_outputs,
 )
 from tumorseg.train.batches import ArrayBatches, make_batches
@@ -26,7 +26,7 @@ from tumorseg.train.loop import TrainPaths, train
 def test_each_coarser_decoder_level_gets_a_full_size_mask():
     model = build_unet(32, depth=3, filters=4, deep_supervision=True)
     assert model.output_names == ["mask", "mask_level1", "mask_level2"]
-    assert supervised_level_outputs(3) == ["mask_level1", "mask_level2"]
+    assert list(supervised_levels(3)) == ["mask_level1", "mask_level2"]
     out = model.predict_on_batch(np.random.default_rng(0).random((2, 32, 32, 1), dtype=np.float32))
     for name in model.output_names:
         assert out[name].shape == (2, 32, 32, 1) and 0 <= out[name].min() and out[name].max() <= 1

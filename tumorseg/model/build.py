@@ -17,8 +17,7 @@ from tumorseg.model.unet import (
     MASK_OUTPUT,
     TYPE_OUTPUT,
     build_unet,
-    supervised_level_outputs,
-    supervised_level_weight,
+    supervised_levels,
     without_training_outputs,
 )
 
@@ -95,21 +94,25 @@ def make_loss(loss: Loss) -> BceDiceLoss:
                        lovasz_weight=loss.lovasz_weight, lovasz_from_epoch=loss.lovasz_from_epoch)
 
 
+def mask_loss_weights(params: Params) -> dict[str, float]:
+    """The outputs trained against the mask, with their loss weights: the mask's (1), and with
+    model.deep_supervision those of the coarser decoder levels (1/2, 1/4, ...)."""
+    return {MASK_OUTPUT: 1.0, **(supervised_levels(params.model.depth) if params.model.deep_supervision else {})}
+
+
 def mask_targets(params: Params) -> list[str]:
-    """The outputs trained against the mask: the mask's, and with model.deep_supervision those of the
-    coarser decoder levels."""
-    return [MASK_OUTPUT] + (supervised_level_outputs(params.model.depth) if params.model.deep_supervision else [])
+    """The names of the outputs trained against the mask (mask_loss_weights)."""
+    return list(mask_loss_weights(params))
 
 
 def compile_settings(segmentation_loss: keras.losses.Loss, params: Params) -> dict[str, object]:
     """compile() arguments: the segmentation loss and metrics, or, with model.classify or
     model.deep_supervision, those of each output: the type's cross-entropy weighted by
     train.loss.class_weight, the segmentation loss of each coarser level weighted 1/2, 1/4, ..."""
-    masks = mask_targets(params)
-    if not params.model.classify and len(masks) == 1:
+    loss_weights = mask_loss_weights(params)
+    if not params.model.classify and len(loss_weights) == 1:
         return dict(loss=segmentation_loss, metrics=training_metrics())
-    loss = {name: segmentation_loss for name in masks}
-    loss_weights = {name: 1.0 if name == MASK_OUTPUT else supervised_level_weight(name) for name in masks}
+    loss = {name: segmentation_loss for name in loss_weights}
     metrics = {MASK_OUTPUT: training_metrics()}
     if params.model.classify:
         loss[TYPE_OUTPUT] = keras.losses.CategoricalCrossentropy()

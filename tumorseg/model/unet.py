@@ -105,15 +105,15 @@ def type_head(bottleneck: keras.KerasTensor, dropout: float) -> keras.KerasTenso
     return layers.Dense(len(LABEL_NAMES), activation="softmax", dtype="float32", name=TYPE_OUTPUT)(x)
 
 
-def supervised_level_outputs(depth: int) -> list[str]:
-    """Names of the deep-supervision outputs of a `depth`-level decoder, finest first: the mask at
-    1/2, 1/4, ... of the resolution (decoder levels 1 .. depth - 1), upsampled to full size."""
-    return [f"{MASK_OUTPUT}_level{level}" for level in range(1, depth)]
+def level_output(level: int) -> str:
+    """Name of the deep-supervision output of decoder level `level` (1/2**level of the resolution)."""
+    return f"{MASK_OUTPUT}_level{level}"
 
 
-def supervised_level_weight(name: str) -> float:
-    """Loss weight of a deep-supervision output: halved per level, 1/2 at level 1 (the main mask has 1)."""
-    return 0.5 ** int(name.removeprefix(f"{MASK_OUTPUT}_level"))
+def supervised_levels(depth: int) -> dict[str, float]:
+    """The deep-supervision outputs of a `depth`-level decoder (levels 1 .. depth - 1, finest first) with
+    their loss weights: 1/2 at level 1, halved per level (the main mask has 1)."""
+    return {level_output(level): 0.5**level for level in range(1, depth)}
 
 
 def deep_supervision_heads(features: list[keras.KerasTensor]) -> dict[str, keras.KerasTensor]:
@@ -124,7 +124,7 @@ def deep_supervision_heads(features: list[keras.KerasTensor]) -> dict[str, keras
     heads = {}
     for index, level_features in enumerate(features[:-1]):
         level = len(features) - 1 - index
-        name = f"{MASK_OUTPUT}_level{level}"
+        name = level_output(level)
         logits = layers.Conv2D(1, 1, name=f"{name}_logits")(level_features)
         logits = layers.UpSampling2D(2**level, interpolation="bilinear")(logits)
         heads[name] = layers.Activation("sigmoid", dtype="float32", name=name)(logits)
@@ -147,7 +147,7 @@ def without_training_outputs(model: keras.Model) -> keras.Model:
     """`model` without its deep-supervision outputs (the same layers and weights): the mask alone, or the
     mask and the tumour type. A model without them is returned as it is."""
     names = list(getattr(model, "output_names", None) or [])
-    if not any(name.startswith(f"{MASK_OUTPUT}_level") for name in names):
+    if set(names) <= {MASK_OUTPUT, TYPE_OUTPUT}:
         return model
     kept = {name: model.get_layer(name).output for name in (MASK_OUTPUT, TYPE_OUTPUT) if name in names}
     return keras.Model(model.input, kept if len(kept) > 1 else kept[MASK_OUTPUT], name=model.name)
