@@ -29,7 +29,7 @@ from pydantic import (
 from tumorseg import LABEL_NAMES
 from tumorseg.errors import ProjectError
 
-ENCODER_NAMES = ("none", "vgg16", "resnet50", "efficientnetb0")
+ENCODER_NAMES = ("none", "vgg16", "resnet50", "efficientnetb0", "efficientnet_lite0")
 MONITOR_MODES = {"val_dice": "max", "val_loss": "min"}  # train.monitor -> better when higher / lower
 
 MAX_THRESHOLDS = 10_000  # thresholds of evaluate's validation sweep (0.01 steps over 0.01..0.95: 95)

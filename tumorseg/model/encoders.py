@@ -1,19 +1,23 @@
-"""U-Nets whose contracting path is a keras.applications network.
+"""U-Nets whose contracting path is a pretrained classification network.
+
+efficientnet_lite0 (tumorseg.model.efficientnet_lite) takes its ImageNet weights
+from an installed package, offline; the keras.applications networks (vgg16,
+resnet50, efficientnetb0) download theirs on first use into ~/.keras/models/.
 
 Feature maps taken from each encoder, by level (level L is 1/2**L of the input size):
 
-| level | vgg16        | resnet50         | efficientnetb0            |
-|-------|--------------|------------------|---------------------------|
-| 0     | block1_conv2 | -                | -                         |
-| 1     | block2_conv2 | conv1_relu       | block2a_expand_activation |
-| 2     | block3_conv3 | conv2_block3_out | block3a_expand_activation |
-| 3     | block4_conv3 | conv3_block4_out | block4a_expand_activation |
-| 4     | block5_conv3 | conv4_block6_out | block6a_expand_activation |
-| 5     | block5_pool  | conv5_block3_out | top_activation            |
+| level | vgg16        | resnet50         | efficientnetb0            | efficientnet_lite0        |
+|-------|--------------|------------------|---------------------------|---------------------------|
+| 0     | block1_conv2 | -                | -                         | -                         |
+| 1     | block2_conv2 | conv1_relu       | block2a_expand_activation | block1_expand_activation  |
+| 2     | block3_conv3 | conv2_block3_out | block3a_expand_activation | block3_expand_activation  |
+| 3     | block4_conv3 | conv3_block4_out | block4a_expand_activation | block5_expand_activation  |
+| 4     | block5_conv3 | conv4_block6_out | block6a_expand_activation | block11_expand_activation |
+| 5     | block5_pool  | conv5_block3_out | top_activation            | head_activation           |
 
 With model.depth d (1 to 5), the map of level d is the bottleneck and the maps
 of levels d-1..0 are the skip connections of the decoder (the reference
-decoder of tumorseg.model.unet); ResNet50 and EfficientNetB0 have no
+decoder of tumorseg.model.unet); ResNet50 and the EfficientNets have no
 full-resolution map, so their last up level has no skip. Layers past level d
 are left out of the model.
 
@@ -32,6 +36,8 @@ import numpy as np
 from keras import layers
 
 from tumorseg.config import ENCODER_NAMES, ConfigError
+from tumorseg.errors import ProjectError
+from tumorseg.model import efficientnet_lite
 from tumorseg.model.unet import check_image_size, decoder, level_widths, model_outputs
 
 MIN_IMAGE_SIZE = 32  # keras.applications refuse smaller inputs
@@ -59,7 +65,11 @@ ENCODERS = {
         (None, "block2a_expand_activation", "block3a_expand_activation", "block4a_expand_activation",
          "block6a_expand_activation", "top_activation"),
     ),
+    "efficientnet_lite0": Encoder(
+        efficientnet_lite.EfficientNetLite0, efficientnet_lite.preprocess_input, efficientnet_lite.FEATURE_LAYERS,
+    ),
 }
+OFFLINE_ENCODER = "efficientnet_lite0"  # its ImageNet weights come with a pip package
 assert set(ENCODER_NAMES) == {"none", *ENCODERS}, "tumorseg.config.ENCODER_NAMES lists the encoders here"
 
 
@@ -148,11 +158,14 @@ def load_backbone(encoder: str, encoder_weights: str | Path | None, image_size: 
     if weights == "imagenet":
         try:
             return application(include_top=False, weights="imagenet", input_shape=shape)
+        except ProjectError:  # the offline encoder's own message: a missing package or a changed file
+            raise
         except Exception as error:  # no network: keras.utils.get_file raises a plain Exception
             raise ConfigError(
                 f"model.encoder_weights: the ImageNet weights of {encoder} are not in Keras's cache "
-                f"(~/.keras/models/) and could not be downloaded ({error}). Copy the no-top file there from a "
-                "machine with network, or set model.encoder_weights to its path."
+                f"(~/.keras/models/) and could not be downloaded ({error}). Offline, use model.encoder "
+                f"{OFFLINE_ENCODER} (its ImageNet weights come with a pip package); or copy the no-top file "
+                "into the cache from a machine with network, or set model.encoder_weights to its path."
             ) from error
     backbone = application(include_top=False, weights=None, input_shape=shape)
     load_weights_file(backbone, weights, encoder)
