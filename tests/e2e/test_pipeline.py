@@ -18,6 +18,7 @@ from tests.dvc_helpers import (
 )
 from tumorseg.cli import exit_status
 from tumorseg.data.cvind import read_cvind
+from tumorseg.model.inference import load_model
 from tumorseg.serve.predict import main as predict_main
 
 pytestmark = DVC_TEST_MARKS
@@ -109,3 +110,17 @@ def test_predict_scores_each_slice_as_evaluate_did(tmp_path_factory):
     expected = per_image.loc[indices]
     assert summary["confidence"].to_numpy() == pytest.approx(expected["confidence"].to_numpy(), abs=1e-4)
     assert summary["review"].tolist() == expected["review"].tolist()
+
+
+def test_the_offline_pretrained_encoder_end_to_end(tmp_path_factory):
+    """model.encoder efficientnet_lite0 with its ImageNet weights from the installed package (no network):
+    a decoder-only epoch, a fine-tuning one, then evaluate and render on the model it trained."""
+    project = reproduced_project(tmp_path_factory, "lite0")
+    output = dvc("exp", "run", "-n", "lite0", "-S", "model.encoder=efficientnet_lite0", "-S", "train.epochs=2",
+                 "-S", "train.freeze_encoder_epochs=1", cwd=project)
+    assert ran_stages(output) == {"train", "evaluate", "render_samples"}
+    model = load_model(project / "models" / "model.keras")
+    assert model.name == "efficientnet_lite0_unet" and model.get_layer("encoder").get_layer("block5_expand_activation")  # depth 3
+    eval_metrics = json.loads((project / "metrics" / "eval.json").read_text())
+    assert 0 <= eval_metrics["dice"] <= 1 and eval_metrics["test_images"] > 0
+    assert (project / "plots" / "samples" / "grid.png").is_file()

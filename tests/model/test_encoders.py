@@ -1,5 +1,7 @@
 """Pretrained-encoder U-Nets and hypercolumns: shapes, skip wiring, preprocessing, weights files, bad input."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -20,7 +22,7 @@ def concatenations(model):
     return [layer for layer in model.layers if isinstance(layer, keras.layers.Concatenate)]
 
 
-@pytest.mark.parametrize("encoder, skips", [("vgg16", 4), ("resnet50", 3), ("efficientnetb0", 3)])
+@pytest.mark.parametrize("encoder, skips", [("vgg16", 4), ("resnet50", 3), ("efficientnetb0", 3), ("efficientnet_lite0", 3)])
 def test_encoder_unet_predicts_masks_with_skips_from_every_level(encoder, skips):
     model = build_encoder_unet(SIZE, encoder, depth=4, filters=4, encoder_weights="none")
     x = images()
@@ -110,3 +112,14 @@ def test_missing_or_foreign_weights_files_are_rejected(tmp_path):
     )
     with pytest.raises(ValueError, match="does not hold efficientnetb0 no-top weights"):
         build_encoder_unet(32, "efficientnetb0", depth=2, filters=4, encoder_weights=str(tmp_path / "vgg16.weights.h5"))
+
+
+def test_offline_a_keras_applications_encoder_names_the_offline_one(monkeypatch):
+    def no_network(**kwargs):
+        if kwargs.get("weights") == "imagenet":
+            raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+        return keras.applications.VGG16(**kwargs)
+
+    monkeypatch.setitem(ENCODERS, "vgg16", dataclasses.replace(ENCODERS["vgg16"], application=no_network))
+    with pytest.raises(ValueError, match="could not be downloaded .* Offline, use model.encoder efficientnet_lite0"):
+        build_encoder_unet(32, "vgg16", depth=2, filters=4, encoder_weights="imagenet")
