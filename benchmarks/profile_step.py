@@ -51,9 +51,20 @@ def op_self_times(xplane_path):
     return [(row[name], row[kind], row[self_time]) for row in rows]
 
 
+def layer_kinds(model, prefix=""):
+    """{layer name: its class}, the layers of a nested model (a pretrained encoder) included, as
+    "encoder: DepthwiseConv2D" and so on."""
+    kinds = {}
+    for layer in model.layers:
+        kinds[layer.name] = f"{prefix}{type(layer).__name__}"
+        if isinstance(layer, keras.Model):
+            kinds.update(layer_kinds(layer, f"{prefix}{layer.name}: "))
+    return kinds
+
+
 def layer_kind(operation, kinds):
-    """The class of the Keras layer an op belongs to (its name is a segment of the op's name)."""
-    for segment in operation.split("/"):
+    """The class of the innermost Keras layer an op belongs to (its name is a segment of the op's name)."""
+    for segment in reversed(operation.split("/")):
         for candidate in (segment, segment.rsplit("_", 1)[0]):
             if candidate in kinds:
                 return kinds[candidate]
@@ -78,7 +89,7 @@ def profile_train_step(model, images, masks, steps):
         seconds = (time.perf_counter() - start) / steps
         tf.profiler.experimental.stop()
         ops = op_self_times(glob.glob(f"{logdir}/**/*.xplane.pb", recursive=True)[0])
-    kinds = {layer.name: type(layer).__name__ for layer in model.layers}
+    kinds = layer_kinds(model)
     shares = defaultdict(float)
     for operation, op_type, self_time in ops:
         if op_type == "IDLE":
