@@ -20,6 +20,8 @@ from tumorseg.cli import exit_status
 from tumorseg.data.cvind import read_cvind
 from tumorseg.model.inference import load_model
 from tumorseg.serve.predict import main as predict_main
+from tumorseg.serve.readers import read_scan
+from tumorseg.serve.segmenter import Segmenter
 
 pytestmark = DVC_TEST_MARKS
 
@@ -124,3 +126,9 @@ def test_the_offline_pretrained_encoder_end_to_end(tmp_path_factory):
     eval_metrics = json.loads((project / "metrics" / "eval.json").read_text())
     assert 0 <= eval_metrics["dice"] <= 1 and eval_metrics["test_images"] > 0
     assert (project / "plots" / "samples" / "grid.png").is_file()
+    segmenter = Segmenter.load(project / "models" / "model.keras", project / "metrics" / "eval.json",
+                               project / "params.yaml")
+    raw = project / "data" / "raw" / "1.mat"
+    result = segmenter(raw)  # segmented at 64x64, the mask back at the slice's size
+    assert result.mask.shape == read_scan(raw).slices[0].shape and result.mask.shape[0] > 64
+    assert result.choices.threshold == eval_metrics["threshold"]
