@@ -7,7 +7,7 @@
 #   bash benchmarks/gpu.sh quick    # dry run of every configuration with a tiny model (any machine with jax)
 #
 # The GPU machine has no network: fetch the wheels beforehand into .whl/ (bash benchmarks/gpu_wheels.sh)
-# and carry that folder along.
+# and copy that folder to the GPU machine with the repository.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source benchmarks/gpu_env.sh  # $python, KERAS_BACKEND=jax, the carried wheels

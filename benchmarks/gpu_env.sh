@@ -1,5 +1,5 @@
 # Sourced by benchmarks/gpu.sh and benchmarks/gpu_session.sh: Keras under JAX, and the packages the offline
-# GPU image lacks installed from the carried wheels in .whl/ (bash benchmarks/gpu_wheels.sh fetches them).
+# GPU image lacks installed from the wheels copied in .whl/ (bash benchmarks/gpu_wheels.sh fetches them).
 python=${PYTHON:-python3}
 export KERAS_BACKEND=jax  # before keras is first imported: its default backend, TensorFlow, is not there
 if ! "$python" -c "import keras, pydantic, optree" 2>/dev/null; then

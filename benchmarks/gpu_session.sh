@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The one prepared run for a lent GPU machine (one H200, offline, 10 minutes a command): the GPU recipe's
+# The one prepared run for a GPU machine without network (one H200, 10 minutes a command): the GPU recipe's
 # cross-validation on the official folds (benchmarks/gpu_cv.py train, every fold at once, each stopped at
 # a deadline with its best epoch so far), then the train-step benchmark of the reference U-Net
 # (benchmarks/gpu_step.py). Everything it brings back lands in $OUT.
@@ -7,16 +7,16 @@
 # Prepare here first (docs/scale-out.md, "GPU cross-validation"):
 #   python benchmarks/gpu_cv.py pack                     # gpu_cv/: the dev set at 256x256 (JPEG), splits, params
 #   bash benchmarks/gpu_wheels.sh                        # .whl/: keras, optree, namex, pydantic for Python 3.12
-# then run it there with the device tool, carrying gpu_cv and .whl:
-#   bash benchmarks/gpu_session.sh                       # timeout_s 600
+# then copy the repository with gpu_cv/ and .whl/ to that machine and run there, in its root, within 600 s:
+#   bash benchmarks/gpu_session.sh
 # and score the predictions here:
-#   python benchmarks/gpu_cv.py score --predictions <the folder the device's files came back to>
+#   python benchmarks/gpu_cv.py score --predictions <the folder the files of $OUT were copied back to>
 #
 #   python benchmarks/gpu_cv.py pack --quick --work /tmp/gpu_cv_quick
 #   WORK=/tmp/gpu_cv_quick bash benchmarks/gpu_session.sh quick    # a dry run on any machine with jax and keras
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source benchmarks/gpu_env.sh  # $python, KERAS_BACKEND=jax, the carried wheels
+source benchmarks/gpu_env.sh  # $python, KERAS_BACKEND=jax, the wheels copied in .whl/
 work=${WORK:-gpu_cv}
 out=${OUT:-$work/out}
 mkdir -p "$out"
