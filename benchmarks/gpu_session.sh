@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The one prepared run for a GPU machine without network (one H200, 10 minutes a command): the GPU recipe's
-# cross-validation on the official folds (benchmarks/gpu_cv.py train, every fold at once, each stopped at
+# cross-validation on the official folds (python -m tumorseg.experiments.offline_cv train, every fold at once, each stopped at
 # a deadline with its best epoch so far), then the train-step benchmark of the reference U-Net
 # (benchmarks/gpu_step.py). Everything it brings back lands in $OUT.
 #
 # Prepare here first (docs/scale-out.md, "GPU cross-validation"):
-#   python benchmarks/gpu_cv.py pack                     # gpu_cv/: the dev set at 256x256 (JPEG), splits, params
+#   python -m tumorseg.experiments.offline_cv pack       # gpu_cv/: the dev set at 256x256 (JPEG), splits, params
 #   bash benchmarks/gpu_wheels.sh                        # .whl/: keras, optree, namex, pydantic for Python 3.12
+#                                                        # and the tumorseg wheel (re-run after changing the code)
 # then copy the repository with gpu_cv/ and .whl/ to that machine and run there, in its root, within 600 s:
 #   bash benchmarks/gpu_session.sh
 # and score the predictions here:
-#   python benchmarks/gpu_cv.py score --predictions <the folder the files of $OUT were copied back to>
+#   python -m tumorseg.experiments.offline_cv score --predictions <the folder the files of $OUT were copied back to>
 #
-#   python benchmarks/gpu_cv.py pack --quick --work /tmp/gpu_cv_quick
+#   python -m tumorseg.experiments.offline_cv pack --quick --work /tmp/gpu_cv_quick
 #   WORK=/tmp/gpu_cv_quick bash benchmarks/gpu_session.sh quick    # a dry run on any machine with jax and keras
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -31,7 +32,7 @@ else
     step_options=()
     session_s=${SESSION_S:-590}  # the device's 600 s a command, less a margin
 fi
-"$python" benchmarks/gpu_cv.py train --work "$work" --out "$out" "${cv_options[@]}" 2>&1 | tail -n 60 \
+"$python" -m tumorseg.experiments.offline_cv train --work "$work" --out "$out" "${cv_options[@]}" 2>&1 | tail -n 60 \
     || echo "the cross-validation failed: see $out/train.log"
 # what is left of the command's time (each row of gpu_step.json is written as soon as it is measured)
 left=$(( session_s - SECONDS ))

@@ -15,14 +15,12 @@ import json
 import os
 import platform
 import shutil
-import sys
 import tarfile
 import time
 from pathlib import Path
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 import jax
 import keras

@@ -26,8 +26,8 @@ import numpy as np
 from tumorseg.config import load_params
 from tumorseg.data.phantoms import phantom_arrays
 from tumorseg.model.build import build_model
-from tumorseg.model.inference import load_model
-from tumorseg.model.prediction import split_outputs
+from tumorseg.model.load import load_model
+from tumorseg.model.outputs import split_outputs
 from tumorseg.serve.export import export_onnx
 from tumorseg.serve.onnx_model import OnnxModel
 from tumorseg.train.devices import cpu_flags, cpu_summary

@@ -41,7 +41,7 @@ from tumorseg.experiments.recipe import load_recipe
 from tumorseg.model.build import build_model, compile_model, make_loss
 from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
 from tumorseg.train.batches import make_batches
-from tumorseg.train.devices import cpu_flags, cpu_summary
+from tumorseg.train.devices import accelerator, cpu_flags, cpu_summary
 
 WARMUP_STEPS = 2
 
@@ -81,33 +81,6 @@ class RepeatedBatch(keras.utils.PyDataset):
 
     def __getitem__(self, index):
         return self.batch
-
-
-def accelerator():
-    """(name, peak memory in MiB) of the GPU the backend computes on, or None without one."""
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
-
-        device = jax.devices()[0]
-        if device.platform == "cpu":
-            return None
-        return device.device_kind, (device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
-        if not gpus:
-            return None
-        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
-        return name, tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
-    if backend == "torch":
-        import torch
-
-        if not torch.cuda.is_available():
-            return None
-        return torch.cuda.get_device_name(0), torch.cuda.max_memory_allocated() / 2**20
-    return None
 
 
 def backend_version():

@@ -1,4 +1,5 @@
-"""The one exit convention of every stage and command (python -m stages.NAME, python -m tumorseg.*).
+"""The one exit convention of every stage and command (python -m stages.NAME, python -m tumorseg.*, the
+console scripts tumorseg-*).
 
 - the project's own errors (tumorseg.errors.ProjectError: bad params, bad files, a failed download, an
   unusable run) print one line on stderr, naming the file or parameter and the fix, and exit with 1;
@@ -10,6 +11,7 @@ A command's main may also return 1 itself (predict: some inputs failed and were 
 
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 from tumorseg.errors import ProjectError
@@ -26,6 +28,13 @@ def exit_status(name: str, main: Callable[..., int | None], *args: object) -> in
         return EXIT_ERROR
     except SystemExit as stop:  # argparse: 2 for a usage error, 0 after --help
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+
+
+def program_name(module: str) -> str:
+    """The command as the user typed it, for usage lines: its console script (tumorseg-predict) or
+    python -m `module`."""
+    called = Path(sys.argv[0]).name
+    return called if called.startswith("tumorseg-") else f"python -m {module}"
 
 
 def run(name: str, main: Callable[[], int | None]) -> NoReturn:

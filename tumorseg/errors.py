@@ -8,3 +8,8 @@ keeps its traceback.
 
 class ProjectError(Exception):
     """An error the user can fix from its message alone."""
+
+
+class InputError(ProjectError, ValueError):
+    """Missing or inconsistent inputs (stage inputs, a model file, a slice, an option), reported before
+    anything is written."""

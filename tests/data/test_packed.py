@@ -3,8 +3,9 @@
 import numpy as np
 import pytest
 
-from tumorseg.data.arrays import InputError, load_arrays
+from tumorseg.data.arrays import load_arrays
 from tumorseg.data.packed import pack, unpack
+from tumorseg.errors import InputError
 
 
 def write_arrays(folder, count=4, size=24):

@@ -18,7 +18,7 @@ from tests.dvc_helpers import (
 )
 from tumorseg.cli import exit_status
 from tumorseg.data.cvind import read_cvind
-from tumorseg.model.inference import load_model
+from tumorseg.model.load import load_model
 from tumorseg.serve.predict import main as predict_main
 from tumorseg.serve.readers import read_scan
 from tumorseg.serve.segmenter import Segmenter

@@ -15,8 +15,9 @@ from tumorseg.evaluate.report import evaluate
 from tumorseg.evaluate.tumor_type import confusion_rows, predicted_labels, type_scores
 from tumorseg.model.build import compile_settings
 from tumorseg.model.encoders import build_encoder_unet
-from tumorseg.model.prediction import has_type_head, predict, predict_probabilities
 from tumorseg.model.losses import BceDiceLoss
+from tumorseg.model.outputs import has_type_head
+from tumorseg.model.probabilities import predict, predict_probabilities
 from tumorseg.model.unet import build_unet, one_hot_types
 from tumorseg.serve import export
 from tumorseg.serve.predict import main as predict_main

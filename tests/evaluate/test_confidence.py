@@ -11,16 +11,15 @@ from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.confidence import (
     FEATURES,
     ConfidenceModel,
-    failure_auroc,
     kept_dice,
+    poor_auroc,
     referral_metrics,
     review_threshold,
     risk_coverage,
-    score_slices,
     slice_features,
 )
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.prediction import soft_agreement
+from tumorseg.model.probabilities import Predictions, soft_agreement
 
 SIZE = 16
 
@@ -70,7 +69,7 @@ def test_a_fitted_score_ranks_the_confident_blob_first():
     model = ConfidenceModel.fit(np.vstack([good, bad]), np.r_[np.full(40, 0.9), np.full(20, 0.1)])
     assert model.fitted and model.weights["mean_inside"] > 0 and model.weights["uncertainty"] < 0
     maps = hand_made_maps()
-    confidence, _ = score_slices(maps, np.ones(3), None, 0.5, PostProcess(), model)
+    _, confidence, _ = Choices(0.5, PostProcess(), "none", model).score(Predictions(maps, None, np.ones(3)))
     assert confidence[0] > confidence[1] and confidence[0] > confidence[2]
     assert ((confidence > 0) & (confidence < 1)).all()
     # the review threshold flags at least 80% of the validation failures
@@ -114,8 +113,8 @@ def test_auroc_referral_and_risk_coverage_on_a_hand_made_case():
     dice = np.array([0.9, 0.8, 0.2, 0.4, 0.7])
     # failures (Dice < 0.5): slices 2 (0.3) and 3 (0.6); good: 0.9, 0.8, 0.1. Pairs (failure less
     # confident than good): 0.3 < 0.9, 0.8 but not 0.1; 0.6 < 0.9, 0.8 but not 0.1 -> 4 of 6
-    assert failure_auroc(confidence, dice) == pytest.approx(4 / 6)
-    assert failure_auroc(confidence, np.ones(5)) != failure_auroc(confidence, np.ones(5))  # NaN
+    assert poor_auroc(confidence, dice) == pytest.approx(4 / 6)
+    assert poor_auroc(confidence, np.ones(5)) != poor_auroc(confidence, np.ones(5))  # NaN
     # referring 20% of 5 = 1 slice: the least confident (0.1, Dice 0.7) -> mean of 0.9, 0.8, 0.2, 0.4
     assert kept_dice(confidence, dice, 0.2) == pytest.approx((0.9 + 0.8 + 0.2 + 0.4) / 4)
     assert kept_dice(confidence, dice, 0.0) == pytest.approx(dice.mean())

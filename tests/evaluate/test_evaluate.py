@@ -5,8 +5,8 @@ import pandas as pd
 import pytest
 
 from tests.helpers import identity_model, make_params
-from tumorseg.data.arrays import InputError
 from tumorseg.data.matfile import Slice, write_slice
+from tumorseg.errors import InputError
 from tumorseg.evaluate.confidence import FEATURES
 from tumorseg.evaluate.report import evaluate
 

@@ -4,9 +4,9 @@ import keras
 import numpy as np
 import pytest
 
-from tumorseg.data.arrays import InputError
+from tumorseg.errors import InputError
 from tumorseg.evaluate.postprocess import MIN_SIZE_FRACTIONS, PostProcess, candidates
-from tumorseg.model.prediction import predict_probabilities
+from tumorseg.model.probabilities import predict_probabilities
 
 
 def three_blobs():

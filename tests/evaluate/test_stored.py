@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from tests.evaluate.test_evaluate import PARAMS, SIZE, dataset, evaluated  # noqa: F401  (fixtures)
-from tumorseg.data.arrays import InputError, load_arrays, read_split, subset_positions
+from tumorseg.data.arrays import load_arrays, read_split, subset_positions
+from tumorseg.errors import InputError
 from tumorseg.evaluate.report import evaluate_stored
 from tumorseg.evaluate.stored import load_predictions, save_predictions
-from tumorseg.model.inference import load_model
-from tumorseg.model.prediction import Predictions, predict
+from tumorseg.model.load import load_model
+from tumorseg.model.probabilities import Predictions, predict
 
 
 def predictions(n, size=8, types=True, seed=0):

@@ -18,17 +18,19 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from tests.helpers import identity_model, make_params
+from tumorseg.cli import exit_status
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import preprocess_image
-from tumorseg.evaluate.confidence import FEATURES, ConfidenceModel, score_slices
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.confidence import FEATURES, ConfidenceModel
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.prediction import predict as predict_all
-from tumorseg.model.prediction import predict_probabilities
+from tumorseg.model.probabilities import predict as predict_all
+from tumorseg.model.probabilities import predict_probabilities
 from tumorseg.model.unet import build_unet
 from tumorseg.serve import export
-from tumorseg.cli import exit_status
-from tumorseg.serve.predict import main, parse_args, resolve_percentile
+from tumorseg.serve.predict import main, parse_args
 from tumorseg.serve.readers import ReadError, find_inputs, read_dicom, read_image, read_scan
+from tumorseg.serve.segmenter import resolve_percentile
 
 SIZE = 32
 
@@ -383,11 +385,15 @@ def test_postprocessing_and_tta_from_eval_metrics_and_override(tmp_path):
 
 
 def test_percentile_from_params_or_option(tmp_path):
-    assert resolve_percentile(parse_args(["--export", "x"])) == 99.5
+    def percentile(argv):  # as main resolves it
+        args = parse_args(argv)
+        return resolve_percentile(args.percentile, args.params, "--percentile")
+
+    assert percentile(["--export", "x"]) == 99.5
     params = make_params({"data.normalize_percentile": 98.0})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
-    assert resolve_percentile(parse_args(["--export", "x"])) == 98.0
-    assert resolve_percentile(parse_args(["--export", "x", "--percentile", "90"])) == 90.0
+    assert percentile(["--export", "x"]) == 98.0
+    assert percentile(["--export", "x", "--percentile", "90"]) == 90.0
 
 
 def test_exports_match_keras(tmp_path, model_path):
@@ -484,7 +490,7 @@ def test_confidence_and_review_flag_per_slice(tmp_path, model_path, capsys):
     predicted = predict_all(model, images, np.arange(2), tta="hflip")
     # a score model that flags exactly the less confident of the two slices
     scorer = ConfidenceModel({"mean_inside": 3.0, "uncertainty": -1.0, "agreement": 2.0}, -1.0, fitted=True)
-    expected, _ = score_slices(predicted.probabilities, predicted.agreement, None, 0.5, PostProcess(), scorer)
+    _, expected, _ = Choices(0.5, PostProcess(), "hflip", scorer).score(predicted)
     scorer = replace(scorer, review_threshold=float(expected.min()))
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"threshold": 0.5, "tta": "hflip",

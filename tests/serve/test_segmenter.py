@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import identity_model
-from tumorseg.data.arrays import InputError
+from tumorseg.errors import InputError
 from tumorseg.evaluate.confidence import ConfidenceModel
 from tumorseg.model.unet import build_unet
 from tumorseg.serve.segmenter import Segmenter

@@ -6,14 +6,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from tumorseg.errors import ProjectError
+from tumorseg.errors import InputError
 
 ARRAY_NAMES = ("images", "masks", "labels", "pids", "ids")
 SPLIT_COLUMNS = ("index", "pid", "label", "subset")
-
-
-class InputError(ProjectError, ValueError):
-    """Missing or inconsistent stage inputs, reported before anything is written."""
 
 
 def load_arrays(numpy_dir: str | Path) -> dict[str, np.ndarray]:

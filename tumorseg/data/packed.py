@@ -1,4 +1,4 @@
-"""A compact copy of data/numpy, for carrying the converted slices to another machine (benchmarks/gpu_cv.py
+"""A compact copy of data/numpy, for taking the converted slices to another machine (tumorseg.experiments.offline_cv
 takes the dev set to an offline GPU machine whose transfer is limited to 64 MiB).
 
 The images (floats in [0, 1]) are stored as 8-bit JPEG (quality 95 by default; lossy: the cost on Dice is
@@ -14,7 +14,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from tumorseg.atomic import atomic_dir, atomic_file
-from tumorseg.data.arrays import InputError, load_arrays, read_npz
+from tumorseg.data.arrays import load_arrays, read_npz
+from tumorseg.errors import InputError
 
 FORMATS = ("jpeg", "png")
 
@@ -57,7 +58,7 @@ def pack(numpy_dir: str | Path, out_path: str | Path, image_format: str = "jpeg"
 def unpack(packed_path: str | Path, numpy_dir: str | Path) -> int:
     """Write data/numpy's arrays from a packed file into `numpy_dir`; returns the number of slices."""
     packed_path = Path(packed_path)
-    fix = "pack it again (python benchmarks/gpu_cv.py pack)"
+    fix = "pack it again (python -m tumorseg.experiments.offline_cv pack)"
     contents = read_npz(packed_path, "packed data file", fix)
     missing = [name for name in ("images", "offsets", "masks", "shape", "labels", "pids", "ids") if name not in contents]
     if missing:

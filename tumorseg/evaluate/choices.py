@@ -2,17 +2,22 @@
 and the confidence score's model (tumorseg.evaluate.confidence).
 
 The evaluate stage writes them into metrics/eval.json; render_samples and predict read them back through
-Choices.load, the one reader, which checks every value and names the file and the fix.
+Choices.load, the one reader, which checks every value and names the file and the fix. Choices.masks and
+Choices.score are the one way probabilities become masks and confidence scores, in evaluate,
+render_samples and predict alike: a slice gets the same mask and score wherever it is predicted.
 """
 
 import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+import numpy as np
+
 from tumorseg.errors import ProjectError
-from tumorseg.evaluate.confidence import ConfidenceModel
+from tumorseg.evaluate.confidence import ConfidenceModel, slice_features
+from tumorseg.evaluate.metrics import binarize
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.prediction import TTA_FLIPS
+from tumorseg.model.probabilities import TTA_FLIPS, Predictions
 
 
 class ChoicesError(ProjectError, ValueError):
@@ -52,6 +57,16 @@ class Choices:
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             detail = f"no {error}" if isinstance(error, KeyError) else str(error)
             raise ChoicesError(f"{path}: unusable choices of evaluate ({detail}); {fix}.") from None
+
+    def masks(self, probabilities: np.ndarray) -> np.ndarray:
+        """Boolean masks of probability maps ((H, W) or (N, H, W), any size): thresholded, then post-processed."""
+        return self.postprocess.apply(binarize(probabilities, self.threshold))
+
+    def score(self, predicted: Predictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(masks (n, S, S), confidence (n,), features (n, len(FEATURES))) of model-resolution predictions."""
+        masks = self.masks(predicted.probabilities)
+        features = slice_features(predicted.probabilities, masks, predicted.agreement, predicted.types)
+        return masks, self.confidence.score(features), features
 
     def with_options(self, threshold: float | None = None, postprocess: PostProcess | None = None,
                      tta: str | None = None) -> "Choices":

@@ -8,15 +8,14 @@ The features of a slice, at the model's resolution, with the threshold and post-
   components        connected regions of the predicted mask
   type_probability  the type head's top probability (1 for a model without the type head)
 
-The score is a logistic regression of "segmented well" (Dice >= REVIEW_DICE) on these features, fitted
+The score is a logistic regression of "segmented well" (Dice >= POOR_DICE, tumorseg.evaluate.metrics) on these features, fitted
 on the validation slices only (scikit-learn, standardised features); it lies in (0, 1), higher is more
 trustworthy. A slice scoring at most `review_threshold` is flagged for review: the smallest threshold
-at which validation shows, with 95% confidence, that at least CATCH of the failures are flagged (the
-one-sided Clopper-Pearson lower bound of the share caught reaches CATCH), since validation's failures are
-few: a threshold that catches exactly CATCH of them catches fewer on test (docs/results.md). Evaluate
-and render_samples score the masks they made with `slice_features` and `ConfidenceModel.score`; predict
-through `score_slices`, which makes the masks the same way: a slice gets the same score wherever it is
-predicted (tested end to end).
+at which validation shows, with 95% confidence, that at least CATCH of the poor slices are flagged (the
+one-sided Clopper-Pearson lower bound of the share caught reaches CATCH), since validation's poor slices are
+few: a threshold that catches exactly CATCH of them catches fewer on test (docs/results.md). Evaluate,
+render_samples and predict all score through tumorseg.evaluate.choices.Choices.score, which makes the
+masks the same way: a slice gets the same score wherever it is predicted (tested end to end).
 """
 
 import math
@@ -26,13 +25,12 @@ import numpy as np
 import pandas as pd
 from scipy import ndimage
 
-from tumorseg.evaluate import metrics
-from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.evaluate.metrics import POOR_DICE
+
 
 FEATURES = ("mean_inside", "uncertainty", "agreement", "log_area", "components", "type_probability")
-REVIEW_DICE = 0.5  # a slice below this Dice is a failure the score should catch
-CATCH = 0.8  # share of the failures the review threshold aims to flag
-CATCH_CONFIDENCE = 0.95  # confidence, on validation, that the threshold flags at least CATCH of the failures
+CATCH = 0.8  # share of the poor slices (Dice < POOR_DICE) the review threshold aims to flag
+CATCH_CONFIDENCE = 0.95  # confidence, on validation, that the threshold flags at least CATCH of the poor slices
 REFERRAL_FRACTIONS = (0.05, 0.10, 0.20)
 EPSILON = 1e-6
 
@@ -65,7 +63,7 @@ def slice_features(probabilities: np.ndarray, masks: np.ndarray, agreement: np.n
 class ConfidenceModel:
     """Logistic-regression weights on the raw FEATURES, its bias and the review threshold.
 
-    `fitted` is False for the fallback used when validation held no failure (or nothing but failures):
+    `fitted` is False for the fallback used when validation held no poor slice (or nothing but poor slices):
     the score is then the sigmoid of mean_inside alone.
     """
 
@@ -92,11 +90,11 @@ class ConfidenceModel:
 
     @classmethod
     def fit(cls, features: np.ndarray, dice: np.ndarray, seed: int = 0) -> "ConfidenceModel":
-        """Fit on validation features and Dice; the review threshold catches CATCH of its failures."""
+        """Fit on validation features and Dice; the review threshold catches CATCH of its poor slices."""
         from sklearn.linear_model import LogisticRegression
         from sklearn.preprocessing import StandardScaler
 
-        good = np.asarray(dice) >= REVIEW_DICE
+        good = np.asarray(dice) >= POOR_DICE
         model = cls()
         if 0 < good.sum() < len(good):
             scaler = StandardScaler().fit(features)
@@ -122,14 +120,14 @@ class ConfidenceModel:
                    bool(chosen["confidence_fitted"]))
 
 
-def review_threshold(confidence: np.ndarray, failed: np.ndarray, catch: float = CATCH,
+def review_threshold(confidence: np.ndarray, poor: np.ndarray, catch: float = CATCH,
                      level: float = CATCH_CONFIDENCE) -> float:
-    """The smallest score s such that flagging confidence <= s catches k of the n failures with the
-    one-sided Clopper-Pearson lower bound of k/n at `level` at least `catch`; the highest failure score
-    (every failure flagged) when n is too small for any k to reach it, 0 when there is no failure."""
+    """The smallest score s such that flagging confidence <= s catches k of the n poor slices with the
+    one-sided Clopper-Pearson lower bound of k/n at `level` at least `catch`; the highest poor slice's score
+    (every poor slice flagged) when n is too small for any k to reach it, 0 when there is no poor slice."""
     from scipy.stats import beta
 
-    scores = np.sort(np.asarray(confidence)[np.asarray(failed, dtype=bool)])
+    scores = np.sort(np.asarray(confidence)[np.asarray(poor, dtype=bool)])
     n = len(scores)
     for k in range(math.ceil(catch * n), n + 1):
         if k and beta.ppf(1 - level, k, n - k + 1) >= catch:
@@ -137,26 +135,17 @@ def review_threshold(confidence: np.ndarray, failed: np.ndarray, catch: float = 
     return float(scores[-1]) if n else 0.0
 
 
-def score_slices(probabilities: np.ndarray, agreement: np.ndarray, types: np.ndarray | None, threshold: float,
-                 postprocess: PostProcess, model: ConfidenceModel) -> tuple[np.ndarray, np.ndarray]:
-    """(confidence (n,), features (n, len(FEATURES))) of model-resolution probability maps, the masks
-    taken with `threshold` and `postprocess` as everywhere else."""
-    masks = postprocess.apply(metrics.binarize(probabilities, threshold))
-    features = slice_features(probabilities, masks, agreement, types)
-    return model.score(features), features
-
-
 # ------------------------------------------------------------ how well it works
 
 
-def failure_auroc(confidence: np.ndarray, dice: np.ndarray) -> float:
-    """AUROC of low confidence for detecting failures (Dice < REVIEW_DICE); NaN without both kinds."""
+def poor_auroc(confidence: np.ndarray, dice: np.ndarray) -> float:
+    """AUROC of low confidence for detecting poor slices (Dice < POOR_DICE); NaN without both kinds."""
     from sklearn.metrics import roc_auc_score
 
-    failed = np.asarray(dice) < REVIEW_DICE
-    if failed.all() or not failed.any():
+    poor = np.asarray(dice) < POOR_DICE
+    if poor.all() or not poor.any():
         return float("nan")
-    return float(roc_auc_score(failed, -np.asarray(confidence, dtype=np.float64)))
+    return float(roc_auc_score(poor, -np.asarray(confidence, dtype=np.float64)))
 
 
 def kept_dice(confidence: np.ndarray, dice: np.ndarray, fraction: float) -> float:
@@ -177,12 +166,12 @@ def risk_coverage(confidence: np.ndarray, dice: np.ndarray, step: float = 0.01,
 
 
 def referral_metrics(confidence: np.ndarray, dice: np.ndarray, flags: np.ndarray) -> dict[str, float]:
-    """AUROC, Dice kept at each REFERRAL_FRACTIONS, and the shares flagged and of failures caught."""
+    """AUROC, Dice kept at each REFERRAL_FRACTIONS, and the shares flagged and of poor slices caught."""
     dice, flags = np.asarray(dice), np.asarray(flags, dtype=bool)
-    failed = dice < REVIEW_DICE
-    found = {"confidence_auroc": failure_auroc(confidence, dice)}
+    poor = dice < POOR_DICE
+    found = {"confidence_auroc": poor_auroc(confidence, dice)}
     for fraction in REFERRAL_FRACTIONS:
         found[f"referral_{round(fraction * 100):02d}_dice"] = kept_dice(confidence, dice, fraction)
     found["review_flagged"] = float(flags.mean()) if len(flags) else float("nan")
-    found["review_caught"] = float(flags[failed].mean()) if failed.any() else float("nan")
+    found["review_caught"] = float(flags[poor].mean()) if poor.any() else float("nan")
     return found

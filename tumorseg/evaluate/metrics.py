@@ -68,6 +68,11 @@ def dice_pooled(truth: np.ndarray, pred: np.ndarray) -> float:
     return float(_ratio(2 * intersection, true_pixels + pred_pixels))
 
 
+# Two kinds of bad slice, each one name (docs/metrics.md, "Failures and poor slices"):
+FAILURE_DICE = 0.1  # a failure: the tumour missed or another region segmented (the `failures` counts)
+POOR_DICE = 0.5  # a poor slice: what the confidence score is fitted to find and review flags
+
+
 def binarize(probs: np.ndarray, threshold: float) -> np.ndarray:
     """Predicted mask: a pixel is tumour when its probability is >= threshold."""
     return np.asarray(probs) >= threshold

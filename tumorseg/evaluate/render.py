@@ -18,9 +18,8 @@ from tumorseg.config import Params
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.evaluate import metrics
 from tumorseg.evaluate.choices import Choices
-from tumorseg.evaluate.confidence import slice_features
-from tumorseg.model.inference import check_model_input, load_model
-from tumorseg.model.prediction import predict
+from tumorseg.model.load import check_model_input, load_model
+from tumorseg.model.probabilities import predict
 
 DPI = 100
 SAMPLE_FIGSIZE = (12.0, 3.6)  # inches: four panels side by side
@@ -182,9 +181,7 @@ def build_samples(model, arrays: dict[str, np.ndarray], positions: np.ndarray, c
         if not len(picked):
             continue
         predicted = predict(model, arrays["images"], picked, batch_size, choices.tta)
-        masks = choices.postprocess.apply(metrics.binarize(predicted.probabilities, choices.threshold))
-        scores = choices.confidence.score(slice_features(predicted.probabilities, masks, predicted.agreement,
-                                                         predicted.types))
+        masks, scores, _ = choices.score(predicted)
         flags = choices.confidence.flags(scores)
         for position, pred, score, flag in zip(picked, masks, scores, flags):
             truth = np.asarray(arrays["masks"][position]) > 0

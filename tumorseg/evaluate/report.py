@@ -4,11 +4,12 @@ The threshold and the post-processing (tumorseg.evaluate.postprocess) are tuned 
 the validation patients only and then applied unchanged to the test
 patients; with evaluate.tta the probabilities are averaged over flips
 first. The confidence score (tumorseg.evaluate.confidence) is fitted on the
-validation slices too and judged on test: how well it finds the failures and
+validation slices too and judged on test: how well it finds the poor slices and
 what referring the least confident slices gains. Outputs: a flat metrics JSON (for `dvc metrics`) and a folder of CSV
 tables (for `dvc plots`).
 """
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -18,17 +19,18 @@ import pandas as pd
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir, write_json
 from tumorseg.config import Params
-from tumorseg.data.arrays import InputError, load_arrays, read_split, subset_positions
+from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import resize_probabilities
 from tumorseg.data.split import patient_families
+from tumorseg.errors import InputError
 from tumorseg.evaluate import confidence, metrics, stored, tumor_type
+from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.postprocess import PostProcess, candidates
-from tumorseg.model.inference import check_model_input, load_model
-from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, Predictions, predict
+from tumorseg.model.load import check_model_input, load_model
+from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, Predictions, predict
 
 DECIMALS = 4
-FAILURE_DICE = 0.1  # a test slice below this Dice counts as a failure (tumour missed or wrong region)
 
 
 # ----------------------------------------------------------------- inputs
@@ -47,17 +49,16 @@ def check_raw_files(raw_dir: str | Path, ids: np.ndarray) -> None:
 # ------------------------------------------------------------- prediction
 
 
-def native_dice(probs: np.ndarray, ids: np.ndarray, raw_dir: str | Path, threshold: float,
-                postprocess: PostProcess = PostProcess()) -> np.ndarray:
+def native_dice(probs: np.ndarray, ids: np.ndarray, raw_dir: str | Path, chosen: Choices) -> np.ndarray:
     """Dice at each raw slice's own resolution against its original tumorMask.
 
-    The probability map is resized bilinearly to the raw slice's size, then thresholded and post-processed.
+    The probability map is resized bilinearly to the raw slice's size, then made a mask as `chosen` says.
     """
     scores = np.empty(len(ids))
     for i, (prob, slice_id) in enumerate(zip(probs, ids)):
         truth = read_slice(Path(raw_dir) / f"{int(slice_id)}.mat", with_border=False).mask
         native = prob if prob.shape == truth.shape else resize_probabilities(prob, truth.shape)
-        pred = postprocess.apply(metrics.binarize(native, threshold))
+        pred = chosen.masks(native)
         scores[i] = metrics.dice_per_image(truth[None], pred[None])[0]
     return scores
 
@@ -80,10 +81,10 @@ def choose_on_validation(truth: np.ndarray, probs: np.ndarray, thresholds: np.nd
     return best
 
 
-def fit_confidence(val_truth: np.ndarray, val_predicted, threshold: float, postprocess: PostProcess,
+def fit_confidence(val_truth: np.ndarray, val_predicted: Predictions, chosen: Choices,
                    seed: int) -> confidence.ConfidenceModel:
-    """The confidence score's model fitted on the validation slices' Dice at the chosen threshold."""
-    val_pred = postprocess.apply(metrics.binarize(val_predicted.probabilities, threshold))
+    """The confidence score's model fitted on the validation slices' Dice with the chosen masks."""
+    val_pred = chosen.masks(val_predicted.probabilities)
     features = confidence.slice_features(val_predicted.probabilities, val_pred, val_predicted.agreement,
                                          val_predicted.types)
     return confidence.ConfidenceModel.fit(features, metrics.dice_per_image(val_truth, val_pred), seed)
@@ -145,8 +146,8 @@ def per_class_table(per_image: pd.DataFrame, resamples: int, seed: int) -> pd.Da
                 "iou": part["iou"].mean() if len(part) else np.nan,
                 "dice_native": part["dice_native"].mean() if len(part) else np.nan,
                 "n": int(len(part)),
-                "failures": int((part["dice"] < FAILURE_DICE).sum()),
-                "confidence_auroc": (confidence.failure_auroc(part["confidence"], part["dice"])
+                "failures": int((part["dice"] < metrics.FAILURE_DICE).sum()),
+                "confidence_auroc": (confidence.poor_auroc(part["confidence"], part["dice"])
                                      if "confidence" in part else np.nan),
                 **confidence_intervals(part, resamples, seed),
             }
@@ -157,9 +158,8 @@ def per_class_table(per_image: pd.DataFrame, resamples: int, seed: int) -> pd.Da
 
 
 def summary_metrics(per_image: pd.DataFrame, per_class: pd.DataFrame, truth: np.ndarray, pred: np.ndarray,
-                    chosen: tuple[float, PostProcess, float, str], ci: dict[str, float]) -> dict[str, Any]:
-    """The flat dict written to the metrics JSON; `chosen` = (threshold, postprocess, val_iou, tta)."""
-    threshold, postprocess, val_iou, tta = chosen
+                    chosen: Choices, val_iou: float, ci: dict[str, float]) -> dict[str, Any]:
+    """The flat dict written to the metrics JSON (the confidence model's keys are added by the caller)."""
     result = {
         "iou": _round(per_image["iou"].mean()),
         "dice": _round(per_image["dice"].mean()),
@@ -167,11 +167,11 @@ def summary_metrics(per_image: pd.DataFrame, per_class: pd.DataFrame, truth: np.
         "dice_pooled": _round(metrics.dice_pooled(truth, pred)),
         "dice_native": _round(per_image["dice_native"].mean()),
         **{key: _round(value) for key, value in ci.items()},
-        "failures": int((per_image["dice"] < FAILURE_DICE).sum()),
-        "threshold": _round(threshold),
-        "postprocess": postprocess.method,
-        "postprocess_min_fraction": postprocess.min_fraction,
-        "tta": tta,
+        "failures": int((per_image["dice"] < metrics.FAILURE_DICE).sum()),
+        "threshold": _round(chosen.threshold),
+        "postprocess": chosen.postprocess.method,
+        "postprocess_min_fraction": chosen.postprocess.min_fraction,
+        "tta": chosen.tta,
         "val_iou": _round(val_iou),
         "test_images": int(len(per_image)),
         "test_patients": int(per_image["pid"].nunique()),
@@ -205,17 +205,17 @@ def format_summary(result: dict[str, Any], per_class: pd.DataFrame) -> str:
     ]
     if result.get("confidence_auroc") is not None:
         lines.append(
-            f"confidence: AUROC {_fmt(result['confidence_auroc'])} for slices with Dice < {confidence.REVIEW_DICE:g};"
+            f"confidence: AUROC {_fmt(result['confidence_auroc'])} for slices with Dice < {metrics.POOR_DICE:g};"
             f" referring the 20% least confident leaves Dice {_fmt(result['referral_20_dice'])};"
             f" flagged for review {_fmt_share(result['review_flagged'])} of slices, {_fmt_share(result['review_caught'])}"
-            " of the failures")
+            " of those slices")
     if "type_accuracy" in result:
         lines.append(f"tumour type: accuracy {_fmt(result['type_accuracy'])}, balanced accuracy "
                      f"{_fmt(result['type_balanced_accuracy'])}")
     for row in per_class.itertuples(index=False):
         lines.append(
             f"  {row[0]:<11} Dice {_fmt(row.dice)} [{_fmt(row.dice_ci_low)}, {_fmt(row.dice_ci_high)}]"
-            f"  native {_fmt(row.dice_native)}  IoU {_fmt(row.iou)}  n={row.n}  Dice < {FAILURE_DICE:g}: {row.failures}"
+            f"  native {_fmt(row.dice_native)}  IoU {_fmt(row.iou)}  n={row.n}  Dice < {metrics.FAILURE_DICE:g}: {row.failures}"
         )
     return "\n".join(lines)
 
@@ -262,58 +262,72 @@ def evaluation_inputs(numpy_dir: str | Path, split_csv: str | Path,
 def score(val_predicted: Predictions, test_predicted: Predictions, arrays: dict[str, np.ndarray],
           val: np.ndarray, test: np.ndarray, raw_dir: str | Path, params: Params, metrics_path: str | Path,
           plots_dir: str | Path) -> dict[str, Any]:
-    """The threshold, post-processing and confidence model chosen on the val predictions, the test
-    predictions scored with them; metrics and tables written."""
+    """Choose on the val predictions, score the test predictions with those choices, write and print."""
+    val_truth = np.asarray(arrays["masks"][val]) > 0
+    chosen, val_iou, sweep = choose(val_truth, val_predicted, params)
+    result, tables = score_test(test_predicted, arrays, test, raw_dir, chosen, val_iou, params)
+    tables["threshold_sweep"] = pd.DataFrame({name: sweep[name] for name in ("threshold", "iou", "dice")})
+    write_report(result, tables, metrics_path, plots_dir)
+    print(format_summary(result, tables["per_class"]))
+    return result
+
+
+def choose(val_truth: np.ndarray, val_predicted: Predictions, params: Params) -> tuple[Choices, float, dict]:
+    """On the validation slices only: the threshold and post-processing with the best mean IoU, then the
+    confidence model fitted on their masks. Returns (choices, validation IoU, the chosen threshold sweep)."""
     settings = params.evaluate
     thresholds = metrics.threshold_grid(settings.threshold_min, settings.threshold_max, settings.threshold_step)
-    resamples, tta = settings.bootstrap, settings.tta
-    test_ids = np.asarray(arrays["ids"])[test]
-    masks = arrays["masks"]
-    val_truth = np.asarray(masks[val]) > 0
     threshold, postprocess, val_iou, sweep = choose_on_validation(val_truth, val_predicted.probabilities,
                                                                   thresholds, settings.postprocess)
-    scorer = fit_confidence(val_truth, val_predicted, threshold, postprocess, params.seed)
+    chosen = Choices(threshold, postprocess, settings.tta)
+    scorer = fit_confidence(val_truth, val_predicted, chosen, params.seed)
+    return replace(chosen, confidence=scorer), val_iou, sweep
 
+
+def score_test(test_predicted: Predictions, arrays: dict[str, np.ndarray], test: np.ndarray,
+               raw_dir: str | Path, chosen: Choices, val_iou: float,
+               params: Params) -> tuple[dict[str, Any], dict[str, pd.DataFrame]]:
+    """The test slices scored with `chosen`: (the flat metrics, the tables per_image, per_class,
+    risk_coverage and confusion)."""
+    resamples = params.evaluate.bootstrap
+    test_ids = np.asarray(arrays["ids"])[test]
     test_probs, test_types = test_predicted.probabilities, test_predicted.types
-    test_truth = np.asarray(masks[test]) > 0
-    test_pred = postprocess.apply(metrics.binarize(test_probs, threshold))
+    test_truth = np.asarray(arrays["masks"][test]) > 0
+    test_pred, scores, features = chosen.score(test_predicted)  # as predict and render_samples make them
     pids, test_labels = np.asarray(arrays["pids"])[test], np.asarray(arrays["labels"])[test]
     per_image = per_image_table(
-        test_ids, pids, test_labels, test_truth, test_pred,
-        native_dice(test_probs, test_ids, raw_dir, threshold, postprocess),
+        test_ids, pids, test_labels, test_truth, test_pred, native_dice(test_probs, test_ids, raw_dir, chosen),
     )
-    # the masks scored above, so the features are those score_slices gives predict and render_samples
-    features = confidence.slice_features(test_probs, test_pred, test_predicted.agreement, test_types)
-    scores = scorer.score(features)
     per_image = per_image.assign(**{f"feature_{name}": values for name, values in zip(confidence.FEATURES, features.T)},
                                  confidence=scores,
-                                 review=scorer.flags(scores))
+                                 review=chosen.confidence.flags(scores))
     per_class = per_class_table(per_image, resamples, params.seed)
     ci = confidence_intervals(per_image, resamples, params.seed)
-    result = summary_metrics(per_image, per_class, test_truth, test_pred, (threshold, postprocess, val_iou, tta), ci)
+    result = summary_metrics(per_image, per_class, test_truth, test_pred, chosen, val_iou, ci)
     result.update({key: _round(value) for key, value in
                    confidence.referral_metrics(scores, per_image["dice"], per_image["review"]).items()})
-    result.update(scorer.to_metrics())
+    result.update(chosen.confidence.to_metrics())
+    predicted = []
     if test_types is not None:  # the model has the type head (model.classify)
         predicted = tumor_type.predicted_labels(test_types)
         per_image["predicted_type"] = [LABEL_NAMES[int(label)] for label in predicted]
         per_image["type_probability"] = test_types.max(axis=1)
         result.update({key: _round(value) for key, value in tumor_type.type_scores(test_labels, predicted).items()})
-
-    sweep_table = pd.DataFrame(
-        {"threshold": sweep["threshold"], "iou": np.round(sweep["iou"], DECIMALS),
-         "dice": np.round(sweep["dice"], DECIMALS)}
-    )
-    with atomic_dir(plots_dir) as tmp:
-        sweep_table.to_csv(tmp / "threshold_sweep.csv", index=False)
-        per_image.round(DECIMALS).to_csv(tmp / "per_image.csv", index=False)
-        per_class.round(DECIMALS).to_csv(tmp / "per_class.csv", index=False)
-        confidence.risk_coverage(scores, per_image["dice"]).round(DECIMALS).to_csv(tmp / "risk_coverage.csv",
-                                                                                  index=False)
+    tables = {
+        "per_image": per_image,
+        "per_class": per_class,
+        "risk_coverage": confidence.risk_coverage(scores, per_image["dice"]),
         # without the type head an empty table: dvc plots show then draws an empty matrix instead of
         # warning that the file is missing
-        rows = tumor_type.confusion_rows(*((test_labels, predicted) if test_types is not None else ([], [])))
-        rows.to_csv(tmp / "confusion.csv", index=False)
+        "confusion": tumor_type.confusion_rows(test_labels if test_types is not None else [], predicted),
+    }
+    return result, tables
+
+
+def write_report(result: dict[str, Any], tables: dict[str, pd.DataFrame], metrics_path: str | Path,
+                 plots_dir: str | Path) -> None:
+    """The tables as plots_dir/<name>.csv (rounded), then the metrics JSON; each written atomically."""
+    with atomic_dir(plots_dir) as tmp:
+        for name, table in tables.items():
+            table.round(DECIMALS).to_csv(tmp / f"{name}.csv", index=False)
     write_json(metrics_path, result)
-    print(format_summary(result, per_class))
-    return result

@@ -5,7 +5,7 @@ pictures lie beside it in slices/): per slice the MRI with true positive, false
 positive and false negative pixels tinted, its class, patient, Dice, the
 true and predicted areas, the confidence score and whether it flags the slice
 for review (tumorseg.evaluate.confidence); the header states the score's AUROC
-for finding the failures. A class filter and a sort order, Dice or confidence
+for finding the poor slices. A class filter and a sort order, Dice or confidence
 (both also set by the address, e.g. index.html#class=glioma&sort=confidence),
 choose what is shown. There is no threshold slider: the masks are those of the
 threshold evaluate chose on validation.
@@ -21,9 +21,10 @@ from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.evaluate.choices import Choices
-from tumorseg.evaluate.confidence import CATCH, REVIEW_DICE, failure_auroc
+from tumorseg.evaluate.confidence import CATCH, poor_auroc
+from tumorseg.evaluate.metrics import POOR_DICE
 from tumorseg.evaluate.render import ERROR_COLORS, Sample, build_samples, error_view
-from tumorseg.model.inference import check_model_input, load_model
+from tumorseg.model.load import check_model_input, load_model
 
 MIN_PICTURE_SIZE = 160  # pixels: small model inputs are enlarged (nearest neighbour) to at least this
 
@@ -109,17 +110,17 @@ def confidence_note(choices: Choices, auroc: float | None) -> str:
     """The header's line on the confidence score: its AUROC on these slices and the review rule."""
     model = choices.confidence
     if not model.fitted:
-        return "Confidence score not fitted (validation held no failure): rank by it, do not trust the flag."
-    found = "n/a (no failure, or only failures, among these slices)" if auroc is None else f"{auroc:.3f}"
-    return (f"Confidence score: AUROC {found} for finding slices with Dice below {REVIEW_DICE:g}; a slice is "
+        return "Confidence score not fitted (validation held no poor slice): rank by it, do not trust the flag."
+    found = "n/a (no poor slice, or only poor slices, among these slices)" if auroc is None else f"{auroc:.3f}"
+    return (f"Confidence score: AUROC {found} for finding slices with Dice below {POOR_DICE:g}; a slice is "
             f"flagged for review at confidence {model.review_threshold:.3g} or less (the level at which validation "
-            f"shows, with 95% confidence, that at least {CATCH:.0%} of the failures are flagged).")
+            f"shows, with 95% confidence, that at least {CATCH:.0%} of the poor slices are flagged).")
 
 
 def review_page(samples: list[Sample], pids: dict[int, str], choices: Choices = Choices()) -> str:
     """The page's HTML for `samples` (any order; listed worst Dice first) with their patient ids, the masks
     made with evaluate's `choices`."""
-    auroc = failure_auroc([sample.confidence for sample in samples], [sample.dice for sample in samples])
+    auroc = poor_auroc([sample.confidence for sample in samples], [sample.dice for sample in samples])
     ordered = sorted(samples, key=lambda sample: (sample.dice, sample.id))
     size = max(MIN_PICTURE_SIZE, samples[0].image.shape[0]) if samples else MIN_PICTURE_SIZE
     rows = "\n".join(

@@ -1,5 +1,5 @@
 """Predictions made on one machine and scored on another: the val and test predictions of a model, saved
-compactly (a GPU machine trains, this machine evaluates; benchmarks/gpu_cv.py).
+compactly (a GPU machine trains, this machine evaluates; tumorseg.experiments.offline_cv).
 
 The probabilities are stored as uint8 (p * 255, rounded: an error of at most 1/510, under a fifth of
 evaluate's threshold step of 0.01), the flips' agreement and the type probabilities as float32, each
@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg.atomic import atomic_file
-from tumorseg.data.arrays import InputError, read_npz
-from tumorseg.model.prediction import Predictions
+from tumorseg.data.arrays import read_npz
+from tumorseg.errors import InputError
+from tumorseg.model.probabilities import Predictions
 
 SUBSETS = ("val", "test")
 LEVELS = 255
@@ -48,7 +49,7 @@ def load_predictions(path: str | Path, subset: str, ids: np.ndarray, image_size:
     """The stored Predictions of `subset`, checked against the split's slice indices `ids` (in order), the
     image size of data/numpy and evaluate.tta."""
     path = Path(path)
-    fix = "make the predictions again with the same data and split (benchmarks/gpu_cv.py)"
+    fix = "make the predictions again with the same data and split (tumorseg.experiments.offline_cv)"
     contents = read_npz(path, "predictions file", fix)
     missing = [name for name in ("tta", f"{subset}_ids", f"{subset}_probabilities", f"{subset}_agreement")
                if name not in contents]

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from tumorseg.cli import run
+from tumorseg.cli import program_name, run
 from tumorseg.config import ConfigError, load_params, load_yaml
 from tumorseg.errors import ProjectError
 
@@ -70,7 +70,7 @@ def as_options(overrides: dict[str, object]) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tumorseg.experiments.recipe", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=program_name("tumorseg.experiments.recipe"), description=__doc__.splitlines()[0])
     parser.add_argument("name", nargs="?", help="recipe name (a file recipes/NAME.yaml) or a recipe file's path")
     parser.add_argument("--list", action="store_true", help="list the recipes")
     args = parser.parse_args(argv)
@@ -81,5 +81,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console script tumorseg-recipe (pyproject.toml), same as python -m tumorseg.experiments.recipe."""
     run("recipe", main)
+
+
+if __name__ == "__main__":
+    command()

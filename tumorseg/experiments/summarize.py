@@ -26,7 +26,7 @@ from matplotlib.figure import Figure
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
-from tumorseg.cli import run
+from tumorseg.cli import program_name, run
 from tumorseg.errors import ProjectError
 
 METRICS_FILE = "metrics/eval.json"
@@ -320,7 +320,7 @@ def summarize(exp_show: list[dict[str, Any]], names: list[str] | None = None,
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tumorseg.experiments.summarize",
+        prog=program_name("tumorseg.experiments.summarize"),
         description="Mean and standard deviation of test Dice and IoU (overall and per class) across DVC "
                     "experiments, e.g. the folds of a cross-validation study.",
     )
@@ -346,5 +346,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console script tumorseg-summarize (pyproject.toml), same as python -m tumorseg.experiments.summarize."""
     run("summarize", main)
+
+
+if __name__ == "__main__":
+    command()

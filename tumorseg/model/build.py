@@ -11,7 +11,7 @@ import numpy as np
 from tumorseg.config import Loss, Params
 from tumorseg.errors import ProjectError
 from tumorseg.model.encoders import build_encoder_unet
-from tumorseg.model.inference import load_model
+from tumorseg.model.load import load_model
 from tumorseg.model.losses import BceDiceLoss, training_metrics
 from tumorseg.model.unet import (
     MASK_OUTPUT,

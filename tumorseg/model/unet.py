@@ -15,7 +15,7 @@ from keras import layers
 
 from tumorseg import LABEL_NAMES
 from tumorseg.config import ConfigError
-from tumorseg.model.prediction import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.model.outputs import MASK_OUTPUT, TYPE_OUTPUT
 
 MAX_FILTER_MULTIPLIER = 8  # filters double per level up to 8x the base, as in the reference
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.model.prediction import split_outputs
+from tumorseg.model.outputs import split_outputs
 
 SAVED_MODEL_DIR = "saved_model"
 TFLITE_FLOAT32 = "model.tflite"

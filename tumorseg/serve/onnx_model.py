@@ -1,7 +1,7 @@
 """A model exported to ONNX (model.onnx of `predict --export`), run by onnxruntime alone: no Keras or
 TensorFlow is imported, so a server needs only onnxruntime, numpy, scipy, Pillow and this package.
 
-OnnxModel offers what tumorseg.model.prediction needs of a model (predict_on_batch, output_names) and the
+OnnxModel offers what tumorseg.model.probabilities needs of a model (predict_on_batch, output_names) and the
 input and output shapes that tumorseg.serve.segmenter checks.
 """
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.data.arrays import InputError
-from tumorseg.model.prediction import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.errors import InputError
+from tumorseg.model.outputs import MASK_OUTPUT, TYPE_OUTPUT
 
 
 def _shape(dims) -> tuple:

@@ -6,7 +6,7 @@
 The threshold, post-processing and test-time augmentation are those evaluate
 chose and scored (metrics/eval.json), unless options say otherwise; the work
 is done by tumorseg.serve.segmenter.Segmenter (also the Python API) and
-tumorseg.serve.segment.
+tumorseg.serve.segment_files.
 
 Exit status: 0 when every input was segmented; 1 when some input failed (it is
 reported and skipped, the others are still written) or nothing could be done
@@ -20,16 +20,15 @@ from pathlib import Path
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_entries
-from tumorseg.cli import run
-from tumorseg.data.arrays import InputError
-from tumorseg.evaluate.choices import Choices
+from tumorseg.cli import program_name, run
+from tumorseg.errors import InputError
 from tumorseg.evaluate.confidence import CATCH, FEATURES, ConfidenceModel
-from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, TTA_FLIPS
+from tumorseg.evaluate.metrics import POOR_DICE
+from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, TTA_FLIPS
 from tumorseg.serve import export
-from tumorseg.serve import segmenter as segmenter_api
 from tumorseg.serve.readers import find_inputs
-from tumorseg.serve.segment import segment_inputs
-from tumorseg.serve.segmenter import Segmenter, segmentation_model
+from tumorseg.serve.segment_files import segment_files
+from tumorseg.serve.segmenter import Segmenter, resolve_choices, resolve_percentile, segmentation_model
 from tumorseg.serve.writers import SUMMARY_COLUMNS, write_csv
 
 EXIT_OK, EXIT_INPUT_FAILED = 0, 1
@@ -37,7 +36,7 @@ EXIT_OK, EXIT_INPUT_FAILED = 0, 1
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        prog="python -m tumorseg.serve.predict",
+        prog=program_name("tumorseg.serve.predict"),
         description="Segment brain-tumour slices with the trained model, or export the model for serving.",
         epilog="Exit status: 0 all inputs done, 1 some inputs failed (reported and skipped), "
         "2 nothing done (model, options or output folder).",
@@ -88,17 +87,6 @@ def check_outside(model_path: str | Path, folder: Path, option: str) -> None:
                          f"replace; choose another {option} folder.")
 
 
-def resolve_choices(args: argparse.Namespace) -> Choices:
-    """Evaluate's choices from --eval-metrics when that file exists (else a threshold of 0.5, no
-    post-processing, no TTA), each replaced by its option when given."""
-    return segmenter_api.resolve_choices(args.eval_metrics, args.threshold, args.postprocess, args.tta)
-
-
-def resolve_percentile(args: argparse.Namespace) -> float:
-    """--percentile, else data.normalize_percentile of --params when that file exists, else 99.5."""
-    return segmenter_api.resolve_percentile(args.percentile, args.params, "--percentile")
-
-
 def check_free(path: Path, overwrite: bool, option: str) -> None:
     """InputError when `path` is a non-empty folder (or a file) and --overwrite was not given."""
     if path.exists() and not path.is_dir():
@@ -115,7 +103,7 @@ def run_predict(segmenter: Segmenter, args: argparse.Namespace) -> int:
     if ignored:
         print(f"ignored {ignored} file(s) of unsupported type in the input folders", file=sys.stderr)
     args.out.mkdir(parents=True, exist_ok=True)
-    rows, read_failures = segment_inputs(segmenter, inputs, args.out, args.axis)
+    rows, read_failures = segment_files(segmenter, inputs, args.out, args.axis)
     failures += read_failures
     write_csv(args.out / "summary.csv", SUMMARY_COLUMNS, rows)
     if failures:
@@ -134,10 +122,10 @@ def review_line(rows: list[dict[str, object]], model: ConfidenceModel) -> str:
     flagged = sum(bool(row["review"]) for row in rows)
     if not model.fitted:
         return (f"{flagged} slice(s) flagged for review (column review of summary.csv); the confidence score is "
-                "not fitted (evaluate's validation had no failures, or --eval-metrics is missing or predates it): "
+                "not fitted (evaluate's validation had no poor slice, or --eval-metrics is missing or predates it): "
                 "rank by it, do not trust the flag.")
     return (f"{flagged} of {len(rows)} slice(s) flagged for review: confidence at most "
-            f"{model.review_threshold:.3g}, set on validation to flag at least {CATCH:.0%} of the failures (column "
+            f"{model.review_threshold:.3g}, set on validation to flag at least {CATCH:.0%} of the poor slices (Dice < {POOR_DICE:g}; column "
             "review of summary.csv)")
 
 
@@ -153,7 +141,7 @@ def run_export(segmenter: Segmenter, args: argparse.Namespace) -> None:
         "threshold": segmenter.choices.threshold, "postprocess": str(segmenter.choices.postprocess),
         "tta": segmenter.choices.tta,
         "confidence": {
-            "rule": "tumorseg.evaluate.confidence.score_slices on the (S, S) probability map: "
+            "rule": "tumorseg.evaluate.choices.Choices.score on the (S, S) probability map: "
                     "sigmoid(confidence_bias + sum of confidence_weight_<feature> * feature); review when at most "
                     "review_threshold. The agreement feature needs a second pass on the mirrored slice (tta hflip).",
             "features": list(FEATURES), **segmenter.choices.confidence.to_metrics(),
@@ -171,7 +159,8 @@ def run_export(segmenter: Segmenter, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    choices, percentile = resolve_choices(args), resolve_percentile(args)
+    choices = resolve_choices(args.eval_metrics, args.threshold, args.postprocess, args.tta)
+    percentile = resolve_percentile(args.percentile, args.params, "--percentile")
     if args.inputs:
         check_free(args.out, args.overwrite, "--out")
     if args.export is not None:
@@ -187,5 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     return run_predict(segmenter, args) if args.inputs else EXIT_OK
 
 
-if __name__ == "__main__":
+def command() -> None:
+    """The console script tumorseg-predict (pyproject.toml), same as python -m tumorseg.serve.predict."""
     run("predict", main)
+
+
+if __name__ == "__main__":
+    command()

@@ -7,8 +7,8 @@
 
 Each slice goes through tumorseg.data.preprocess.preprocess_image (the resize and normalisation of
 training); its probability map is resized back to the slice's own size, then thresholded and
-post-processed as evaluate chose (tumorseg.evaluate.choices); its confidence and review flag come from
-tumorseg.evaluate.confidence.score_slices on the model-resolution map, as in evaluate.
+post-processed as evaluate chose (tumorseg.evaluate.choices.Choices.masks); its confidence and review flag
+come from Choices.score on the model-resolution map, as in evaluate.
 """
 
 from collections.abc import Sequence
@@ -19,13 +19,12 @@ import numpy as np
 
 from tumorseg import LABEL_NAMES
 from tumorseg.config import ConfigError, load_params
-from tumorseg.data.arrays import InputError
 from tumorseg.data.preprocess import preprocess_image, resize_probabilities
+from tumorseg.errors import InputError
 from tumorseg.evaluate.choices import Choices
-from tumorseg.evaluate.confidence import score_slices
-from tumorseg.evaluate.metrics import binarize
 from tumorseg.evaluate.postprocess import PostProcess
-from tumorseg.model.prediction import DEFAULT_BATCH_SIZE, MASK_OUTPUT, has_type_head, predict
+from tumorseg.model.outputs import MASK_OUTPUT, has_type_head
+from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, predict
 from tumorseg.serve.readers import read_scan
 
 DEFAULT_PERCENTILE = 99.5
@@ -62,7 +61,7 @@ def segmentation_model(model_path: str | Path):
 
         model = OnnxModel(model_path)
     else:
-        from tumorseg.model.inference import load_model  # Keras, and with it TensorFlow
+        from tumorseg.model.load import load_model  # Keras, and with it TensorFlow
 
         model = load_model(model_path)
     input_shape, output_shape = getattr(model, "input_shape", None), getattr(model, "output_shape", None)
@@ -162,13 +161,12 @@ class Segmenter:
         inputs = np.stack([preprocess_image(image, self.size, self.percentile) for image in images])
         found = predict(self.model, inputs, np.arange(len(inputs)), self.batch_size, self.choices.tta)
         chosen = self.choices
-        scores, _ = score_slices(found.probabilities, found.agreement, found.types, chosen.threshold,
-                                 chosen.postprocess, chosen.confidence)
+        _, scores, _ = chosen.score(found)  # at the model's resolution, as in evaluate
         flags = chosen.confidence.flags(scores)
         results = []
         for i, image in enumerate(images):
             probabilities = resize_probabilities(found.probabilities[i], image.shape)
-            mask = chosen.postprocess.apply(binarize(probabilities, chosen.threshold))
+            mask = chosen.masks(probabilities)
             kind, kind_probability = None, None
             if found.types is not None:
                 best = int(np.argmax(found.types[i]))

@@ -1,5 +1,5 @@
 """Keras callbacks of the train stage: the mask's metrics under their usual names, the learning rate in the
-logs, DVCLive curves per epoch, and a checkpoint that ignores a warm-up."""
+logs, DVCLive curves per epoch, a checkpoint that ignores a warm-up, and the backup of one training phase."""
 
 import time
 
@@ -60,6 +60,21 @@ class CheckpointFromEpoch(keras.callbacks.ModelCheckpoint):
             super().on_epoch_end(epoch, logs)
 
 
+class PhaseBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore for one of several fit() calls on the same model (tumorseg.train.phases).
+
+    When it restores an interrupted run, Keras's BackupAndRestore hands the restored epoch to fit() through
+    the model's private `_initial_epoch` (Keras 3: set in on_train_begin, read by Trainer.fit) and never
+    clears it, so an epoch restored in one phase would override the next phase's `initial_epoch`. Keras
+    has no public way to clear it; this is the one place the project touches the attribute: cleared when
+    this phase's fit ends.
+    """
+
+    def on_train_end(self, logs=None):
+        super().on_train_end(logs)
+        self.model._initial_epoch = None
+
+
 def finite_weights(model: keras.Model) -> bool:
     """Whether every weight of the model is a finite number."""
     return all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
@@ -67,7 +82,7 @@ def finite_weights(model: keras.Model) -> bool:
 
 class StopAtDeadline(keras.callbacks.Callback):
     """Ends training after the epoch during which time.monotonic() passed `deadline`; the best epoch so far
-    is kept as usual. For a machine lent for a fixed time (benchmarks/gpu_cv.py)."""
+    is kept as usual. For a machine lent for a fixed time (tumorseg.experiments.offline_cv)."""
 
     def __init__(self, deadline: float) -> None:
         super().__init__()

@@ -50,22 +50,36 @@ def get_strategy(name: str):
     return tf.distribute.get_strategy()
 
 
-def has_accelerator() -> bool:
-    """Whether the Keras backend in use computes on a GPU."""
+def accelerator() -> tuple[str, float] | None:
+    """(name, peak memory in MiB) of the GPU the backend computes on, or None without one."""
     backend = keras.backend.backend()
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        return bool(tf.config.list_physical_devices("GPU"))
     if backend == "jax":
         import jax
 
-        return jax.default_backend() != "cpu"
+        device = jax.devices()[0]
+        if device.platform == "cpu":
+            return None
+        return device.device_kind, (device.memory_stats() or {}).get("peak_bytes_in_use", 0) / 2**20
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        if not gpus:
+            return None
+        name = tf.config.experimental.get_device_details(gpus[0]).get("device_name", "GPU")
+        return name, tf.config.experimental.get_memory_info("GPU:0")["peak"] / 2**20
     if backend == "torch":
         import torch
 
-        return torch.cuda.is_available()
-    return False
+        if not torch.cuda.is_available():
+            return None
+        return torch.cuda.get_device_name(0), torch.cuda.max_memory_allocated() / 2**20
+    return None
+
+
+def has_accelerator() -> bool:
+    """Whether the Keras backend in use computes on a GPU."""
+    return accelerator() is not None
 
 
 def make_deterministic(seed: int) -> None:

@@ -30,6 +30,7 @@ from tumorseg.train.callbacks import (
     EpochDVCLiveCallback,
     LearningRateLogger,
     MaskMetricNames,
+    PhaseBackupAndRestore,
 )
 from tumorseg.train.devices import (
     check_backend,
@@ -171,7 +172,7 @@ def phase_callbacks(phase: Phase, last: bool, train: Train, loss: BceDiceLoss, w
         keras.callbacks.CSVLogger(history_csv, append=True),
         # a phase followed by another keeps its backup: interrupted before the next phase's first
         # backup, the run resumes from the end of this one
-        keras.callbacks.BackupAndRestore(work_dir / phase.backup, delete_checkpoint=last),
+        PhaseBackupAndRestore(work_dir / phase.backup, delete_checkpoint=last),
         *([EpochDVCLiveCallback(live=live)] if live else []),
     ]
     if train.early_stopping_patience > 0:
@@ -208,9 +209,6 @@ def fit_phases(model: keras.Model, loss: BceDiceLoss, params: Params, batches: C
                 model.optimizer.iterations.assign(phase.first * steps_per_epoch)
         callbacks = phase_callbacks(phase, phase is phases[-1], params.train, loss, work_dir, live,
                                     schedule_callbacks) + list(extra_callbacks)
-        # BackupAndRestore passes the restored epoch to fit() in this attribute, which Keras never
-        # clears: reset it, or an epoch restored in the frozen phase would override the next start.
-        model._initial_epoch = None
         with strategy.scope():
             model.fit(train_data, validation_data=val_data, initial_epoch=phase.first, epochs=phase.end,
                       callbacks=callbacks, shuffle=False,  # train_data shuffles itself, seeded
@@ -223,7 +221,7 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
     """Fit the model of `params` on the split's train slices; returns the metrics written to paths.metrics.
 
     dvclive=False: no DVCLive curves in paths.plots (the CSV history and curves.png stay), for machines
-    without DVC, such as an offline GPU machine (benchmarks/gpu_cv.py)."""
+    without DVC, such as an offline GPU machine (tumorseg.experiments.offline_cv)."""
     train_params, model_params = params.train, params.model
     check_backend(train_params.strategy)
     check_encoder(model_params.encoder, model_params.encoder_weights, params.data.image_size, model_params.depth)

@@ -18,7 +18,7 @@ around both:
   `strategy.reduce("MEAN", value, axis=0)`, which fails on scalars: the patched
   reduction averages them across replicas with axis=None.
 Both touch private Keras code, imported only under this strategy;
-tests/test_strategy.py fails when a Keras release changes it.
+tests/train/test_strategy.py fails when a Keras release changes it.
 """
 
 import hashlib

@@ -1,30 +1,31 @@
-"""Cross-validation of the GPU recipe on the official folds: trained on a GPU machine, scored here.
+"""Cross-validation trained on another machine, offline, and scored here: the GPU recipe on the official folds.
 
-The GPU machine (benchmarks/gpu_cv.sh) is offline, lent for minutes, and takes at most 64 MiB of files, so
-the work is cut in three, each a subcommand:
+A GPU machine without network that takes at most 64 MiB of files and runs for minutes cannot run the
+pipeline, so the work is cut in three, each a subcommand (also the console script tumorseg-offline-cv):
 
-    python benchmarks/gpu_cv.py pack            # here: gpu_cv/ = the dev set packed + each fold's split + params
-    bash benchmarks/gpu_cv.sh                   # there: trains every fold, writes $OUT/fold<k>.npz (predictions)
-    python benchmarks/gpu_cv.py score --predictions DIR   # here: the evaluate stage's scores per fold, the summary
+    python -m tumorseg.experiments.offline_cv pack     # here: gpu_cv/ = the dev set packed + each fold's split + params
+    bash benchmarks/gpu_session.sh                     # there: ... offline_cv train: every fold, $OUT/fold<k>.npz
+    python -m tumorseg.experiments.offline_cv score --predictions DIR   # here: evaluate's scores per fold, the summary
 
 pack converts the slices of --source at the recipe's size (recipes/gpu.yaml by default) with the project's
 own conversion, packs them (tumorseg.data.packed: JPEG quality 95, about 45 MiB at 256x256) and writes the
 split of each official fold present (split.scheme=cvind, split.fold=k, the split stage's code), so the
-GPU machine needs neither the .mat files nor cvind.mat. train (run there by gpu_cv.sh) unpacks the slices,
-trains each fold with the train stage's code under KERAS_BACKEND=jax (tumorseg.train.loop.train, DVCLive
-off: DVC is not installed there), several folds at once on the one GPU, stops each fold at --deadline
-seconds (keeping its best epoch so far), and predicts its val and test slices (the flips of evaluate.tta)
-into fold<k>.npz (tumorseg.evaluate.stored: uint8 probabilities, about a 1/510 error). score converts the
-slices here again from the original files (no JPEG), and runs the evaluate stage's own choosing and scoring
-(tumorseg.evaluate.report.evaluate_stored: threshold, post-processing and confidence model on val, test
-scored, native-resolution Dice against the .mat files), then the project's summary across the folds.
+other machine needs neither the .mat files nor cvind.mat. train (run there by benchmarks/gpu_session.sh)
+unpacks the slices, trains each fold with the train stage's code under KERAS_BACKEND=jax
+(tumorseg.train.loop.train, DVCLive off: DVC is not installed there), several folds at once on the one
+GPU, stops each fold at --deadline seconds (keeping its best epoch so far), and predicts its val and test
+slices (the flips of evaluate.tta) into fold<k>.npz (tumorseg.evaluate.stored: uint8 probabilities, about
+a 1/510 error). score converts the slices here again from the original files (no JPEG), and runs the
+evaluate stage's own choosing and scoring (tumorseg.evaluate.report.evaluate_stored: threshold,
+post-processing and confidence model on val, test scored, native-resolution Dice against the .mat files),
+then the project's summary across the folds.
 
-    python benchmarks/gpu_cv.py pack --quick    # a dry run: 32x32 slices, a tiny model, 2 epochs
-    bash benchmarks/gpu_cv.sh quick             # then the device part on this CPU (needs jax and keras)
-    python benchmarks/gpu_cv.py score --predictions gpu_cv/out
+    python -m tumorseg.experiments.offline_cv pack --quick --work /tmp/gpu_cv_quick   # a dry run: 32x32, tiny model
+    WORK=/tmp/gpu_cv_quick bash benchmarks/gpu_session.sh quick    # the other machine's part here (needs jax)
+    python -m tumorseg.experiments.offline_cv score --work /tmp/gpu_cv_quick --predictions /tmp/gpu_cv_quick/out
 
-Where a model file would be handier: the reference U-Net is 91 MB per fold in float32, above the 16 MiB per
-file that the device returns; the predictions of a fold are a few MiB.
+Why predictions and not model files come back: the reference U-Net is 91 MB per fold in float32, above
+the 16 MiB per file such a machine returns; the predictions of a fold are a few MiB.
 """
 
 import argparse
@@ -38,15 +39,16 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 import numpy as np
 
+from tumorseg.cli import program_name, run
 from tumorseg.config import load_params
 from tumorseg.data import packed
+from tumorseg.errors import InputError
 
-FOLDS_SOURCE = REPO.parent / "shared" / "data" / "figshare-folds" / "mat"
+FOLDS_SOURCE = Path("../shared/data/figshare-folds/mat")  # the real dev set beside the repository
+WORK = Path("gpu_cv")  # git-ignored
+MODULE = "tumorseg.experiments.offline_cv"
 QUICK = {"data.image_size": 32, "model.filters": 4, "model.depth": 2, "train.epochs": 2, "train.batch_size": 32,
          "train.precision": "float32"}
 
@@ -71,8 +73,8 @@ def pack(args) -> None:
     from tumorseg.experiments.recipe import load_recipe
 
     source, work = Path(args.source), Path(args.work)
-    overrides = {**load_recipe(args.recipe, REPO / "recipes", REPO / "params.yaml"), **(QUICK if args.quick else {})}
-    params = load_params(REPO / "params.yaml").replaced({**overrides, "split.scheme": "cvind"})
+    overrides = {**load_recipe(args.recipe), **(QUICK if args.quick else {})}
+    params = load_params().replaced({**overrides, "split.scheme": "cvind"})
     work.mkdir(parents=True, exist_ok=True)
     (work / "params.yaml").write_text(json.dumps(params.model_dump(), indent=1))  # JSON is YAML
     with tempfile.TemporaryDirectory() as tmp:
@@ -112,7 +114,7 @@ def train(args) -> None:
         for fold in folds:
             while len(running) >= args.parallel:
                 running = _reap(running, results)
-            command = [sys.executable, __file__, "train-fold", "--work", str(work), "--numpy", str(scratch / "numpy"),
+            command = [sys.executable, "-m", MODULE, "train-fold", "--work", str(work), "--numpy", str(scratch / "numpy"),
                        "--fold", str(fold), "--out", str(out), "--deadline-at", str(deadline)]
             fold_log = open(scratch / f"fold{fold}.log", "w")
             running.append((fold, subprocess.Popen(command, env=environment, stdout=fold_log,
@@ -127,7 +129,7 @@ def train(args) -> None:
     print(json.dumps(summary, indent=1))
     shutil.rmtree(scratch, ignore_errors=True)
     if any(code != 0 for code in results.values()):
-        sys.exit(f"a fold failed: see {log}")
+        raise InputError(f"{log}: a fold failed; its log is there.")
 
 
 def _reap(running, results):
@@ -156,7 +158,7 @@ def train_fold(args) -> None:
 
     from tumorseg.data.arrays import load_arrays, read_split, subset_positions
     from tumorseg.evaluate.stored import save_predictions
-    from tumorseg.model.prediction import predict
+    from tumorseg.model.probabilities import predict
     from tumorseg.train.callbacks import StopAtDeadline
     from tumorseg.train.loop import TrainPaths, train
 
@@ -185,21 +187,19 @@ def train_fold(args) -> None:
               "stopped_at_deadline": stop.stopped_at, "train_slices": train_rows,
               # compilation and validation included
               "train_slices_per_s": round(train_rows * metrics["epochs"] / train_s, 1),
-              "backend": keras.backend.backend(), **_accelerator()}
+              "backend": keras.backend.backend(), **device_summary()}
     (out / f"fold{fold}.json").write_text(json.dumps(result))
     print(json.dumps(result))
 
 
-def _accelerator():
-    import keras
+def device_summary() -> dict[str, object]:
+    """The GPU trained on and its peak memory, or the CPU."""
+    from tumorseg.train.devices import accelerator
 
-    if keras.backend.backend() != "jax":
+    gpu = accelerator()
+    if gpu is None:
         return {"device": platform.processor() or platform.machine()}
-    import jax
-
-    device = jax.devices()[0]
-    stats = device.memory_stats() or {}
-    return {"device": device.device_kind, "peak_memory_mib": round(stats.get("peak_bytes_in_use", 0) / 2**20)}
+    return {"device": gpu[0], "peak_memory_mib": round(gpu[1])}
 
 
 # -------------------------------------------------------------------------------------------------- score
@@ -221,7 +221,8 @@ def score(args) -> None:
     run = json.loads((predictions / "gpu_cv.json").read_text()) if (predictions / "gpu_cv.json").is_file() else {}
     folds = sorted(int(path.stem.removeprefix("fold")) for path in predictions.glob("fold*.npz"))
     if not folds:
-        sys.exit(f"{predictions}: no fold<k>.npz: copy the files that benchmarks/gpu_cv.sh wrote to $OUT there.")
+        raise InputError(f"{predictions}: no fold<k>.npz; copy there the files that offline_cv train wrote to its "
+                         "--out ($OUT of benchmarks/gpu_session.sh).")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         numpy_dir = Path(tmp) / "numpy"
@@ -247,19 +248,19 @@ def score(args) -> None:
     print(f"wrote {out}/fold<k>/eval.json and plots/, folds.csv, summary.csv, summary.png")
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=program_name(MODULE), description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("pack", help="here: pack the dev set, each fold's split and the params into --work")
     p.add_argument("--source", default=str(FOLDS_SOURCE), help="folder of N.mat files and cvind.mat")
     p.add_argument("--recipe", default="gpu", help="recipe applied to params.yaml (default: recipes/gpu.yaml)")
-    p.add_argument("--work", default=str(REPO / "gpu_cv"))
+    p.add_argument("--work", default=str(WORK))
     p.add_argument("--format", choices=packed.FORMATS, default="jpeg")
     p.add_argument("--quality", type=int, default=95, help="JPEG quality")
     p.add_argument("--quick", action="store_true", help="a dry run: 32x32 slices, a tiny model, 2 epochs")
     t = commands.add_parser("train", help="on the GPU machine: train and predict every fold of --work")
-    t.add_argument("--work", default=str(REPO / "gpu_cv"))
-    t.add_argument("--out", default=os.environ.get("OUT", str(REPO / "gpu_cv" / "out")))
+    t.add_argument("--work", default=str(WORK))
+    t.add_argument("--out", default=os.environ.get("OUT", str(WORK / "out")))
     t.add_argument("--folds", type=int, nargs="*", help="split.fold values (default: every split-fold<k>.csv)")
     t.add_argument("--parallel", type=int, default=4, help="folds trained at once on the one GPU")
     t.add_argument("--deadline", type=float, default=420.0,
@@ -271,12 +272,18 @@ def main(argv=None) -> None:
     f.add_argument("--deadline-at", type=float, required=True)
     s = commands.add_parser("score", help="here: score the predictions brought back with the evaluate stage's code")
     s.add_argument("--source", default=str(FOLDS_SOURCE))
-    s.add_argument("--work", default=str(REPO / "gpu_cv"))
+    s.add_argument("--work", default=str(WORK))
     s.add_argument("--predictions", required=True, help="folder of the fold<k>.npz and gpu_cv.json brought back")
-    s.add_argument("--out", default=str(REPO / "gpu_cv" / "scores"))
+    s.add_argument("--out", default=str(WORK / "scores"))
     args = parser.parse_args(argv)
     {"pack": pack, "train": train, "train-fold": train_fold, "score": score}[args.command](args)
+    return 0
+
+
+def command() -> None:
+    """The console script tumorseg-offline-cv (pyproject.toml), same as python -m tumorseg.experiments.offline_cv."""
+    run("offline_cv", main)
 
 
 if __name__ == "__main__":
-    main()
+    command()

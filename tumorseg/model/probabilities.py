@@ -1,8 +1,8 @@
-"""Predict tumour probabilities in batches, with test-time flips: the same code for a Keras model and for
-an ONNX file run by onnxruntime (tumorseg.serve.onnx_model), so it imports neither Keras nor TensorFlow.
+"""A model's tumour probabilities for many slices, in batches, averaged over test-time flips: the same code
+for a Keras model and for an ONNX file run by onnxruntime (tumorseg.serve.onnx_model), so it imports
+neither Keras nor TensorFlow.
 
-A model here is anything with `predict_on_batch(batch)` returning the mask probabilities (N, S, S, 1), or a
-dict of them under MASK_OUTPUT and the type probabilities under TYPE_OUTPUT, and `output_names`.
+A model here is anything with `predict_on_batch(batch)` and `output_names` (tumorseg.model.outputs).
 """
 
 from dataclasses import dataclass
@@ -11,9 +11,9 @@ import numpy as np
 from tqdm import tqdm
 
 from tumorseg import LABEL_NAMES
-from tumorseg.data.arrays import InputError
+from tumorseg.errors import InputError
+from tumorseg.model.outputs import has_type_head, split_outputs
 
-MASK_OUTPUT, TYPE_OUTPUT = "mask", "tumor_type"  # the names of the model's outputs (tumorseg.model.unet)
 DEFAULT_BATCH_SIZE = 32
 # test-time augmentation: the flips (axes of a (N, S, S, 1) batch) whose predictions are averaged
 # (vertical flips were measured to hurt on real MRI, whose up-down asymmetry the model relies on)
@@ -24,18 +24,6 @@ def check_tta(tta: str, source: str = "evaluate.tta") -> str:
     if tta not in TTA_FLIPS:
         raise InputError(f"{source} must be one of {', '.join(TTA_FLIPS)}, got {tta!r}.")
     return tta
-
-
-def has_type_head(model) -> bool:
-    """Whether the model also predicts the tumour type (model.classify)."""
-    return TYPE_OUTPUT in getattr(model, "output_names", ())
-
-
-def split_outputs(outputs: np.ndarray | dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray | None]:
-    """(mask probabilities, type probabilities or None) of a model's outputs for one batch."""
-    if isinstance(outputs, dict):
-        return np.asarray(outputs[MASK_OUTPUT], np.float32), np.asarray(outputs[TYPE_OUTPUT], np.float32)
-    return np.asarray(outputs, dtype=np.float32), None
 
 
 @dataclass(frozen=True)

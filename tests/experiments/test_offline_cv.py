@@ -1,5 +1,6 @@
-"""benchmarks/gpu_cv.py end to end on synthetic slices, as the GPU run is prepared, run and scored: pack here,
-train and predict (as on the device: no DVC curves, several folds at once), score with evaluate's code."""
+"""tumorseg.experiments.offline_cv end to end on synthetic slices, as the GPU run is prepared, run and scored:
+pack here, train and predict (as on the other machine: no DVC curves, several folds at once), score with
+evaluate's code."""
 
 import importlib.util
 import json
@@ -16,13 +17,12 @@ from tumorseg.data.synthetic import write_dataset
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-SCRIPT = REPO / "benchmarks" / "gpu_cv.py"
 
 
 def run(*args, backend="tensorflow"):
     env = {**os.environ, "KERAS_BACKEND": backend, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    result = subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
-                            env=env, timeout=900)
+    result = subprocess.run([sys.executable, "-m", "tumorseg.experiments.offline_cv", *map(str, args)], cwd=REPO,
+                            capture_output=True, text=True, env=env, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 

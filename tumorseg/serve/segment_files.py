@@ -52,7 +52,7 @@ def failure_reason(path: str | Path, error: BaseException) -> str:
     return text[len(prefix):] if text.startswith(prefix) else f"{type(error).__name__}: {text}"
 
 
-def segment_inputs(segmenter: Segmenter, inputs: Iterable[tuple[Path, str]], out_dir: Path,
+def segment_files(segmenter: Segmenter, inputs: Iterable[tuple[Path, str]], out_dir: Path,
                    axis: int = 2) -> tuple[list[dict[str, object]], list[tuple[Path, str]]]:
     """Read, segment and write every (path, output stem) of `inputs` (NIfTI sliced along voxel `axis`); a
     file that fails is reported and skipped. Returns (summary rows, [(path, reason)] of the failures)."""

@@ -1,4 +1,4 @@
-"""Load a trained Keras model for inference (prediction itself: tumorseg.model.prediction)."""
+"""Load a trained Keras model file for inference (its predictions: tumorseg.model.probabilities)."""
 
 import zipfile
 from pathlib import Path
@@ -6,7 +6,8 @@ from pathlib import Path
 import keras
 
 import tumorseg.model.losses  # noqa: F401  registers the custom loss and metric
-from tumorseg.data.arrays import InputError
+from tumorseg.errors import InputError
+
 
 def load_model(model_path: str | Path) -> keras.Model:
     """Load the Keras model for inference, or raise naming the file and the fix."""
