@@ -14,7 +14,7 @@ from tests.helpers import make_params
 REPO = Path(__file__).resolve().parents[1]
 STAGES = ("download", "mat_to_numpy", "split", "train", "evaluate", "render_samples")
 # The marks of every DVC test file. One pytest-xdist worker runs those files in turn (xdist_group): the
-# queue and remote tests start from a copy of the project that tests/test_pipeline.py reproduced.
+# queue and remote tests start from a copy of the project that tests/e2e/test_pipeline.py reproduced.
 DVC_TEST_MARKS = [pytest.mark.skipif(shutil.which("git") is None, reason="git is needed to run DVC"),
                   pytest.mark.slow, pytest.mark.xdist_group("dvc-projects")]
 # Two-fold cross-validation needs at least one validation patient per class in each training part:

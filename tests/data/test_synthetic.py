@@ -102,7 +102,9 @@ def test_border_points_lie_on_the_mask_boundary(dataset):
 
 @pytest.mark.skipif(not (REAL_SAMPLE / "mat").is_dir(), reason=f"real figshare sample not found at {REAL_SAMPLE}")
 def test_border_check_holds_on_the_real_sample():
-    for path in sorted((REAL_SAMPLE / "mat").glob("*.mat")):
+    paths = sorted((REAL_SAMPLE / "mat").glob("*.mat"))
+    assert len(paths) == 60, "the shared sample holds 60 slices"
+    for path in paths:
         distances = border_distances(read_slice(path))
         assert distances.max() <= 3 and np.median(distances) <= 1, path.name
 

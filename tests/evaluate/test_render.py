@@ -1,3 +1,5 @@
+import colorsys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -7,7 +9,9 @@ from tests.helpers import identity_model, make_params
 from tumorseg import LABEL_NAMES
 from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.render import (
+    ALPHA,
     DPI,
+    ERROR_COLORS,
     GRID_CELL,
     GRID_MARGIN,
     SAMPLE_FIGSIZE,
@@ -124,13 +128,20 @@ def test_select_samples_is_seeded_sorted_and_capped():
     assert only_glioma[2] == first[2] and only_glioma[1] == []
 
 
-def test_error_view_colours_each_outcome():
+def test_error_view_colours_each_outcome_as_the_readme_says():
+    # README: green = true positive, orange = false positive, blue = false negative
     image = np.zeros((1, 4))
     truth = np.array([[1, 1, 0, 0]], bool)
     pred = np.array([[1, 0, 1, 0]], bool)
     rgb = error_view(image, truth, pred)
     tp, fn, fp, tn = rgb[0]
-    assert len({tuple(tp), tuple(fp), tuple(fn)}) == 3
+    np.testing.assert_allclose(tp, ALPHA * np.array(ERROR_COLORS["true positive"]))
+    np.testing.assert_allclose(fp, ALPHA * np.array(ERROR_COLORS["false positive"]))
+    np.testing.assert_allclose(fn, ALPHA * np.array(ERROR_COLORS["false negative"]))
+    hue = {name: colorsys.rgb_to_hsv(*colour)[0] * 360 for name, colour in ERROR_COLORS.items()}
+    assert 120 <= hue["true positive"] <= 180  # green (bluish)
+    assert 15 <= hue["false positive"] <= 45  # orange (vermillion)
+    assert 190 <= hue["false negative"] <= 240  # blue (sky)
     np.testing.assert_array_equal(tn, [0, 0, 0])
 
 
