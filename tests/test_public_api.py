@@ -1,6 +1,6 @@
 """The public face: what a user imports from tumorseg, and the console scripts people type."""
 
-import importlib.metadata
+import importlib
 import shutil
 import subprocess
 import sys
@@ -23,7 +23,7 @@ def test_the_public_names_are_the_defining_modules_own():
     assert tumorseg.InputError is InputError
     assert set(tumorseg.__all__) <= set(dir(tumorseg))
     with pytest.raises(AttributeError, match="no attribute 'Segmentr'"):
-        tumorseg.Segmentr  # noqa: B018
+        getattr(tumorseg, "Segmentr")  # a misspelt name
 
 
 def test_importing_the_package_does_not_load_the_serving_code():
@@ -41,8 +41,7 @@ def test_each_console_script_points_at_a_command_of_the_exit_convention(script):
 
 
 def test_the_installed_recipe_script_lists_the_recipes():
-    installed = {entry.name for entry in importlib.metadata.entry_points(group="console_scripts")}
-    if not set(SCRIPTS) <= installed or shutil.which("tumorseg-recipe") is None:
+    if shutil.which("tumorseg-recipe") is None:
         pytest.skip("console scripts not installed: pip install -e . (the README's set-up does)")
     found = subprocess.run(["tumorseg-recipe", "--list"], cwd=ROOT, capture_output=True, text=True)
     assert found.returncode == 0 and "cpu" in found.stdout.split()
