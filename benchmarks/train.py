@@ -39,7 +39,8 @@ from tumorseg.config import load_params
 from tumorseg.data.phantoms import phantom_arrays
 from tumorseg.experiments.recipe import load_recipe
 from tumorseg.model.build import build_model, compile_model, make_loss
-from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT, one_hot_types
+from tumorseg.model.outputs import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.model.unet import one_hot_types
 from tumorseg.train.batches import make_batches
 from tumorseg.train.devices import accelerator, cpu_flags, cpu_summary
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from tumorseg.config import Augment
-from tumorseg.model.unet import MASK_OUTPUT, TYPE_OUTPUT
+from tumorseg.model.outputs import MASK_OUTPUT, TYPE_OUTPUT
 from tumorseg.train.batches import ArrayBatches
 from tumorseg.train.tfdata import make_dataset
 

@@ -7,7 +7,14 @@ batches through keras.utils.PyDataset, with the same augmentations applied
 in numpy and scipy (same settings, same order: flips, zoom, rotation,
 brightness, contrast; geometric ones move image and mask together and keep
 the mask binary). The two draw different random numbers, so runs are
-reproducible within a backend, not across backends.
+reproducible within a backend, not across backends; tests/train/test_pipelines_agree.py holds them in step.
+
+Why two, for now: the JAX GPU image has no TensorFlow, so tf.data cannot be the only path. Keras 3's image
+preprocessing layers (RandomFlip, RandomZoom, RandomRotation, RandomBrightness, RandomContrast; masks
+moved with nearest interpolation) run on every backend and could be the one implementation, but they draw
+and interpolate differently: replacing these changes the CPU recipe's training, whose figures were
+measured over four official folds with these augmentations, so it is a recipe change to measure on
+validation like any other (docs/results.md, "Next candidates"), not a refactor.
 """
 
 import math
@@ -19,7 +26,8 @@ import numpy as np
 from scipy import ndimage
 
 from tumorseg.config import Augment, Crop
-from tumorseg.model.unet import MASK_OUTPUT, batch_target, one_hot_types
+from tumorseg.model.outputs import MASK_OUTPUT
+from tumorseg.model.unet import batch_target, one_hot_types
 
 
 def make_batches(images: np.ndarray, masks: np.ndarray, batch_size: int, training: bool = False,

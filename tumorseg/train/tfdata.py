@@ -7,7 +7,8 @@ import numpy as np
 import tensorflow as tf
 
 from tumorseg.config import Augment, Crop
-from tumorseg.model.unet import MASK_OUTPUT, batch_target, one_hot_types
+from tumorseg.model.outputs import MASK_OUTPUT
+from tumorseg.model.unet import batch_target, one_hot_types
 
 
 def _flip(image, mask, seed, axis):
