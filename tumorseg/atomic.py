@@ -47,9 +47,12 @@ def _usual_permissions(path, folder=False):
 
 
 @contextlib.contextmanager
-def atomic_file(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; rename it to `path` on success."""
-    path = _through_link(path)
+def atomic_file(path: str | Path, follow_link: bool = True) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it to `path` on success. A symbolic link at `path` is
+    followed (its target replaced: DVC may link a pipeline's outputs into its cache) unless `follow_link` is
+    False, for outputs into a folder the user chose, where the link itself is replaced and what it points to
+    is left alone."""
+    path = _through_link(path) if follow_link else Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path)
     # the temporary keeps the suffix, for writers that choose the format by it (Keras: .keras)

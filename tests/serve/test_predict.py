@@ -281,6 +281,35 @@ def test_an_overwrite_rerun_reports_only_its_own_failures(tmp_path, model_path):
     assert [row["mask_png"] for row in read_rows(out)] == ["a_mask.png"]
 
 
+def test_an_overwrite_rerun_replaces_links_in_the_output_folder_not_what_they_point_to(tmp_path, model_path):
+    write_png(tmp_path / "a.png", (30, 30))
+    victim, out = tmp_path / "victim", tmp_path / "out"
+    victim.mkdir()
+    out.mkdir()
+    for name in ("notes.txt", "table.txt", "picture.txt"):
+        (victim / name).write_text(f"keep {name}")
+    (out / "a_mask.png").symlink_to("../victim/notes.txt")
+    (out / "summary.csv").symlink_to(victim / "table.txt")
+    (out / "a_overlay.png").symlink_to(victim / "picture.txt")
+    assert predict(["a.png", "--out", str(out), "--model", str(model_path), "--overwrite"]) == 0
+    assert {path.name: path.read_text() for path in victim.iterdir()} == {
+        "notes.txt": "keep notes.txt", "table.txt": "keep table.txt", "picture.txt": "keep picture.txt"}
+    for name in ("a_mask.png", "a_overlay.png", "summary.csv"):
+        assert not (out / name).is_symlink() and (out / name).is_file()
+    assert png_shape(out / "a_mask.png") == (30, 30) and read_rows(out)[0]["mask_png"] == "a_mask.png"
+
+
+def test_a_file_name_that_a_spreadsheet_would_run_is_escaped_in_the_tables(tmp_path, model_path):
+    write_png(tmp_path / "=HYPERLINK(1).png", (30, 30))
+    (tmp_path / "@broken.png").write_bytes(b"not a png")
+    assert predict(["=HYPERLINK(1).png", "@broken.png", "--out", "out", "--model", str(model_path)]) == 1
+    row = read_rows(tmp_path / "out")[0]
+    assert row["input"] == "'=HYPERLINK(1).png" and row["mask_png"] == "'=HYPERLINK(1)_mask.png"
+    assert (tmp_path / "out" / "=HYPERLINK(1)_mask.png").is_file()  # the file keeps its name
+    failures = (tmp_path / "out" / "failures.csv").read_text().splitlines()
+    assert failures[1].startswith("'@broken.png,")
+
+
 def test_unsupported_file_named_explicitly_fails(tmp_path, model_path, capsys):
     (tmp_path / "notes.txt").write_text("not a scan")
     good = write_png(tmp_path / "good.png", (30, 30))

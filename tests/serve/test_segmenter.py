@@ -87,5 +87,54 @@ def test_a_file_of_several_slices_needs_scan(identity, tmp_path):
 def test_bad_settings_and_slices_are_refused(identity):
     with pytest.raises(InputError, match="percentile 0 must be a number in"):
         Segmenter.load(identity, eval_metrics=None, params=None, percentile=0)
-    with pytest.raises(InputError, match="2-D slices"):
+    with pytest.raises(InputError, match="expected a 2-D image"):
         Segmenter.load(identity, eval_metrics=None, params=None).batch([np.zeros((4, 4, 3))])
+
+
+@pytest.fixture(scope="module")
+def small_unet(tmp_path_factory):
+    """A small U-Net with seeded random weights: real convolutions, through which one NaN reaches every pixel."""
+    keras.utils.set_random_seed(3)
+    path = tmp_path_factory.mktemp("unet") / "unet.keras"
+    build_unet(SIZE, depth=2, filters=4).save(path)
+    return Segmenter.load(path, eval_metrics=None, params=None)
+
+
+@pytest.mark.parametrize("dtype, bad", [(np.float32, np.nan), (np.float32, -np.inf), (np.float16, np.inf),
+                                        (np.float64, 1e300)])
+def test_a_non_finite_pixel_counts_as_zero_not_as_an_empty_confident_mask(small_unet, dtype, bad):
+    image = blob_image().astype(dtype)
+    image[3, 5] = 0
+    clean = small_unet(image)
+    image[3, 5] = bad
+    found = small_unet(image)
+    assert np.isfinite(found.probabilities).all() and np.isfinite(found.confidence)
+    np.testing.assert_array_equal(found.mask, clean.mask)
+    assert found.confidence == pytest.approx(clean.confidence)
+
+
+def test_a_slice_the_model_cannot_score_is_flagged_for_review(tmp_path):
+    model = keras.Sequential([keras.Input((SIZE, SIZE, 1)),
+                              keras.layers.Conv2D(1, 1, kernel_initializer=keras.initializers.Constant(np.nan))])
+    model.save(tmp_path / "broken.keras")  # every output NaN, as from weights that diverged
+    result = Segmenter.load(tmp_path / "broken.keras", eval_metrics=None, params=None)(blob_image())
+    assert not result.mask.any() and result.review
+    assert ConfidenceModel(review_threshold=0.2).flags(np.array([np.nan, 0.1, 0.3])).tolist() == [True, True, False]
+
+
+@pytest.mark.parametrize("spacing", [(-0.5, 0.5), (0.0, 1.0), (np.nan, 1.0), (1.0, np.inf), (0.5, 0.5, 1.0),
+                                     ("a", "b"), 0.5, (500.0, 1.0)])
+def test_an_impossible_spacing_is_refused(identity, spacing):
+    segmenter = Segmenter.load(identity, eval_metrics=None, params=None)
+    with pytest.raises(InputError, match=r"slice 0: pixel spacing .* is not a pair of positive sizes"):
+        segmenter(blob_image(), spacing=spacing)
+
+
+@pytest.mark.parametrize("image", [blob_image().astype(np.complex64), np.full((8, 8), "12"),
+                                   np.zeros((8, 8), dtype=[("a", "i4"), ("b", "f4")]),
+                                   np.zeros((8, 8), dtype="datetime64[s]"), np.zeros((8, 8), dtype=object)])
+def test_a_slice_that_is_not_real_numbers_is_refused(identity, image):
+    segmenter = Segmenter.load(identity, eval_metrics=None, params=None)
+    with pytest.raises(InputError, match=f"slice 0: pixel type .* is not a real number type"):
+        segmenter(image)
+

@@ -85,8 +85,9 @@ class ConfidenceModel:
         return 1.0 / (1.0 + np.exp(-np.clip(logits, -500, 500)))
 
     def flags(self, confidence: np.ndarray) -> np.ndarray:
-        """True where a slice should be reviewed by a person."""
-        return np.asarray(confidence) <= self.review_threshold
+        """True where a slice should be reviewed by a person: its confidence is at most the review
+        threshold, or not a number (a slice the model could not score is never a confident answer)."""
+        return ~(np.asarray(confidence, dtype=np.float64) > self.review_threshold)
 
     @classmethod
     def fit(cls, features: np.ndarray, dice: np.ndarray, seed: int = 0) -> "ConfidenceModel":

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps, ImageSequence
 
 from tumorseg.data.matfile import read_slice
-from tumorseg.errors import ProjectError
+from tumorseg.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
@@ -29,8 +29,9 @@ MAX_SPACING_MM = 100.0  # per pixel; MRI has 0.2 to 10
 NIFTI_UNITS_TO_MM = {"mm": 1.0, "unknown": 1.0, "micron": 1e-3, "meter": 1e3}
 
 
-class ReadError(ProjectError, ValueError):
-    """A file that cannot be read as a scan; the message names the file and the reason."""
+class ReadError(InputError):
+    """A file (or a slice given to the Python API) that cannot be read as a scan; the message names it and
+    the reason."""
 
 
 @dataclass
@@ -70,23 +71,42 @@ def detect_format(path: str | Path) -> str | None:
     return None
 
 
-def _checked_slice(path, array):
-    """Finite 2-D float/int array of at least 2 x 2 pixels, or ReadError."""
+def checked_slice(source, array) -> np.ndarray:
+    """A 2-D array of real numbers, at least 2 x 2 pixels, every value finite also in float32, or ReadError
+    naming `source` (a file, or a slice given to the Python API).
+
+    Non-finite values (NaN, inf, and floats beyond float32's range such as 1e300, which the model's
+    float32 input would make inf) become 0, as an unwritten pixel: one of them would otherwise turn every
+    probability of the slice into NaN, an empty mask that reads as "no tumour"."""
     array = np.asarray(array)
+    if array.dtype == bool:
+        array = array.astype(np.uint8)
+    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+        raise ReadError(f"{source}: pixel type {array.dtype} is not a real number type; give the slice as "
+                        "integers or floats (a complex image: its magnitude, np.abs).")
     if array.ndim != 2 or min(array.shape) < 2:
-        raise ReadError(f"{path}: expected a 2-D image of at least 2 x 2 pixels, found shape {array.shape}.")
-    if np.issubdtype(array.dtype, np.floating) and not np.isfinite(array).all():
-        array = np.nan_to_num(array, nan=0.0, posinf=0.0, neginf=0.0)
+        raise ReadError(f"{source}: expected a 2-D image of at least 2 x 2 pixels, found shape {array.shape}.")
+    if np.issubdtype(array.dtype, np.floating):
+        wide = array.astype(np.float64)
+        bad = ~np.isfinite(wide) | (np.abs(wide) > np.finfo(np.float32).max)
+        if bad.any():
+            array = np.where(bad, 0.0, wide).astype(array.dtype if array.dtype.itemsize >= 4 else np.float32)
     return array
 
 
-def _checked_spacing(path, spacing):
-    """(row mm, column mm), or ReadError unless both are positive and at most MAX_SPACING_MM: an area
-    computed from anything else (-0.0 mm², inf) would be wrong without saying so."""
-    if not all(np.isfinite(value) and 0 < value <= MAX_SPACING_MM for value in spacing):
-        raise ReadError(f"{path}: pixel spacing {spacing} mm is not a pair of positive sizes of at most "
-                        f"{MAX_SPACING_MM:g} mm; the header is damaged: fix PixelSpacing (or the NIfTI zooms).")
-    return spacing
+def checked_spacing(source, spacing) -> tuple[float, float]:
+    """(row mm, column mm), or ReadError unless it is a pair of positive sizes of at most MAX_SPACING_MM: an
+    area computed from anything else (-0.0 mm², inf) would be wrong without saying so."""
+    try:
+        pair = tuple(float(value) for value in spacing)
+    except (TypeError, ValueError):
+        pair = None
+    if pair is None or len(pair) != 2 or not all(np.isfinite(value) and 0 < value <= MAX_SPACING_MM
+                                                   for value in pair):
+        raise ReadError(f"{source}: pixel spacing {spacing!r} mm is not a pair of positive sizes of at most "
+                        f"{MAX_SPACING_MM:g} mm; fix PixelSpacing (or the NIfTI zooms), or give the right "
+                        "(row mm, column mm).")
+    return pair
 
 
 def _luma(rgb):
@@ -104,13 +124,13 @@ def read_image(path: Path) -> ScanFile:
             frame.load()
             frame = ImageOps.exif_transpose(frame)  # as a viewer shows it (JPEG EXIF orientation)
             array = np.asarray(frame) if frame.mode in HIGH_BIT_MODES else np.asarray(frame.convert("L"))
-            slices.append(_checked_slice(path, array))
+            slices.append(checked_slice(path, array))
     return ScanFile(path, "image", slices, slice_indices=list(range(len(slices))))
 
 
 def read_mat(path: Path) -> ScanFile:
     """One figshare-format slice (MATLAB v7.3); the files record no pixel spacing."""
-    return ScanFile(path, "mat", [_checked_slice(path, read_slice(path, with_border=False).image)])
+    return ScanFile(path, "mat", [checked_slice(path, read_slice(path, with_border=False).image)])
 
 
 def read_dicom(path: Path) -> ScanFile:
@@ -133,9 +153,9 @@ def read_dicom(path: Path) -> ScanFile:
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         array = array.max() - array
     spacing = dataset.get("PixelSpacing")
-    spacing = _checked_spacing(path, (float(spacing[0]), float(spacing[1]))) \
+    spacing = checked_spacing(path, (float(spacing[0]), float(spacing[1]))) \
         if spacing is not None and len(spacing) == 2 else None
-    return ScanFile(path, "dicom", [_checked_slice(path, array)], spacing=spacing)
+    return ScanFile(path, "dicom", [checked_slice(path, array)], spacing=spacing)
 
 
 def read_nifti(path: Path, axis: int = 2) -> ScanFile:
@@ -157,10 +177,10 @@ def read_nifti(path: Path, axis: int = 2) -> ScanFile:
     zooms = [float(z) * NIFTI_UNITS_TO_MM.get(unit, 1.0) for z in image.header.get_zooms()[:3]]
     zooms += [1.0] * (3 - len(zooms))
     first, second = [a for a in range(3) if a != axis]
-    slices = [_checked_slice(path, np.rot90(np.take(volume, k, axis=axis))) for k in range(shape[axis])]
+    slices = [checked_slice(path, np.rot90(np.take(volume, k, axis=axis))) for k in range(shape[axis])]
     return ScanFile(
         path, "nifti", slices,
-        spacing=_checked_spacing(path, (zooms[second], zooms[first])),  # rot90: the second axis along rows
+        spacing=checked_spacing(path, (zooms[second], zooms[first])),  # rot90: the second axis along rows
         slice_indices=list(range(shape[axis])),
         nifti=image,
         axis=axis,

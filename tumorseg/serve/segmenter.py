@@ -25,7 +25,7 @@ from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.postprocess import PostProcess
 from tumorseg.model.outputs import MASK_OUTPUT, has_type_head
 from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, predict
-from tumorseg.serve.readers import read_scan
+from tumorseg.serve.readers import checked_slice, checked_spacing, read_scan
 
 DEFAULT_PERCENTILE = 99.5
 
@@ -150,15 +150,22 @@ class Segmenter:
 
     def batch(self, images: Sequence[np.ndarray],
               spacings: Sequence[tuple[float, float] | None] | None = None) -> list[Segmentation]:
-        """Segment 2-D slices of any sizes together, in batches of `batch_size`."""
-        images = [np.asarray(image) for image in images]
-        for image in images:
-            if image.ndim != 2 or min(image.shape) < 2:
-                raise InputError(f"expected 2-D slices of at least 2 x 2 pixels, found shape {image.shape}.")
+        """Segment 2-D slices of any sizes together, in batches of `batch_size`. Each slice is an array of
+        real numbers (non-finite pixels count as 0, as the file readers read them); each spacing None or
+        (row mm, column mm), positive and at most 100 mm."""
+        images = [checked_slice(f"slice {i}", image) for i, image in enumerate(images)]
         spacings = list(spacings) if spacings is not None else [None] * len(images)
+        if len(spacings) != len(images):
+            raise InputError(f"{len(spacings)} spacings for {len(images)} slices; give one per slice (or None).")
+        spacings = [None if spacing is None else checked_spacing(f"slice {i}", spacing)
+                    for i, spacing in enumerate(spacings)]
         if not images:
             return []
         inputs = np.stack([preprocess_image(image, self.size, self.percentile) for image in images])
+        unusable = [i for i, model_input in enumerate(inputs) if not np.isfinite(model_input).all()]
+        if unusable:
+            raise InputError(f"slice {unusable[0]}: its values span more than float32 can hold, so it cannot be "
+                             "normalised; rescale it (or give it as integers).")
         found = predict(self.model, inputs, np.arange(len(inputs)), self.batch_size, self.choices.tta)
         chosen = self.choices
         _, scores, _ = chosen.score(found)  # at the model's resolution, as in evaluate

@@ -1,4 +1,7 @@
-"""What predict writes per slice: the mask and overlay PNGs, a NIfTI mask volume, the summary table."""
+"""What predict writes per slice: the mask and overlay PNGs, a NIfTI mask volume, the summary table.
+
+Every file is written atomically and never through a symbolic link: a link already in the output folder
+(say `x_mask.png -> ../notes.txt`) is replaced by the file, and what it pointed to is left alone."""
 
 import csv
 import gzip
@@ -10,6 +13,7 @@ from PIL import Image
 from scipy import ndimage
 
 from tumorseg.atomic import atomic_file
+from tumorseg.data.matfile import FORMULA_STARTS
 from tumorseg.data.preprocess import normalize_intensity
 from tumorseg.serve.readers import ScanFile, nifti_mask_volume
 
@@ -31,7 +35,7 @@ def overlay_image(image: np.ndarray, mask: np.ndarray, percentile: float) -> np.
 
 
 def write_png(path: str | Path, array: np.ndarray) -> None:
-    with atomic_file(path) as tmp:
+    with atomic_file(path, follow_link=False) as tmp:
         Image.fromarray(array).save(tmp, format="PNG")
 
 
@@ -42,7 +46,7 @@ def write_nifti_mask(path: str | Path, scan: ScanFile, masks: list[np.ndarray]) 
     header = scan.nifti.header.copy()
     header.set_data_dtype(np.uint8)
     volume = nib.Nifti1Image(nifti_mask_volume(scan, masks), scan.nifti.affine, header=header)
-    with atomic_file(path) as tmp:
+    with atomic_file(path, follow_link=False) as tmp:
         tmp.write_bytes(gzip.compress(volume.to_bytes()))
 
 
@@ -66,8 +70,17 @@ def slice_row(scan: ScanFile, index: int, result, names: dict[str, str]) -> dict
     }
 
 
+def spreadsheet_safe(value: object) -> object:
+    """A text cell that a spreadsheet would run as a formula (=, +, -, @, a tab or carriage return first, as
+    a file named `=HYPERLINK(...).png` gives) prefixed with a single quote; anything else as it is."""
+    if isinstance(value, str) and value[:1] in (*FORMULA_STARTS, "\t", "\r"):
+        return "'" + value
+    return value
+
+
 def write_csv(path: str | Path, columns: Sequence[str], rows: Iterable[dict[str, object]]) -> None:
-    with atomic_file(path) as tmp, open(tmp, "w", newline="") as f:
+    """A CSV table of `rows`, its text cells made spreadsheet-safe."""
+    with atomic_file(path, follow_link=False) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
-        writer.writerows(rows)
+        writer.writerows({key: spreadsheet_safe(value) for key, value in row.items()} for row in rows)
