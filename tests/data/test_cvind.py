@@ -62,7 +62,7 @@ def test_values_outside_one_to_five_are_refused(tmp_path, bad):
     folds = np.ones(8)
     folds[3] = bad
     write_cvind(tmp_path / "cvind.mat", folds)
-    with pytest.raises(CvindError, match=r"whole numbers 1..5, found .* at index 4 \(1 such entries\)"):
+    with pytest.raises(CvindError, match=r"whole numbers 1..5; the entry at index 4 is not \(1 such entries\)"):
         read_cvind(tmp_path / "cvind.mat")
 
 
@@ -166,3 +166,81 @@ def test_synthetic_source_writes_patient_level_folds(tmp_path):
     assert len(folds) == count == 30
     assert set(folds) == {1, 2, 3, 4, 5}
     assert (folds[0::2] == folds[1::2]).all()  # a patient's two slices share a fold
+
+
+def write_v73(path, make_dataset):
+    """A cvind.mat laid out as the figshare one, its 'cvind' made by make_dataset(h5py.File)."""
+    with h5py.File(path, "w", userblock_size=512) as f:
+        make_dataset(f)
+    from tumorseg.data.matfile import matlab_header
+
+    with open(path, "r+b") as f:
+        f.write(matlab_header())
+
+
+def test_data_stored_elsewhere_is_refused_before_it_is_read(tmp_path):
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(np.full(8, 3.0).tobytes())  # would read as valid folds, from another file
+    cases = {
+        "uses external storage": lambda f: f.create_dataset("cvind", shape=(8, 1), dtype="f8",
+                                                            external=[(str(secret), 0, 64)]),
+        "is a ExternalLink": lambda f: f.__setitem__("cvind", h5py.ExternalLink(str(tmp_path / "other.h5"), "x")),
+        "is a SoftLink": lambda f: (f.create_dataset("folds", data=np.ones((8, 1))),
+                                    f.__setitem__("cvind", h5py.SoftLink("/folds"))),
+    }
+    with h5py.File(tmp_path / "other.h5", "w") as other:
+        other["x"] = np.ones((8, 1))
+    for expected, make in cases.items():
+        write_v73(tmp_path / "cvind.mat", make)
+        with pytest.raises(CvindError, match=f"field 'cvind' {expected}.*refusing"):
+            read_cvind(tmp_path / "cvind.mat")
+    layout = h5py.VirtualLayout(shape=(8, 1), dtype="f8")
+    layout[:] = h5py.VirtualSource(str(tmp_path / "other.h5"), "x", shape=(8, 1))
+    write_v73(tmp_path / "cvind.mat", lambda f: f.create_virtual_dataset("cvind", layout))
+    with pytest.raises(CvindError, match="field 'cvind' uses a virtual dataset"):
+        read_cvind(tmp_path / "cvind.mat")
+
+
+def test_a_small_file_declaring_a_huge_cvind_is_refused_by_its_declared_size(tmp_path):
+    write_v73(tmp_path / "cvind.mat", lambda f: f.create_dataset("cvind", shape=(1, 600_000_000), dtype="f8",
+                                                                 chunks=(1, 1_000_000), fillvalue=1.0))
+    assert (tmp_path / "cvind.mat").stat().st_size < 10_000
+    with pytest.raises(CvindError, match=r"declares shape \(1, 600000000\), more than 100,000 entries"):
+        read_cvind(tmp_path / "cvind.mat")
+    savemat(tmp_path / "cvind.mat", {"cvind": np.ones((1, 200_000))}, do_compression=True)
+    with pytest.raises(CvindError, match=r"declares shape \(1, 200000\)"):
+        read_cvind(tmp_path / "cvind.mat")
+
+
+def test_a_v5_file_is_read_for_cvind_alone(tmp_path):
+    import tracemalloc
+
+    folds = (np.arange(3064) % 5 + 1).astype(float).reshape(1, -1)
+    # junk first: scipy's loadmat(variable_names=...) and whosmat would inflate it on the way to cvind
+    savemat(tmp_path / "cvind.mat", {"junk": np.zeros((4000, 4000)), "cvind": folds}, do_compression=True)
+    assert (tmp_path / "cvind.mat").stat().st_size < 1_000_000  # the junk is 128 MB when read
+    tracemalloc.start()
+    found = read_cvind(tmp_path / "cvind.mat")
+    peak = tracemalloc.get_traced_memory()[1]
+    tracemalloc.stop()
+    np.testing.assert_array_equal(found, folds.ravel())
+    assert peak < 16 * 2**20, f"reading cvind took {peak / 2**20:.0f} MiB: the junk variable was read"
+
+
+def test_logical_or_complex_folds_are_refused(tmp_path):
+    def logical(f):
+        dataset = f.create_dataset("cvind", data=np.ones((8, 1), np.uint8))
+        dataset.attrs["MATLAB_class"] = np.bytes_("logical")
+
+    write_v73(tmp_path / "cvind.mat", logical)
+    with pytest.raises(CvindError, match="logical values"):
+        read_cvind(tmp_path / "cvind.mat")
+    savemat(tmp_path / "cvind.mat", {"cvind": np.ones((1, 8)) + 0j})
+    with pytest.raises(CvindError, match="holds complex values"):
+        read_cvind(tmp_path / "cvind.mat")
+    savemat(tmp_path / "cvind.mat", {"cvind": np.ones((1, 8), bool)})
+    with pytest.raises(CvindError, match="holds logical values"):
+        read_cvind(tmp_path / "cvind.mat")
+    savemat(tmp_path / "cvind.mat", {"cvind": np.ones((1, 8), bool)}, do_compression=True)
+    with pytest.raises(CvindError, match="holds logical values"):
+        read_cvind(tmp_path / "cvind.mat")

@@ -16,38 +16,102 @@ passed over, so validation is made of whole families, balanced per class,
 and the large PNG-rebuilt groups of the dev set (150-290 slices) train.
 """
 
+import io
+import os
+import struct
+import zlib
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pandas as pd
 
-from tumorseg.data.matfile import HDF5_SIGNATURE, matlab_header
+from tumorseg.data.matfile import HDF5_SIGNATURE, matlab_header, stored_here
 from tumorseg.errors import ProjectError
 
 CVIND = "cvind.mat"
 OFFICIAL_FOLDS = (1, 2, 3, 4, 5)
 DATASET_SLICES = 3064
+MAX_ENTRIES = 100_000  # one per slice: a declared size beyond this is refused before anything is read
+# MATLAB v5: a 128-byte header, then one element per variable (its flags, dimensions and name come first)
+V5_HEADER_BYTES, V5_MATRIX, V5_COMPRESSED, V5_PEEK_BYTES = 128, 14, 15, 512
+V5_LOGICAL, V5_COMPLEX = 0x0200, 0x0800  # array flags
 
 
 class CvindError(ProjectError, ValueError):
     """cvind.mat is missing or unusable, or its folds cannot make the requested split."""
 
 
+def _check_declared(path, shape):
+    """CvindError unless `shape` (as the file declares it) holds at most MAX_ENTRIES entries."""
+    if int(np.prod(shape, dtype=np.float64)) > MAX_ENTRIES:
+        raise CvindError(f"{path}: 'cvind' declares shape {tuple(shape)}, more than {MAX_ENTRIES:,} entries (one "
+                         "per slice); refusing to read it: use the cvind.mat of the figshare download.")
+
+
 def _read_v73(path):
     with h5py.File(path, "r") as f:
-        if "cvind" not in f or not isinstance(f["cvind"], h5py.Dataset):
+        if "cvind" not in f:
             raise CvindError(f"{path}: no dataset 'cvind'; use the cvind.mat of the figshare download.")
-        return f["cvind"][()]
+        item = stored_here(path, f, "cvind", what="cvind.mat", error=CvindError)
+        if not isinstance(item, h5py.Dataset):
+            raise CvindError(f"{path}: no dataset 'cvind'; use the cvind.mat of the figshare download.")
+        _check_declared(path, item.shape)
+        if item.attrs.get("MATLAB_class", b"double") in (b"logical", "logical"):
+            raise CvindError(f"{path}: 'cvind' holds logical values, not fold numbers; use the cvind.mat of the "
+                             "figshare download.")
+        return item[()]
+
+
+def _v5_matrix_header(head: bytes, order: str) -> tuple[str, tuple[int, ...], int]:
+    """(name, dimensions, array flags) from the first bytes of a v5 miMATRIX element (its tag included)."""
+    flags = struct.unpack(order + "I", head[16:20])[0]
+    dims_bytes = struct.unpack(order + "I", head[28:32])[0]
+    if dims_bytes > 4 * 32:
+        raise ValueError(f"{dims_bytes // 4} dimensions")
+    dims = struct.unpack(order + f"{dims_bytes // 4}i", head[32:32 + dims_bytes])
+    position = 32 + -(-dims_bytes // 8) * 8
+    first = struct.unpack(order + "I", head[position:position + 4])[0]
+    if first >> 16:  # the small element format: the length in the upper half, the name in the tag
+        name = head[position + 4:position + 4 + (first >> 16)]
+    else:
+        length = struct.unpack(order + "I", head[position + 4:position + 8])[0]
+        name = head[position + 8:position + 8 + length]
+    return name.decode("ascii", "replace"), dims, flags
 
 
 def _read_v5(path):
+    """cvind alone from a MATLAB v5 file: each variable's name and declared size are read from its first
+    bytes (a compressed one inflated only that far), and only cvind is handed to scipy, after the checks;
+    scipy's loadmat and whosmat would inflate every variable before it (a 6 MB file: 6.5 GB)."""
     from scipy.io import loadmat
 
-    content = loadmat(path)
-    if "cvind" not in content:
-        raise CvindError(f"{path}: no variable 'cvind'; use the cvind.mat of the figshare download.")
-    return content["cvind"]
+    with open(path, "rb") as f:
+        header = f.read(V5_HEADER_BYTES)
+        order = "<" if header[126:128] == b"IM" else ">"
+        size, position = os.fstat(f.fileno()).st_size, V5_HEADER_BYTES
+        while position + 8 <= size:
+            f.seek(position)
+            kind, count = struct.unpack(order + "II", f.read(8))
+            if kind == V5_COMPRESSED:
+                head = zlib.decompressobj().decompress(f.read(min(count, 4096)), V5_PEEK_BYTES)
+            elif kind == V5_MATRIX:
+                head = struct.pack(order + "II", kind, count) + f.read(min(count, V5_PEEK_BYTES))
+            else:
+                raise CvindError(f"{path}: element of type {kind} at byte {position}; not a MATLAB v5 variable: "
+                                 "the file is corrupt.")
+            name, dims, flags = _v5_matrix_header(head, order)
+            end = position + 8 + (count if kind == V5_COMPRESSED else -(-count // 8) * 8)
+            if name == "cvind":
+                _check_declared(path, dims)
+                if flags & (V5_LOGICAL | V5_COMPLEX):
+                    kind_found = "logical" if flags & V5_LOGICAL else "complex"
+                    raise CvindError(f"{path}: 'cvind' holds {kind_found} values, not fold numbers; use the "
+                                     "cvind.mat of the figshare download.")
+                f.seek(position)
+                return loadmat(io.BytesIO(header + f.read(end - position)))["cvind"]
+            position = end
+    raise CvindError(f"{path}: no variable 'cvind'; use the cvind.mat of the figshare download.")
 
 
 def read_cvind(path: str | Path) -> np.ndarray:
@@ -70,7 +134,8 @@ def read_cvind(path: str | Path) -> np.ndarray:
     except Exception as error:  # h5py and scipy raise many kinds on damaged files
         raise CvindError(f"{path}: unreadable ({error}); the file is corrupt or truncated: {fix}") from error
     folds = np.asarray(folds)
-    if folds.ndim != 2 or 1 not in folds.shape or not np.issubdtype(folds.dtype, np.number):
+    real = np.issubdtype(folds.dtype, np.integer) or np.issubdtype(folds.dtype, np.floating)
+    if folds.ndim != 2 or 1 not in folds.shape or not real:
         raise CvindError(
             f"{path}: 'cvind' must be one number per index of the dataset, shape 1x{DATASET_SLICES} or "
             f"{DATASET_SLICES}x1, found {folds.dtype} {folds.shape}: {fix}"
@@ -79,8 +144,8 @@ def read_cvind(path: str | Path) -> np.ndarray:
     bad = ~np.isin(folds, OFFICIAL_FOLDS)
     if bad.any():
         first = int(np.flatnonzero(bad)[0])
-        raise CvindError(
-            f"{path}: folds must be whole numbers 1..5, found {folds[first]!r} at index {first + 1} "
+        raise CvindError(  # the value itself is not echoed: no content of a file lands in a message
+            f"{path}: folds must be whole numbers 1..5; the entry at index {first + 1} is not "
             f"({int(bad.sum())} such entries): {fix}"
         )
     return folds.astype(int)
