@@ -1,11 +1,13 @@
 """Predictions saved on one machine and scored on another (tumorseg.evaluate.stored): the round trip, the
 checks, and evaluate_stored giving evaluate's scores."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
 from tests.evaluate.test_evaluate import PARAMS, SIZE, dataset, evaluated  # noqa: F401  (fixtures)
-from tumorseg.data.arrays import load_arrays, read_split, subset_positions
+from tumorseg.data.arrays import load_arrays, read_npz, read_split, subset_positions
 from tumorseg.errors import InputError
 from tumorseg.evaluate.report import evaluate_stored
 from tumorseg.evaluate.stored import load_predictions, save_predictions
@@ -15,8 +17,9 @@ from tumorseg.model.probabilities import Predictions, predict
 
 def predictions(n, size=8, types=True, seed=0):
     rng = np.random.default_rng(seed)
+    kinds = rng.random((n, 3), dtype=np.float32)
     return Predictions(rng.random((n, size, size), dtype=np.float32),
-                       rng.random((n, 3), dtype=np.float32) if types else None,
+                       kinds / kinds.sum(axis=1, keepdims=True) if types else None,
                        rng.random(n, dtype=np.float32))
 
 
@@ -46,6 +49,28 @@ def test_mismatches_are_refused_with_the_fix(tmp_path, change, message):
     asked = change({"ids": ids["val"], "tta": "hflip", "size": 8})
     with pytest.raises(InputError, match=message):
         load_predictions(tmp_path / "p.npz", "val", asked["ids"], asked["size"], asked["tta"])
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda p: replace(p, agreement=np.full(3, np.nan, np.float32)), r"val_agreement holds values that are not finite"),
+    (lambda p: replace(p, agreement=np.ones(2, np.float32)), r"val_agreement is float32 \(2,\), expected .* \(3,\)"),
+    (lambda p: replace(p, types=np.full((3, 2), 0.5, np.float32)), r"val_types is float32 \(3, 2\)"),
+    (lambda p: replace(p, types=np.full((3, 3), np.nan, np.float32)), "val_types holds values that are not finite"),
+    (lambda p: replace(p, types=np.full((3, 3), 0.9, np.float32)), "val_types rows do not sum to 1"),
+])
+def test_what_comes_back_is_checked_before_it_is_scored(tmp_path, change, message):
+    ids = {"val": np.array([7, 3, 9]), "test": np.arange(10, 15)}
+    save_predictions(tmp_path / "p.npz", {"val": change(predictions(3)), "test": predictions(5)}, ids, "hflip")
+    with pytest.raises(InputError, match=message):
+        load_predictions(tmp_path / "p.npz", "val", ids["val"], 8, "hflip")
+
+
+def test_a_file_declaring_more_than_the_cap_is_refused_before_reading(tmp_path):
+    ids = {"val": np.array([1]), "test": np.array([2])}
+    save_predictions(tmp_path / "p.npz", {"val": predictions(1), "test": predictions(1)}, ids, "none")
+    assert read_npz(tmp_path / "p.npz", "predictions file", "fix")  # under the default cap
+    with pytest.raises(InputError, match=r"p.npz: its arrays declare .* GiB, more than the .* refusing to read it"):
+        read_npz(tmp_path / "p.npz", "predictions file", "fix", max_bytes=100)
 
 
 def test_missing_and_truncated_files_name_the_file(tmp_path):

@@ -59,3 +59,28 @@ def test_pack_train_score(tmp_path, backend):
         metrics = json.loads((tmp_path / "scores" / f"fold{fold}" / "eval.json").read_text())
         assert metrics["test_images"] == int((pd.read_csv(work / f"split-fold{fold}.csv")["subset"] == "test").sum())
     assert (tmp_path / "scores" / "summary.png").stat().st_size > 0
+
+
+def test_the_scorer_takes_each_fold_once_and_refuses_what_train_did_not_write(tmp_path):
+    from tumorseg.errors import InputError
+    from tumorseg.experiments.offline_cv import prediction_folds, training_summary
+
+    with pytest.raises(InputError, match="no fold<k>.npz"):
+        prediction_folds(tmp_path)
+    for name in ("fold0.npz", "fold1.npz", "fold3.npz"):
+        (tmp_path / name).write_bytes(b"")
+    assert prediction_folds(tmp_path) == [0, 1, 3]
+    for stray in ("fold00.npz", "foldx.npz", "fold-1.npz"):
+        (tmp_path / stray).write_bytes(b"")
+        with pytest.raises(InputError, match=f"{stray} is not named fold<k>.npz"):
+            prediction_folds(tmp_path)
+        (tmp_path / stray).unlink()
+    assert training_summary(tmp_path / "gpu_cv.json") == {}
+    (tmp_path / "gpu_cv.json").write_text('{"folds": {"0": {"train_s": 60, "train": {"val_dice": 0.7}}}}')
+    assert training_summary(tmp_path / "gpu_cv.json") == {"0": {"train_s": 60.0, "val_dice": 0.7}}
+    for bad in ("{not json", '["a list"]', '{"folds": {"0": {"train_s": "soon"}}}', '{"folds": {"0": {"train_s": -5}}}',
+                '{"folds": {"0": {"train_s": Infinity}}}'):
+        (tmp_path / "gpu_cv.json").write_text(bad)
+        with pytest.raises(InputError, match="gpu_cv.json: "):
+            training_summary(tmp_path / "gpu_cv.json")
+

@@ -1,5 +1,6 @@
 """Load the arrays of data/numpy and the split table, with the checks every stage needs."""
 
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -10,6 +11,7 @@ from tumorseg.errors import InputError
 
 ARRAY_NAMES = ("images", "masks", "labels", "pids", "ids")
 SPLIT_COLUMNS = ("index", "pid", "label", "subset")
+MAX_NPZ_BYTES = 2**30  # of a predictions or packed data file: the dev set at 256x256 is about 150 MB
 
 
 def load_arrays(numpy_dir: str | Path) -> dict[str, np.ndarray]:
@@ -40,10 +42,21 @@ def load_arrays(numpy_dir: str | Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def read_npz(path: str | Path, what: str, fix: str) -> dict[str, np.ndarray]:
+def read_npz(path: str | Path, what: str, fix: str, max_bytes: int = MAX_NPZ_BYTES) -> dict[str, np.ndarray]:
     """Every array of an .npz file (allow_pickle=False); a missing, truncated or foreign file is an
-    InputError naming it, `what` it should be and the `fix`."""
+    InputError naming it, `what` it should be and the `fix`; so is one whose members declare more than
+    `max_bytes` uncompressed (a 3 MB file can declare 3 GB), checked before any is read."""
     path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as archive:
+            declared = sum(member.file_size for member in archive.infolist())
+    except FileNotFoundError:
+        raise InputError(f"{path} does not exist: {fix}.") from None
+    except (zipfile.BadZipFile, OSError) as error:
+        raise InputError(f"{path} is not a readable {what} ({error}): {fix}.") from None
+    if declared > max_bytes:
+        raise InputError(f"{path}: its arrays declare {declared / 2**30:.1f} GiB, more than the "
+                         f"{max_bytes / 2**30:g} GiB a {what} can hold here; refusing to read it: {fix}.")
     try:
         with np.load(path, allow_pickle=False) as stored:
             return {name: stored[name] for name in stored.files}

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_file
 from tumorseg.data.arrays import read_npz
 from tumorseg.errors import InputError
@@ -66,4 +67,23 @@ def load_predictions(path: str | Path, subset: str, ids: np.ndarray, image_size:
         raise InputError(f"{path}: {subset} predictions of shape {probabilities.shape[1:]} ({probabilities.dtype}), "
                          f"data/numpy holds {image_size}x{image_size} slices: convert the data at the size the "
                          f"model was trained on (data.image_size) or {fix}.")
-    return Predictions(dequantize(probabilities), contents.get(f"{subset}_types"), contents[f"{subset}_agreement"])
+    agreement = checked_floats(path, f"{subset}_agreement", contents[f"{subset}_agreement"], (len(ids),), fix)
+    types = contents.get(f"{subset}_types")
+    if types is not None:
+        types = checked_floats(path, f"{subset}_types", types, (len(ids), len(LABEL_NAMES)), fix)
+        if not np.allclose(types.sum(axis=1), 1.0, atol=1e-3):
+            raise InputError(f"{path}: {subset}_types rows do not sum to 1 (not probabilities): {fix}.")
+    return Predictions(dequantize(probabilities), types, agreement)
+
+
+def checked_floats(path: Path, name: str, values: np.ndarray, shape: tuple[int, ...], fix: str) -> np.ndarray:
+    """`values` as float32 if it has `shape`, a real dtype and only values in [0, 1]; else InputError: a NaN
+    agreement would leave every slice unflagged, a two-column type table would score as one class."""
+    real = np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
+    if values.shape != shape or not real:
+        raise InputError(f"{path}: {name} is {values.dtype} {values.shape}, expected real numbers of shape {shape}: "
+                         f"{fix}.")
+    values = values.astype(np.float32)
+    if not (np.isfinite(values).all() and values.min(initial=0.0) >= 0.0 and values.max(initial=0.0) <= 1.0):
+        raise InputError(f"{path}: {name} holds values that are not finite numbers in [0, 1]: {fix}.")
+    return values

@@ -32,6 +32,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -205,6 +206,40 @@ def device_summary() -> dict[str, object]:
 # -------------------------------------------------------------------------------------------------- score
 
 
+def prediction_folds(folder: Path) -> list[int]:
+    """The split.fold values of the fold<k>.npz in `folder`: k a plain number (fold0.npz, not fold00.npz),
+    each once; InputError naming any other fold*.npz, or when there is none."""
+    found = sorted(path.name for path in folder.glob("fold*.npz"))
+    malformed = [name for name in found if not re.fullmatch(r"fold(0|[1-9][0-9]?)\.npz", name)]
+    if malformed:
+        raise InputError(f"{folder}: {malformed[0]} is not named fold<k>.npz (k = 0, 1, ... without leading zeros); "
+                         "keep only the files that offline_cv train wrote.")
+    if not found:
+        raise InputError(f"{folder}: no fold<k>.npz; copy there the files that offline_cv train wrote to its "
+                         "--out ($OUT of benchmarks/gpu_session.sh).")
+    return sorted(int(name[4:-4]) for name in found)
+
+
+def training_summary(path: Path) -> dict[str, dict[str, float]]:
+    """{fold: {"train_s", "val_dice"}} from train's gpu_cv.json when it is there (else {}); InputError for a
+    file that is not that JSON or holds non-finite or negative figures."""
+    if not path.is_file():
+        return {}
+    fix = "copy the gpu_cv.json that offline_cv train wrote, or remove it (the scores do not need it)"
+    try:
+        folds = json.loads(path.read_text()).get("folds", {})
+        summary = {str(fold): {"train_s": float(found.get("train_s", float("nan"))),
+                               "val_dice": float(found.get("train", {}).get("val_dice", float("nan")))}
+                   for fold, found in folds.items()}
+    except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as error:
+        raise InputError(f"{path}: not the training summary of offline_cv train ({type(error).__name__}): "
+                         f"{fix}.") from None
+    for fold, found in summary.items():
+        if any(value < 0 or value == float("inf") for value in found.values()):
+            raise InputError(f"{path}: fold {fold} has a negative or infinite figure: {fix}.")
+    return summary
+
+
 def score(args) -> None:
     from tumorseg.data.convert import mat_to_numpy
     from tumorseg.evaluate.report import evaluate_stored
@@ -218,11 +253,8 @@ def score(args) -> None:
 
     source, work, predictions, out = Path(args.source), Path(args.work), Path(args.predictions), Path(args.out)
     params = load_params(work / "params.yaml")
-    run = json.loads((predictions / "gpu_cv.json").read_text()) if (predictions / "gpu_cv.json").is_file() else {}
-    folds = sorted(int(path.stem.removeprefix("fold")) for path in predictions.glob("fold*.npz"))
-    if not folds:
-        raise InputError(f"{predictions}: no fold<k>.npz; copy there the files that offline_cv train wrote to its "
-                         "--out ($OUT of benchmarks/gpu_session.sh).")
+    run = training_summary(predictions / "gpu_cv.json")
+    folds = prediction_folds(predictions)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         numpy_dir = Path(tmp) / "numpy"
@@ -232,11 +264,11 @@ def score(args) -> None:
             result = evaluate_stored(predictions / f"fold{fold}.npz", numpy_dir, work / f"split-fold{fold}.csv",
                                      source, params.replaced({"split.fold": fold}), fold_out / "eval.json",
                                      fold_out / "plots")
-            trained = run.get("folds", {}).get(str(fold), {})
+            trained = run.get(str(fold), {})
             rows.append({"name": f"fold{fold}", "split.fold": fold,
                          **{key: result.get(key) for key in METRIC_COLUMNS},
                          "train_minutes": round(trained.get("train_s", float("nan")) / 60, 2),
-                         "val_dice": trained.get("train", {}).get("val_dice")})
+                         "val_dice": trained.get("val_dice")})
     import pandas as pd
 
     table = pd.DataFrame(rows)
