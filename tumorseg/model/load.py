@@ -1,12 +1,63 @@
-"""Load a trained Keras model file for inference (its predictions: tumorseg.model.probabilities)."""
+"""Load a trained Keras model file for inference (its predictions: tumorseg.model.probabilities).
 
+A .keras file is a zip archive of config.json, metadata.json and model.weights.h5. Before Keras reads it,
+the archive is checked here, so a file from elsewhere can neither pull in another local file nor take
+gigabytes: its members' declared sizes are capped, and the HDF5 weights may hold no external or soft link,
+external storage or virtual dataset (older Keras releases follow those, copying a local file into the
+weights).
+"""
+
+import io
 import zipfile
 from pathlib import Path
 
+import h5py
 import keras
 
 import tumorseg.model.losses  # noqa: F401  registers the custom loss and metric
 from tumorseg.errors import InputError
+
+MAX_CONFIG_BYTES = 16 * 2**20  # config.json and metadata.json: a U-Net's are tens of kB
+MAX_WEIGHTS_BYTES = 2 * 2**30  # the reference U-Net's weights are 91 MB in float32
+
+
+def check_weights_stored_here(path: Path, group: h5py.Group) -> None:
+    """InputError unless every object under `group` is stored in the file itself (hard links only; no
+    dataset with external storage or virtual data)."""
+    for name in group:
+        link = group.get(name, getlink=True)
+        if not isinstance(link, h5py.HardLink):
+            raise InputError(f"{path}: its weights hold a {type(link).__name__} '{group.name}/{name}' to data "
+                             "elsewhere; a saved model holds its weights itself: refusing to load it.")
+        item = group[name]
+        if isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
+            raise InputError(f"{path}: its weights '{item.name}' are stored in other files (external or virtual "
+                             "data); a saved model holds its weights itself: refusing to load it.")
+        if isinstance(item, h5py.Group):
+            check_weights_stored_here(path, item)
+
+
+def check_keras_archive(path: Path, fix: str) -> None:
+    """InputError unless `path` is a zip archive whose members declare sane sizes and whose HDF5 weights
+    are stored in the archive itself (see the module docstring)."""
+    if not zipfile.is_zipfile(path):
+        raise InputError(f"{path}: not a Keras model (a .keras file is a zip archive; this one is damaged, "
+                         f"truncated or of another kind); give the file the train stage writes, or {fix}")
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            cap = MAX_WEIGHTS_BYTES if member.filename.endswith(".h5") else MAX_CONFIG_BYTES
+            if member.file_size > cap:
+                raise InputError(f"{path}: its member {member.filename} declares {member.file_size / 2**20:,.0f} MiB, "
+                                 f"more than the {cap / 2**20:,.0f} MiB a model of this project needs; refusing "
+                                 "to load it.")
+        for member in archive.infolist():
+            if member.filename.endswith(".h5"):
+                try:
+                    with h5py.File(io.BytesIO(archive.read(member)), "r") as weights:
+                        check_weights_stored_here(path, weights)
+                except OSError as error:
+                    raise InputError(f"{path}: its weights {member.filename} are not readable HDF5 ({error}); "
+                                     f"{fix}") from None
 
 
 def load_model(model_path: str | Path) -> keras.Model:
@@ -18,9 +69,7 @@ def load_model(model_path: str | Path) -> keras.Model:
     if not model_path.is_file():
         raise InputError(f"{model_path}: not a regular file (a folder, FIFO or device); give the .keras file "
                          "that the train stage writes (models/model.keras).")
-    if not zipfile.is_zipfile(model_path):
-        raise InputError(f"{model_path}: not a Keras model (a .keras file is a zip archive; this one is damaged, "
-                         f"truncated or of another kind); give the file the train stage writes, or {fix}")
+    check_keras_archive(model_path, fix)
     try:
         return keras.models.load_model(model_path, compile=False)
     except Exception as error:  # keras raises many types for a bad archive

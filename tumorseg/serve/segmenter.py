@@ -25,6 +25,7 @@ from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.postprocess import PostProcess
 from tumorseg.model.outputs import MASK_OUTPUT, has_type_head
 from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, predict
+from tumorseg.serve.onnx_model import MAX_INPUT_SIZE
 from tumorseg.serve.readers import checked_slice, checked_spacing, read_scan
 
 DEFAULT_PERCENTILE = 99.5
@@ -76,6 +77,9 @@ def segmentation_model(model_path: str | Path):
             "segmentation model ((None, S, S, 1) to (None, S, S, 1)); pass the models/model.keras "
             "written by the train stage."
         )
+    if size > MAX_INPUT_SIZE:
+        raise InputError(f"{model_path}: input of {size} x {size} pixels, more than the {MAX_INPUT_SIZE} a side a "
+                         "model of this project takes; refusing to run it (a batch would take gigabytes).")
     return model, size
 
 
