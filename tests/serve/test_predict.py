@@ -534,3 +534,23 @@ def test_confidence_and_review_flag_per_slice(tmp_path, model_path, capsys):
     assert predict(["--export", "exported", "--model", str(model_path)]) == 0
     recorded = json.loads((tmp_path / "exported" / export.METADATA).read_text())["confidence"]
     assert ConfidenceModel.from_metrics(recorded) == scorer and recorded["features"] == list(FEATURES)
+
+
+def test_a_small_file_declaring_a_huge_image_is_refused_before_its_pixels_are_read(tmp_path):
+    import tracemalloc
+
+    pages = [Image.new("L", (4096, 4096)) for _ in range(10)]  # 168 M values, a few hundred kB as a TIFF
+    pages[0].save(tmp_path / "pages.tif", save_all=True, append_images=pages[1:], compression="tiff_deflate")
+    del pages
+    assert (tmp_path / "pages.tif").stat().st_size < 2_000_000
+    tracemalloc.start()
+    with pytest.raises(ReadError, match=r"pages.tif: declares 10 page\(s\) of up to 4096 x 4096, 167,772,160 pixel"):
+        read_scan(tmp_path / "pages.tif")
+    assert tracemalloc.get_traced_memory()[1] < 32 * 2**20
+    tracemalloc.stop()
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 64))
+    header.set_data_dtype(np.uint8)
+    (tmp_path / "big.nii").write_bytes(header.binaryblock + b"\0" * 4)  # the header alone: the data is cut
+    with pytest.raises(ReadError, match=r"big.nii: declares a volume of \(2048, 2048, 64\)"):
+        read_scan(tmp_path / "big.nii")

@@ -26,6 +26,8 @@ DICOM_MAGIC_OFFSET = 128
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I", "F")
 KNOWN_SUFFIXES = NIFTI_SUFFIXES + (".mat",) + IMAGE_SUFFIXES + DICOM_SUFFIXES
 MAX_SPACING_MM = 100.0  # per pixel; MRI has 0.2 to 10
+MAX_FILE_VALUES = 2**27  # pixels (times channels) of one input file: 512 slices of 512 x 512; checked by
+# the sizes a file declares, before its pixels are decoded (a 1.4 MB TIFF can declare 60 pages of 4096 x 4096)
 NIFTI_UNITS_TO_MM = {"mm": 1.0, "unknown": 1.0, "micron": 1e-3, "meter": 1e3}
 
 
@@ -69,6 +71,13 @@ def detect_format(path: str | Path) -> str | None:
     if suffix in DICOM_SUFFIXES or has_dicom_magic(path):
         return "dicom"
     return None
+
+
+def check_declared_values(path, declared: int, layout: str) -> None:
+    """ReadError when a file declares more than MAX_FILE_VALUES pixel values, before any is read."""
+    if declared > MAX_FILE_VALUES:
+        raise ReadError(f"{path}: declares {layout}, {declared:,} pixel values, more than the {MAX_FILE_VALUES:,} "
+                        "one input may hold; refusing to read it: split it into smaller files.")
 
 
 def checked_slice(source, array) -> np.ndarray:
@@ -120,6 +129,10 @@ def read_image(path: Path) -> ScanFile:
     (numbered from 0, like NIfTI slices)."""
     slices = []
     with Image.open(path) as image:
+        declared = [(frame.size, len(frame.getbands())) for frame in ImageSequence.Iterator(image)]  # headers only
+        check_declared_values(path, sum(w * h * bands for (w, h), bands in declared),
+                              f"{len(declared)} page(s) of up to {max(w for (w, _), _ in declared)} x "
+                              f"{max(h for (_, h), _ in declared)}")
         for frame in ImageSequence.Iterator(image):
             frame.load()
             frame = ImageOps.exif_transpose(frame)  # as a viewer shows it (JPEG EXIF orientation)
@@ -143,6 +156,9 @@ def read_dicom(path: Path) -> ScanFile:
     frames = int(dataset.get("NumberOfFrames", 1) or 1)
     if frames > 1:
         raise ReadError(f"{path}: multi-frame DICOM ({frames} frames); pass single-slice files.")
+    rows, columns = int(dataset.get("Rows", 0) or 0), int(dataset.get("Columns", 0) or 0)
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    check_declared_values(path, rows * columns * samples, f"{rows} x {columns} x {samples} samples")
     array = dataset.pixel_array
     if array.ndim == 3:
         array = _luma(array)
@@ -172,6 +188,7 @@ def read_nifti(path: Path, axis: int = 2) -> ScanFile:
         raise ReadError(f"{path}: NIfTI image of shape {image.shape}; pass a 2-D or 3-D volume (one time point).")
     if axis not in (0, 1, 2):
         raise ReadError(f"{path}: --axis must be 0, 1 or 2, found {axis}.")
+    check_declared_values(path, int(np.prod(shape, dtype=np.float64)), f"a volume of {shape}")
     volume = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
     unit = image.header.get_xyzt_units()[0]
     zooms = [float(z) * NIFTI_UNITS_TO_MM.get(unit, 1.0) for z in image.header.get_zooms()[:3]]
