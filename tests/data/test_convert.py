@@ -1,5 +1,7 @@
 import csv
+import errno
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -104,6 +106,30 @@ def test_corrupt_file_names_the_file_and_writes_nothing(tmp_path):
     with pytest.raises(MatFormatError, match="2.mat"):
         mat_to_numpy(tmp_path / "raw", tmp_path / "numpy", image_size=16, workers=1)
     assert not (tmp_path / "numpy").exists()
+    assert os.listdir(tmp_path) == ["raw"]
+
+
+def test_a_disk_without_room_for_the_arrays_is_named_before_anything_is_written(tmp_path, monkeypatch):
+    write_slices(tmp_path / "raw", [(32, 32)] * 3)
+    mat_to_numpy(tmp_path / "raw", tmp_path / "numpy", image_size=16, workers=1)
+    before = {path.name: path.read_bytes() for path in (tmp_path / "numpy").iterdir()}
+    real_usage = shutil.disk_usage
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: real_usage(path)._replace(free=1000))
+    with pytest.raises(ConvertError, match=r"MiB needed for the arrays, 0 MiB free on that disk; nothing was written"):
+        mat_to_numpy(tmp_path / "raw", tmp_path / "numpy", image_size=64, workers=1)
+    assert sorted(os.listdir(tmp_path)) == ["numpy", "raw"]  # no .tmp left, the previous arrays kept
+    assert {path.name: path.read_bytes() for path in (tmp_path / "numpy").iterdir()} == before
+
+
+def test_a_disk_that_cannot_reserve_the_arrays_stops_the_stage_cleanly(tmp_path, monkeypatch):
+    write_slices(tmp_path / "raw", [(32, 32)] * 3)
+
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "posix_fallocate", full)
+    with pytest.raises(ConvertError, match=r"cannot reserve .* MiB for the arrays \(No space left on device\)"):
+        mat_to_numpy(tmp_path / "raw", tmp_path / "numpy", image_size=16, workers=1)
     assert os.listdir(tmp_path) == ["raw"]
 
 

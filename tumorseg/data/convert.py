@@ -10,7 +10,9 @@ Slices are streamed into memory-mapped arrays by a pool of worker processes,
 so memory stays flat whatever the number of slices.
 """
 
+import errno
 import os
+import shutil
 from functools import partial
 from multiprocessing import Pool
 from pathlib import Path
@@ -66,6 +68,28 @@ def _convert_or_report(path, image_size, percentile):
         return str(error)
 
 
+def reserve_space(folder: Path, arrays: list[np.memmap]) -> None:
+    """ConvertError unless the disk of `folder` can hold the memory-mapped `arrays` in full: checked by the
+    free space first (a clear message), then their blocks are allocated (posix_fallocate), so that a disk
+    that fills up later cannot end the stage with SIGBUS on a write into a mapped page."""
+    needed = sum(array.nbytes for array in arrays)
+    free = shutil.disk_usage(folder).free
+    fix = "free space there or set data.image_size smaller"
+    if free < needed:
+        raise ConvertError(f"{folder.parent}: {needed / 2**20:,.0f} MiB needed for the arrays, {free / 2**20:,.0f} MiB "
+                           f"free on that disk; nothing was written: {fix}.")
+    for array in arrays:
+        if hasattr(os, "posix_fallocate"):
+            try:
+                with open(array.filename, "r+b") as handle:
+                    os.posix_fallocate(handle.fileno(), 0, os.fstat(handle.fileno()).st_size)
+            except OSError as error:
+                if error.errno in (errno.EOPNOTSUPP, errno.EINVAL):  # a file system without it: checked above
+                    continue
+                raise ConvertError(f"{folder.parent}: cannot reserve {needed / 2**20:,.0f} MiB for the arrays "
+                                   f"({error.strerror}); nothing was written: {fix}.") from None
+
+
 def mat_to_numpy(raw_dir: str | Path, out_dir: str | Path, image_size: int = 128, percentile: float = 99.5,
                  workers: int | None = None) -> int:
     """Convert every N.mat of raw_dir; return the number of slices.
@@ -84,6 +108,7 @@ def mat_to_numpy(raw_dir: str | Path, out_dir: str | Path, image_size: int = 128
     with atomic_dir(out_dir) as tmp:
         images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.float32, (count, image_size, image_size))
         masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (count, image_size, image_size))
+        reserve_space(tmp, [images, masks])
         paths = [path for _, path in slices]
         with Pool(workers) as pool:
             results = pool.imap(convert, paths, chunksize=16)
