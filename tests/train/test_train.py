@@ -13,7 +13,7 @@ from tumorseg.config import Oversample
 from tumorseg.train import phases as runs_module
 from tumorseg.train.loop import TrainPaths, learning_rate, oversampled, train
 from tumorseg.train.callbacks import CheckpointFromEpoch, finite_weights
-from tumorseg.train.phases import TrainingError, finish
+from tumorseg.train.phases import TrainingError, exclusive_work_dir, finish
 
 
 def small_params(filters=8, **train_overrides):
@@ -117,6 +117,19 @@ def test_interrupted_run_resumes_where_it_stopped(synthetic_data, tmp_path):
     assert metrics["epochs"] == 3
     curve = pd.read_csv(tmp_path / "plots" / "metrics" / "train" / "loss.tsv", sep="\t")
     assert list(curve["step"]) == [0, 1, 2]
+
+
+def test_a_second_training_in_the_same_workspace_is_refused_and_leaves_the_first_alone(synthetic_data, tmp_path):
+    params = small_params(4, epochs=1)
+    work_dir = TrainPaths.under(tmp_path).work_dir
+    with exclusive_work_dir(work_dir):  # a first training holds the work folder
+        (work_dir / "backup").mkdir(parents=True)
+        (work_dir / "run_id").write_text("the first run's")
+        with pytest.raises(TrainingError, match=r"work.lock: another training is running in this workspace.*"
+                                                r"dvc exp run --queue"):
+            run(params, synthetic_data, tmp_path)
+        assert (work_dir / "run_id").read_text() == "the first run's" and (work_dir / "backup").is_dir()
+    assert run(params, synthetic_data, tmp_path)["epochs"] == 1  # released when the first ends
 
 
 @pytest.mark.slow

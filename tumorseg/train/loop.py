@@ -45,6 +45,7 @@ from tumorseg.train.phases import (
     Phase,
     backup_epoch,
     data_digest,
+    exclusive_work_dir,
     fingerprint,
     finish,
     phases_to_run,
@@ -246,30 +247,31 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
     train_rows = len(subsets[0][0])
     steps = train_rows // train_params.batch_size if replicas > 1 else math.ceil(train_rows / train_params.batch_size)
     work_dir = paths.work_dir
-    run_id = fingerprint(params, paths.split_csv)
-    resuming = prepare_work_dir(work_dir, run_id)
-    if resuming:
-        print(f"resuming the interrupted run kept in {work_dir}")
-    if task:
-        digest = data_digest(*(array for images, masks, _ in subsets for array in (images, masks)))
-        multiworker.check_workers_agree(strategy, run_id + digest, backup_epoch(work_dir))
-    with strategy.scope():
-        model = build_model(params)
-        if train_params.init_from and not resuming:  # a resumed run restores its own weights
-            load_initial_weights(model, train_params.init_from)
-            print(f"initial weights from {train_params.init_from}")
-        loss = make_loss(train_params.loss)
-    curves = dvclive and (task is None or task.chief)
-    live = None
-    if curves:
-        from dvclive import Live
+    with exclusive_work_dir(work_dir):  # before anything in it changes
+        run_id = fingerprint(params, paths.split_csv)
+        resuming = prepare_work_dir(work_dir, run_id)
+        if resuming:
+            print(f"resuming the interrupted run kept in {work_dir}")
+        if task:
+            digest = data_digest(*(array for images, masks, _ in subsets for array in (images, masks)))
+            multiworker.check_workers_agree(strategy, run_id + digest, backup_epoch(work_dir))
+        with strategy.scope():
+            model = build_model(params)
+            if train_params.init_from and not resuming:  # a resumed run restores its own weights
+                load_initial_weights(model, train_params.init_from)
+                print(f"initial weights from {train_params.init_from}")
+            loss = make_loss(train_params.loss)
+        curves = dvclive and (task is None or task.chief)
+        live = None
+        if curves:
+            from dvclive import Live
 
-        live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)
-    fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
-               work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
-    metrics = finish(work_dir, paths.model, paths.metrics, paths.plots, train_params.first_compared_epoch,
-                     (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=curves,
-                     image_size=params.data.image_size)
+            live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)
+        fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
+                   work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
+        metrics = finish(work_dir, paths.model, paths.metrics, paths.plots, train_params.first_compared_epoch,
+                         (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=curves,
+                         image_size=params.data.image_size)
     if scratch:
         shutil.rmtree(scratch)
     return metrics

@@ -6,9 +6,12 @@ with its own BackupAndRestore folder (see training_phases); the latest phase wit
 it resumes.
 """
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -89,6 +92,29 @@ def backup_epoch(work_dir: str | Path) -> int:
     """The epoch that the run kept in `work_dir` resumes from (-1: none)."""
     paths = Path(work_dir).glob("backup/**/training_metadata.json")
     return max((int(json.loads(path.read_text())["epoch"]) for path in paths), default=-1)
+
+
+@contextlib.contextmanager
+def exclusive_work_dir(work_dir: str | Path) -> Iterator[None]:
+    """Hold the work folder for this training (a lock file beside it, released when the process ends, however
+    it ends); TrainingError when another training holds it: two `dvc exp run` at once in one workspace
+    share params.yaml and this folder, so each would spoil the other's run."""
+    work_dir = Path(work_dir)
+    lock_path = work_dir.with_name(f"{work_dir.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(
+                f"{lock_path}: another training is running in this workspace; DVC runs experiments started at "
+                "once in one workspace with mixed params. Queue them instead: dvc exp run --queue ..., then "
+                "dvc queue start -j 1 (each runs in its own copy)."
+            ) from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def prepare_work_dir(work_dir: str | Path, run_id: str) -> bool:
