@@ -1,6 +1,7 @@
 """One exit convention for every entry point: a project error is one line on stderr and status 1, a usage
 error status 2, and no traceback either way (tumorseg.cli)."""
 
+import errno
 import re
 import subprocess
 import sys
@@ -78,3 +79,39 @@ def test_a_failed_evaluate_removes_the_pages_of_the_older_metrics(tmp_path):
     result = run_module("stages.evaluate", cwd=tmp_path)
     assert_one_line(result, "evaluate", EXIT_ERROR, "")
     assert not (tmp_path / "plots" / "review").exists() and not (tmp_path / "plots" / "samples").exists()
+
+
+def test_a_killed_evaluate_leaves_no_page_of_the_older_model(tmp_path, monkeypatch):
+    """kill -9 cannot be caught: what counts is what is on disk while evaluate runs."""
+    import stages.evaluate as stage
+
+    monkeypatch.chdir(tmp_path)
+    for folder in stage.VIEWS_OF_THE_METRICS:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "index.html").write_text("older model")
+    on_disk = {}
+
+    def killed_while_evaluating(*args):
+        on_disk["pages"] = [folder for folder in stage.VIEWS_OF_THE_METRICS if (tmp_path / folder).exists()]
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "evaluate", killed_while_evaluating)
+    monkeypatch.setattr(stage, "load_params", lambda: None)
+    with pytest.raises(KeyboardInterrupt):
+        stage.main()
+    assert on_disk == {"pages": []}
+
+
+def test_a_folder_the_machine_will_not_let_it_write_is_one_line(tmp_path, capsys):
+    def write_into_read_only():
+        raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out" / "summary.csv"))
+
+    def a_bug():
+        raise FileNotFoundError(errno.ENOENT, "No such file or directory", "internal.tmp")
+
+    assert exit_status("predict", write_into_read_only) == EXIT_ERROR
+    assert capsys.readouterr().err == (f"predict: error: {tmp_path}/out/summary.csv: Permission denied; make it "
+                                       "writable (or free space there) and run again.\n")
+    with pytest.raises(FileNotFoundError):  # any other OSError is a bug and keeps its traceback
+        exit_status("predict", a_bug)
+

@@ -4,11 +4,14 @@ console scripts tumorseg-*).
 - the project's own errors (tumorseg.errors.ProjectError: bad params, bad files, a failed download, an
   unusable run) print one line on stderr, naming the file or parameter and the fix, and exit with 1;
 - usage errors (a bad or missing command-line option, reported by argparse) exit with 2;
+- a file the machine does not let it write (a read-only folder or file system, no permission, a full
+  disk or quota) is the user's to fix too: one line naming the file, exit 1;
 - anything else is a bug and keeps its traceback.
 
 A command's main may also return 1 itself (predict: some inputs failed and were skipped).
 """
 
+import errno
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +20,8 @@ from typing import NoReturn
 from tumorseg.errors import ProjectError
 
 EXIT_OK, EXIT_ERROR, EXIT_USAGE = 0, 1, 2
+# errors of the machine, not of the code: no permission, a read-only file system, no space or quota left
+MACHINE_ERRNOS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 def exit_status(name: str, main: Callable[..., int | None], *args: object) -> int:
@@ -28,6 +33,13 @@ def exit_status(name: str, main: Callable[..., int | None], *args: object) -> in
         return EXIT_ERROR
     except SystemExit as stop:  # argparse: 2 for a usage error, 0 after --help
         return stop.code if isinstance(stop.code, int) else EXIT_USAGE
+    except OSError as error:
+        if error.errno not in MACHINE_ERRNOS:
+            raise
+        where = error.filename or "a file"
+        print(f"{name}: error: {where}: {error.strerror}; make it writable (or free space there) and run again.",
+              file=sys.stderr)
+        return EXIT_ERROR
 
 
 def program_name(module: str) -> str:

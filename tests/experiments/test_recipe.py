@@ -52,6 +52,13 @@ def test_command_prints_the_options(capsys):
     assert RECIPES_DIR.name == "recipes"
 
 
+@pytest.mark.parametrize("value", ["/tmp/*", "/data/slice?.mat", "/data/[ab]"])
+def test_a_recipe_value_the_shell_would_expand_is_refused(tmp_path, value):
+    (tmp_path / "glob.yaml").write_text(f'data.source: "{value}"\n')
+    with pytest.raises(RecipeError, match=r"holds one of \*\?\[, which the shell would expand"):
+        load_recipe(str(tmp_path / "glob.yaml"))
+
+
 def test_a_recipe_value_with_a_space_is_refused(tmp_path):
     (tmp_path / "spaced.yaml").write_text('data.source: "/mnt/my data"\n')
     with pytest.raises(RecipeError, match="holds a space"):

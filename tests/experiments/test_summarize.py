@@ -148,6 +148,19 @@ def test_missing_eval_metrics_is_an_error(exp_show):
         summarize.summarize(exp_show)
 
 
+@pytest.mark.parametrize("bad", [float("inf"), float("nan"), "0.7", [0.7], True])
+def test_a_metric_that_is_not_a_finite_number_is_an_error(exp_show, bad):
+    exp_show[1]["experiments"][0]["revs"][0]["data"]["metrics"]["metrics/eval.json"]["data"]["dice"] = bad
+    with pytest.raises(summarize.SummaryError, match="metrics/eval.json of fold2: dice is not a finite number"):
+        summarize.summarize(exp_show)
+
+
+def test_a_malformed_exp_show_is_an_error(exp_show):
+    exp_show[1]["experiments"][0] = ["not", "a", "mapping"]
+    with pytest.raises(summarize.SummaryError, match="not the output of `dvc exp show --json`"):
+        summarize.summarize(exp_show)
+
+
 def test_command_prints_and_writes(exp_show, tmp_path, capsys):
     source = tmp_path / "exps.json"
     source.write_text(json.dumps(exp_show))

@@ -24,6 +24,8 @@ from tumorseg.errors import ProjectError
 RECIPES_DIR = Path(__file__).resolve().parents[2] / "recipes"
 
 
+SHELL_PATTERN = "*?["  # characters an unquoted $(...) result is expanded by (pathname expansion)
+
 class RecipeError(ProjectError, ValueError):
     """A recipe that is missing or names parameters params.yaml does not have."""
 
@@ -46,9 +48,14 @@ def load_recipe(name: str | Path, recipes_dir: str | Path = RECIPES_DIR,
     if not isinstance(overrides, dict):
         raise RecipeError(f"{path}: expected a mapping of parameter paths to values.")
     for key, value in overrides.items():
-        if any(char.isspace() for char in option_text(value)):
+        text = option_text(value)
+        if any(char.isspace() for char in text):
             raise RecipeError(f"{path}: {key} = {value!r} holds a space, which `dvc exp run $(python -m "
                               f"tumorseg.experiments.recipe ...)` would split in two: give it with -S yourself.")
+        if any(char in SHELL_PATTERN for char in text):
+            raise RecipeError(f"{path}: {key} = {value!r} holds one of {SHELL_PATTERN}, which the shell would expand "
+                              "into file names in `dvc exp run $(python -m tumorseg.experiments.recipe ...)`: give "
+                              "it with -S yourself, quoted.")
     try:
         load_params(params_path).replaced(overrides)
     except ConfigError as error:

@@ -184,9 +184,20 @@ def entry_metrics(entry: dict[str, Any], metrics_file: str = METRICS_FILE) -> di
             f"experiment {entry['name']} has no {metrics_file} ({reason}); did its evaluate stage run? "
             "Leave it out with --exps."
         )
-    if "dice" not in values or "iou" not in values:
+    if not isinstance(values, dict) or "dice" not in values or "iou" not in values:
         raise SummaryError(f"{metrics_file} of {entry['name']} has no 'dice'/'iou': is it the evaluate stage's output?")
-    return {key: np.nan if values.get(key) is None else float(values[key]) for key in METRIC_COLUMNS}
+    found = {}
+    for key in METRIC_COLUMNS:
+        value = values.get(key)
+        if value is None:  # a class without test slices, or a key an older evaluate did not write
+            found[key] = np.nan
+            continue
+        number = float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else np.nan
+        if not np.isfinite(number):
+            raise SummaryError(f"{metrics_file} of {entry['name']}: {key} is not a finite number; re-run its evaluate "
+                               "stage or leave it out with --exps.")
+        found[key] = number
+    return found
 
 
 def varying_params(params_per_entry: list[dict[str, Any]]) -> list[str]:
@@ -309,7 +320,12 @@ def summarize(exp_show: list[dict[str, Any]], names: list[str] | None = None,
               experiments_csv: str | Path = "plots/cv_experiments.csv",
               metrics_file: str = METRICS_FILE) -> tuple[pd.DataFrame, pd.DataFrame, str]:
     """Summarise the selected experiments of a parsed `dvc exp show --json`; return (table, summary, report)."""
-    entries = select_entries(list_entries(exp_show), names)
+    try:
+        listed = list_entries(exp_show)
+    except (AttributeError, TypeError) as error:  # a node that is not the mapping dvc writes
+        raise SummaryError(f"not the output of `dvc exp show --json` ({error}); save it again with "
+                           "`dvc exp show --json > FILE`.") from None
+    entries = select_entries(listed, names)
     table = experiment_table(entries, metrics_file)
     summary = summary_table(table)
     plot_summary(table, summary, out)
