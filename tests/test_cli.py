@@ -110,8 +110,14 @@ def test_a_folder_the_machine_will_not_let_it_write_is_one_line(tmp_path, capsys
         raise FileNotFoundError(errno.ENOENT, "No such file or directory", "internal.tmp")
 
     assert exit_status("predict", write_into_read_only) == EXIT_ERROR
-    assert capsys.readouterr().err == (f"predict: error: {tmp_path}/out/summary.csv: Permission denied; make it "
-                                       "writable (or free space there) and run again.\n")
+    assert capsys.readouterr().err == (f"predict: error: {tmp_path}/out/summary.csv: Permission denied; check its "
+                                       "permissions and the free space there, then run again.\n")
+
+    def disk_full_while_writing():  # a write into an open file: no file name on the error
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    assert exit_status("mat_to_numpy", disk_full_while_writing) == EXIT_ERROR
+    assert capsys.readouterr().err.startswith("mat_to_numpy: error: a file it writes: No space left on device;")
     with pytest.raises(FileNotFoundError):  # any other OSError is a bug and keeps its traceback
         exit_status("predict", a_bug)
 

@@ -34,10 +34,14 @@ def test_importing_the_package_does_not_load_the_serving_code():
 
 
 @pytest.mark.parametrize("script", sorted(SCRIPTS))
-def test_each_console_script_points_at_a_command_of_the_exit_convention(script):
+def test_each_console_script_points_at_a_command_of_the_exit_convention(script, monkeypatch, capsys):
     module, function = SCRIPTS[script].split(":")
     command = getattr(importlib.import_module(module), function)
-    assert callable(command) and script == f"tumorseg-{module.rsplit('.', 1)[1].replace('_', '-')}"
+    assert script == f"tumorseg-{module.rsplit('.', 1)[1].replace('_', '-')}"
+    monkeypatch.setattr(sys, "argv", [script, "--no-such-option"])
+    with pytest.raises(SystemExit) as stop:
+        command()
+    assert stop.value.code == 2 and capsys.readouterr().err.startswith(f"usage: {script}")
 
 
 def test_the_installed_recipe_script_lists_the_recipes():

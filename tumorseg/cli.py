@@ -36,9 +36,9 @@ def exit_status(name: str, main: Callable[..., int | None], *args: object) -> in
     except OSError as error:
         if error.errno not in MACHINE_ERRNOS:
             raise
-        where = error.filename or "a file"
-        print(f"{name}: error: {where}: {error.strerror}; make it writable (or free space there) and run again.",
-              file=sys.stderr)
+        where = error.filename or "a file it writes"
+        print(f"{name}: error: {where}: {error.strerror}; check its permissions and the free space there, then "
+              "run again.", file=sys.stderr)
         return EXIT_ERROR
 
 

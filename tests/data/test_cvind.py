@@ -244,3 +244,18 @@ def test_logical_or_complex_folds_are_refused(tmp_path):
     savemat(tmp_path / "cvind.mat", {"cvind": np.ones((1, 8), bool)}, do_compression=True)
     with pytest.raises(CvindError, match="holds logical values"):
         read_cvind(tmp_path / "cvind.mat")
+
+
+def test_a_compressed_cvind_whose_data_inflates_beyond_its_size_is_refused(tmp_path):
+    import struct
+    import zlib
+
+    savemat(tmp_path / "small.mat", {"cvind": np.ones((1, 8))}, do_compression=False)
+    data = (tmp_path / "small.mat").read_bytes()
+    element = bytearray(data[128:])  # the miMATRIX element of cvind, declaring 1 x 8 doubles
+    body = bytes(element) + b"\0" * (50 * 2**20)  # followed by 50 MiB that a parser following the stream inflates
+    compressed = zlib.compress(body, 9)
+    (tmp_path / "cvind.mat").write_bytes(data[:128] + struct.pack("<II", 15, len(compressed)) + compressed)
+    assert (tmp_path / "cvind.mat").stat().st_size < 200_000
+    with pytest.raises(CvindError, match="'cvind' inflates to more than"):
+        read_cvind(tmp_path / "cvind.mat")

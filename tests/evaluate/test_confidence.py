@@ -72,12 +72,12 @@ def test_a_fitted_score_ranks_the_confident_blob_first():
     _, confidence, _ = Choices(0.5, PostProcess(), "none", model).score(Predictions(maps, None, np.ones(3)))
     assert confidence[0] > confidence[1] and confidence[0] > confidence[2]
     assert ((confidence > 0) & (confidence < 1)).all()
-    # the review threshold flags at least 80% of the validation failures
+    # the review threshold flags at least 80% of the validation poor slices
     scores = model.score(np.vstack([good, bad]))
     assert model.flags(scores[40:]).mean() >= 0.8
 
 
-def test_without_failures_on_validation_the_fallback_ranks_by_mean_inside():
+def test_without_poor_slices_on_validation_the_fallback_ranks_by_mean_inside():
     features = slice_features(hand_made_maps(), hand_made_maps() >= 0.5, np.ones(3))
     model = ConfidenceModel.fit(features, np.array([0.9, 0.8, 0.7]))
     assert not model.fitted and model.review_threshold == 0.0
@@ -92,18 +92,18 @@ def binomial_tail(k, n, p):
 
 
 def test_review_threshold_on_hand_made_cases():
-    # 20 failures: catching 19 leaves P(X >= 19 | p = 0.8) = 20 * 0.8^19 * 0.2 + 0.8^20 = 0.069 > 0.05,
-    # so 0.8 is not excluded at 95%; catching all 20 gives 0.8^20 = 0.012: the 20th failure's score
-    failures = np.arange(1, 21) / 100
-    confidence = np.concatenate([failures, [0.5, 0.9]])
+    # 20 poor slices: catching 19 leaves P(X >= 19 | p = 0.8) = 20 * 0.8^19 * 0.2 + 0.8^20 = 0.069 > 0.05,
+    # so 0.8 is not excluded at 95%; catching all 20 gives 0.8^20 = 0.012: the 20th poor slice's score
+    poor = np.arange(1, 21) / 100
+    confidence = np.concatenate([poor, [0.5, 0.9]])
     failed = np.array([True] * 20 + [False, False])
     assert binomial_tail(19, 20, 0.8) > 0.05 >= binomial_tail(20, 20, 0.8)
     assert review_threshold(confidence, failed) == 0.20
-    # 100 failures: the smallest k with P(X >= k | 0.8) <= 0.05, found by the hand sum
+    # 100 poor slices: the smallest k with P(X >= k | 0.8) <= 0.05, found by the hand sum
     k = next(k for k in range(80, 101) if binomial_tail(k, 100, 0.8) <= 0.05)
     assert k == 87
     assert review_threshold(np.arange(1, 101) / 1000, np.ones(100, bool)) == pytest.approx(k / 1000)
-    # 5 failures: even all 5 leave 0.8^5 = 0.33 > 0.05: every failure is flagged
+    # 5 poor slices: even all 5 leave 0.8^5 = 0.33 > 0.05: every poor slice is flagged
     assert review_threshold(np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.9]), np.array([1, 1, 1, 1, 1, 0], bool)) == 0.5
     assert review_threshold(np.array([0.1, 0.9]), np.zeros(2, bool)) == 0.0
 
@@ -111,7 +111,7 @@ def test_review_threshold_on_hand_made_cases():
 def test_auroc_referral_and_risk_coverage_on_a_hand_made_case():
     confidence = np.array([0.9, 0.8, 0.3, 0.6, 0.1])
     dice = np.array([0.9, 0.8, 0.2, 0.4, 0.7])
-    # failures (Dice < 0.5): slices 2 (0.3) and 3 (0.6); good: 0.9, 0.8, 0.1. Pairs (failure less
+    # poor slices (Dice < 0.5): slices 2 (0.3) and 3 (0.6); good: 0.9, 0.8, 0.1. Pairs (poor slice less
     # confident than good): 0.3 < 0.9, 0.8 but not 0.1; 0.6 < 0.9, 0.8 but not 0.1 -> 4 of 6
     assert poor_auroc(confidence, dice) == pytest.approx(4 / 6)
     assert poor_auroc(confidence, np.ones(5)) != poor_auroc(confidence, np.ones(5))  # NaN

@@ -110,7 +110,7 @@ def test_row_values_on_a_hand_made_case():
 def test_header_states_the_choices_and_the_confidence_auroc():
     text = review_page(hand_made_samples(), {7: "P7", 5: "MR5", 9: "MR9"}, FITTED)
     assert "Threshold 0.35, post-processing largest, test-time augmentation hflip" in text
-    # one failure (Dice 0 < 0.5, confidence 0.4) against two good slices (0.2 and 0.9): it ranks below
+    # one poor slice (Dice 0 < 0.5, confidence 0.4) against two good slices (0.2 and 0.9): it ranks below
     # one of the two, so AUROC = 1/2
     assert "AUROC 0.500 for finding slices with Dice below 0.5" in text
     assert "flagged for review at confidence 0.45 or less" in text

@@ -26,7 +26,8 @@ import h5py
 import numpy as np
 import pandas as pd
 
-from tumorseg.data.matfile import HDF5_SIGNATURE, matlab_header, stored_here
+from tumorseg.data.hdf5 import stored_here
+from tumorseg.data.matfile import HDF5_SIGNATURE, matlab_header
 from tumorseg.errors import ProjectError
 
 CVIND = "cvind.mat"
@@ -36,6 +37,7 @@ MAX_ENTRIES = 100_000  # one per slice: a declared size beyond this is refused b
 # MATLAB v5: a 128-byte header, then one element per variable (its flags, dimensions and name come first)
 V5_HEADER_BYTES, V5_MATRIX, V5_COMPRESSED, V5_PEEK_BYTES = 128, 14, 15, 512
 V5_LOGICAL, V5_COMPLEX = 0x0200, 0x0800  # array flags
+V5_MAX_ELEMENT = MAX_ENTRIES * 8 + V5_PEEK_BYTES  # cvind's element: its headers and MAX_ENTRIES doubles
 
 
 class CvindError(ProjectError, ValueError):
@@ -80,6 +82,22 @@ def _v5_matrix_header(head: bytes, order: str) -> tuple[str, tuple[int, ...], in
     return name.decode("ascii", "replace"), dims, flags
 
 
+def _v5_element(path, handle, position: int, kind: int, count: int, order: str) -> bytes:
+    """The uncompressed miMATRIX element at `position` (tag included), at most V5_MAX_ELEMENT bytes: a
+    compressed one is inflated only that far, and refused when its data goes on beyond."""
+    limit = V5_MAX_ELEMENT
+    handle.seek(position + 8)
+    if kind == V5_MATRIX:
+        if count > limit:
+            raise CvindError(f"{path}: 'cvind' takes {count:,} bytes, more than {limit:,}; refusing to read it.")
+        return struct.pack(order + "II", kind, count) + handle.read(count)
+    inflate = zlib.decompressobj()
+    element = inflate.decompress(handle.read(count), limit)
+    if not inflate.eof:
+        raise CvindError(f"{path}: 'cvind' inflates to more than {limit:,} bytes; refusing to read it.")
+    return element
+
+
 def _read_v5(path):
     """cvind alone from a MATLAB v5 file: each variable's name and declared size are read from its first
     bytes (a compressed one inflated only that far), and only cvind is handed to scipy, after the checks;
@@ -108,8 +126,7 @@ def _read_v5(path):
                     kind_found = "logical" if flags & V5_LOGICAL else "complex"
                     raise CvindError(f"{path}: 'cvind' holds {kind_found} values, not fold numbers; use the "
                                      "cvind.mat of the figshare download.")
-                f.seek(position)
-                return loadmat(io.BytesIO(header + f.read(end - position)))["cvind"]
+                return loadmat(io.BytesIO(header + _v5_element(path, f, position, kind, count, order)))["cvind"]
             position = end
     raise CvindError(f"{path}: no variable 'cvind'; use the cvind.mat of the figshare download.")
 

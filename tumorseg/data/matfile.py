@@ -16,6 +16,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from tumorseg.data.hdf5 import stored_here
 from tumorseg.errors import ProjectError
 
 FIELDS = ("label", "PID", "image", "tumorBorder", "tumorMask")
@@ -23,7 +24,7 @@ HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
 SLICE_NAME = re.compile(r"^([1-9][0-9]*)\.mat$")  # N.mat, N = the slice's index in the dataset
 MAX_SIDE = 4096  # pixels along a side of `image` and `tumorMask`; the dataset's are 256 and 512
 MAX_PID_LENGTH = 64  # characters of `PID`; the dataset's have 6 to 9
-FORMULA_STARTS = ("=", "+", "-", "@")  # a CSV cell starting so is a formula to a spreadsheet
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")  # a CSV cell starting so is a formula to a spreadsheet
 
 
 class MatFormatError(ProjectError, ValueError):
@@ -55,27 +56,10 @@ def _check_signature(path):
     )
 
 
-def stored_here(path, parent, name, what="a figshare slice", error=None):
-    """The object `name` of `parent`; `error` (MatFormatError by default) unless it is stored in this file
-    itself: no external or soft link, and for a dataset no external storage and no virtual (mapped) data,
-    any of which could copy another local file into the outputs. `what` names the kind of file expected."""
-    error = error or MatFormatError
-    link = parent.get(name, getlink=True)
-    if not isinstance(link, h5py.HardLink):
-        raise error(f"{path}: field '{name}' is a {type(link).__name__} to data elsewhere; {what} holds its "
-                    "data itself: refusing to follow it (use the original file).")
-    item = parent[name]
-    if isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
-        kind = "external storage" if item.external else "a virtual dataset"
-        raise error(f"{path}: field '{name}' uses {kind} (data in other files); {what} holds its data itself: "
-                    "refusing to read it (use the original file).")
-    return item
-
-
 def _numeric_field(path, group, name, integer=False, max_size=None):
     """The array of field `name`; MatFormatError naming the file and the field unless it is numeric and
     stored in the file; `max_size` caps each dimension, checked before anything is read."""
-    item = stored_here(path, group, name)
+    item = stored_here(path, group, name, error=MatFormatError)
     if isinstance(item, h5py.Dataset) and max_size is not None and max(item.shape or (0,)) > max_size:
         raise MatFormatError(f"{path}: field '{name}' declares shape {item.shape}: more than {max_size} along "
                              "a side, far beyond any figshare slice; refusing to read it.")
@@ -124,7 +108,7 @@ def read_slice(path: str | Path, with_border: bool = True) -> Slice:
         with h5py.File(path, "r") as f:
             if "cjdata" not in f:
                 raise MatFormatError(f"{path}: no 'cjdata' struct; this is not a figshare slice file.")
-            group = stored_here(path, f, "cjdata")
+            group = stored_here(path, f, "cjdata", error=MatFormatError)
             if not isinstance(group, h5py.Group):
                 raise MatFormatError(f"{path}: 'cjdata' must be a struct (an HDF5 group), found a dataset; "
                                      "this is not a figshare slice file.")

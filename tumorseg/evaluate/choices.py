@@ -62,10 +62,14 @@ class Choices:
         """Boolean masks of probability maps ((H, W) or (N, H, W), any size): thresholded, then post-processed."""
         return self.postprocess.apply(binarize(probabilities, self.threshold))
 
+    def features(self, predicted: Predictions) -> tuple[np.ndarray, np.ndarray]:
+        """(masks (n, S, S), confidence features (n, len(FEATURES))) of model-resolution predictions."""
+        masks = self.masks(predicted.probabilities)
+        return masks, slice_features(predicted.probabilities, masks, predicted.agreement, predicted.types)
+
     def score(self, predicted: Predictions) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """(masks (n, S, S), confidence (n,), features (n, len(FEATURES))) of model-resolution predictions."""
-        masks = self.masks(predicted.probabilities)
-        features = slice_features(predicted.probabilities, masks, predicted.agreement, predicted.types)
+        masks, features = self.features(predicted)
         return masks, self.confidence.score(features), features
 
     def with_options(self, threshold: float | None = None, postprocess: PostProcess | None = None,

@@ -84,9 +84,7 @@ def choose_on_validation(truth: np.ndarray, probs: np.ndarray, thresholds: np.nd
 def fit_confidence(val_truth: np.ndarray, val_predicted: Predictions, chosen: Choices,
                    seed: int) -> confidence.ConfidenceModel:
     """The confidence score's model fitted on the validation slices' Dice with the chosen masks."""
-    val_pred = chosen.masks(val_predicted.probabilities)
-    features = confidence.slice_features(val_predicted.probabilities, val_pred, val_predicted.agreement,
-                                         val_predicted.types)
+    val_pred, features = chosen.features(val_predicted)
     return confidence.ConfidenceModel.fit(features, metrics.dice_per_image(val_truth, val_pred), seed)
 
 

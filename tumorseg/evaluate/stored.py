@@ -78,7 +78,7 @@ def load_predictions(path: str | Path, subset: str, ids: np.ndarray, image_size:
 
 def checked_floats(path: Path, name: str, values: np.ndarray, shape: tuple[int, ...], fix: str) -> np.ndarray:
     """`values` as float32 if it has `shape`, a real dtype and only values in [0, 1]; else InputError: a NaN
-    agreement would leave every slice unflagged, a two-column type table would score as one class."""
+    agreement would flag every slice for review, a two-column type table would score as one class."""
     real = np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)
     if values.shape != shape or not real:
         raise InputError(f"{path}: {name} is {values.dtype} {values.shape}, expected real numbers of shape {shape}: "

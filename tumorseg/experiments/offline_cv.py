@@ -130,7 +130,9 @@ def train(args) -> None:
     print(json.dumps(summary, indent=1))
     shutil.rmtree(scratch, ignore_errors=True)
     if any(code != 0 for code in results.values()):
-        raise InputError(f"{log}: a fold failed; its log is there.")
+        from tumorseg.train.phases import TrainingError
+
+        raise TrainingError(f"{log}: a fold failed; its log is there.")
 
 
 def _reap(running, results):
@@ -221,8 +223,9 @@ def prediction_folds(folder: Path) -> list[int]:
 
 
 def training_summary(path: Path) -> dict[str, dict[str, float]]:
-    """{fold: {"train_s", "val_dice"}} from train's gpu_cv.json when it is there (else {}); InputError for a
-    file that is not that JSON or holds non-finite or negative figures."""
+    """{fold: {"train_s", "val_dice"}} from train's gpu_cv.json when it is there (else {}; NaN for a figure a
+    failed fold did not record); InputError for a file that is not that JSON or holds an infinite or negative
+    figure."""
     if not path.is_file():
         return {}
     fix = "copy the gpu_cv.json that offline_cv train wrote, or remove it (the scores do not need it)"
@@ -235,7 +238,7 @@ def training_summary(path: Path) -> dict[str, dict[str, float]]:
         raise InputError(f"{path}: not the training summary of offline_cv train ({type(error).__name__}): "
                          f"{fix}.") from None
     for fold, found in summary.items():
-        if any(value < 0 or value == float("inf") for value in found.values()):
+        if any(np.isinf(value) or value < 0 for value in found.values()):  # NaN: not recorded (a failed fold)
             raise InputError(f"{path}: fold {fold} has a negative or infinite figure: {fix}.")
     return summary
 

@@ -15,26 +15,22 @@ import h5py
 import keras
 
 import tumorseg.model.losses  # noqa: F401  registers the custom loss and metric
+from tumorseg.data.hdf5 import stored_here
 from tumorseg.errors import InputError
 
 MAX_CONFIG_BYTES = 16 * 2**20  # config.json and metadata.json: a U-Net's are tens of kB
-MAX_WEIGHTS_BYTES = 2 * 2**30  # the reference U-Net's weights are 91 MB in float32
+MAX_WEIGHTS_BYTES = 2**30  # all weights together; the reference U-Net's are 91 MB in float32
 
 
-def check_weights_stored_here(path: Path, group: h5py.Group) -> None:
-    """InputError unless every object under `group` is stored in the file itself (hard links only; no
-    dataset with external storage or virtual data)."""
+def check_weights_stored_here(path: Path, group: h5py.Group, seen: set | None = None) -> None:
+    """InputError unless every object under `group` is stored in the file itself (tumorseg.data.hdf5.stored_here: hard
+    links only, no external storage or virtual data); each group is visited once (hard links may loop)."""
+    seen = set() if seen is None else seen
     for name in group:
-        link = group.get(name, getlink=True)
-        if not isinstance(link, h5py.HardLink):
-            raise InputError(f"{path}: its weights hold a {type(link).__name__} '{group.name}/{name}' to data "
-                             "elsewhere; a saved model holds its weights itself: refusing to load it.")
-        item = group[name]
-        if isinstance(item, h5py.Dataset) and (item.external or item.is_virtual):
-            raise InputError(f"{path}: its weights '{item.name}' are stored in other files (external or virtual "
-                             "data); a saved model holds its weights itself: refusing to load it.")
-        if isinstance(item, h5py.Group):
-            check_weights_stored_here(path, item)
+        item = stored_here(path, group, name, what="a saved model", error=InputError)
+        if isinstance(item, h5py.Group) and item.id not in seen:  # ids of one object compare equal
+            seen.add(item.id)
+            check_weights_stored_here(path, item, seen)
 
 
 def check_keras_archive(path: Path, fix: str) -> None:
@@ -43,21 +39,26 @@ def check_keras_archive(path: Path, fix: str) -> None:
     if not zipfile.is_zipfile(path):
         raise InputError(f"{path}: not a Keras model (a .keras file is a zip archive; this one is damaged, "
                          f"truncated or of another kind); give the file the train stage writes, or {fix}")
-    with zipfile.ZipFile(path) as archive:
-        for member in archive.infolist():
-            cap = MAX_WEIGHTS_BYTES if member.filename.endswith(".h5") else MAX_CONFIG_BYTES
-            if member.file_size > cap:
-                raise InputError(f"{path}: its member {member.filename} declares {member.file_size / 2**20:,.0f} MiB, "
-                                 f"more than the {cap / 2**20:,.0f} MiB a model of this project needs; refusing "
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = archive.infolist()
+            weights = [member for member in members if member.filename.endswith(".h5")]
+            for member in members:
+                if member not in weights and member.file_size > MAX_CONFIG_BYTES:
+                    raise InputError(f"{path}: its member {member.filename} declares "
+                                     f"{member.file_size / 2**20:,.0f} MiB, more than the "
+                                     f"{MAX_CONFIG_BYTES / 2**20:,.0f} MiB a model of this project needs; refusing "
+                                     "to load it.")
+            if sum(member.file_size for member in weights) > MAX_WEIGHTS_BYTES:
+                raise InputError(f"{path}: its weights declare more than {MAX_WEIGHTS_BYTES / 2**30:g} GiB; refusing "
                                  "to load it.")
-        for member in archive.infolist():
-            if member.filename.endswith(".h5"):
-                try:
-                    with h5py.File(io.BytesIO(archive.read(member)), "r") as weights:
-                        check_weights_stored_here(path, weights)
-                except OSError as error:
-                    raise InputError(f"{path}: its weights {member.filename} are not readable HDF5 ({error}); "
-                                     f"{fix}") from None
+            for member in weights:
+                with h5py.File(io.BytesIO(archive.read(member)), "r") as stored:
+                    check_weights_stored_here(path, stored)
+    except InputError:
+        raise
+    except Exception as error:  # zipfile, zlib and h5py raise many kinds for a damaged archive
+        raise InputError(f"{path}: a damaged Keras archive ({type(error).__name__}: {error}); {fix}") from None
 
 
 def load_model(model_path: str | Path) -> keras.Model:

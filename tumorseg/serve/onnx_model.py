@@ -17,9 +17,6 @@ from tumorseg.errors import InputError
 from tumorseg.model.outputs import MASK_OUTPUT, TYPE_OUTPUT
 
 
-MAX_INPUT_SIZE = 4096  # pixels a side of the model input; a U-Net for MRI slices takes 64 to 512
-
-
 def _graph_tensors(graph):
     """Every tensor of an ONNX graph: initializers, sparse ones, node attributes, subgraphs'."""
     yield from graph.initializer
@@ -82,12 +79,10 @@ class OnnxModel:
             raise InputError(f"{path}: cannot load the ONNX model ({error}); export it again.") from None
         inputs = self.session.get_inputs()
         shape = _shape(inputs[0].shape) if len(inputs) == 1 else ()
-        sizes = [dim for dim in shape[1:] if dim is not None]
-        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(shape) != 4 \
-                or any(not 1 <= dim <= MAX_INPUT_SIZE for dim in sizes):
+        if len(inputs) != 1 or inputs[0].type != "tensor(float)" or len(shape) != 4:
             found = ", ".join(f"{source.name} {source.type} {source.shape}" for source in inputs) or "none"
-            raise InputError(f"{path}: inputs ({found}) are not this project's one float image input (N, S, S, 1) "
-                             f"of at most {MAX_INPUT_SIZE} pixels a side; export the model again with this package.")
+            raise InputError(f"{path}: inputs ({found}) are not this project's one float image input (N, S, S, 1); "
+                             "export the model again with this package.")
         self.input_name, self.input_shape = inputs[0].name, shape
         outputs = self.session.get_outputs()
         self.output_names = [output.name for output in outputs]

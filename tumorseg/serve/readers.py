@@ -88,18 +88,20 @@ def checked_slice(source, array) -> np.ndarray:
     float32 input would make inf) become 0, as an unwritten pixel: one of them would otherwise turn every
     probability of the slice into NaN, an empty mask that reads as "no tumour"."""
     array = np.asarray(array)
-    if array.dtype == bool:
-        array = array.astype(np.uint8)
-    if not (np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)):
+    if array.dtype.kind not in "biuf":  # bool, signed and unsigned integers, floats
         raise ReadError(f"{source}: pixel type {array.dtype} is not a real number type; give the slice as "
                         "integers or floats (a complex image: its magnitude, np.abs).")
+    if array.dtype.kind == "b":
+        array = array.astype(np.uint8)
     if array.ndim != 2 or min(array.shape) < 2:
         raise ReadError(f"{source}: expected a 2-D image of at least 2 x 2 pixels, found shape {array.shape}.")
-    if np.issubdtype(array.dtype, np.floating):
-        wide = array.astype(np.float64)
-        bad = ~np.isfinite(wide) | (np.abs(wide) > np.finfo(np.float32).max)
+    if array.dtype.kind == "f":
+        with np.errstate(invalid="ignore"):
+            bad = ~np.isfinite(array)
+            if array.dtype.itemsize > 4:
+                bad |= np.abs(array) > np.finfo(np.float32).max
         if bad.any():
-            array = np.where(bad, 0.0, wide).astype(array.dtype if array.dtype.itemsize >= 4 else np.float32)
+            array = np.where(bad, 0, array).astype(np.float32 if array.dtype.itemsize < 4 else array.dtype)
     return array
 
 
@@ -129,7 +131,8 @@ def read_image(path: Path) -> ScanFile:
     (numbered from 0, like NIfTI slices)."""
     slices = []
     with Image.open(path) as image:
-        declared = [(frame.size, len(frame.getbands())) for frame in ImageSequence.Iterator(image)]  # headers only
+        # the size of every page before any is decoded (TIFF pages: their headers; an animated PNG decodes)
+        declared = [(frame.size, len(frame.getbands())) for frame in ImageSequence.Iterator(image)]
         check_declared_values(path, sum(w * h * bands for (w, h), bands in declared),
                               f"{len(declared)} page(s) of up to {max(w for (w, _), _ in declared)} x "
                               f"{max(h for (_, h), _ in declared)}")

@@ -25,10 +25,10 @@ from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.postprocess import PostProcess
 from tumorseg.model.outputs import MASK_OUTPUT, has_type_head
 from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, predict
-from tumorseg.serve.onnx_model import MAX_INPUT_SIZE
 from tumorseg.serve.readers import checked_slice, checked_spacing, read_scan
 
 DEFAULT_PERCENTILE = 99.5
+MAX_INPUT_SIZE = 4096  # pixels a side of a model's input; a U-Net for MRI slices takes 64 to 512
 
 
 @dataclass(frozen=True)

@@ -73,7 +73,7 @@ def slice_row(scan: ScanFile, index: int, result, names: dict[str, str]) -> dict
 def spreadsheet_safe(value: object) -> object:
     """A text cell that a spreadsheet would run as a formula (=, +, -, @, a tab or carriage return first, as
     a file named `=HYPERLINK(...).png` gives) prefixed with a single quote; anything else as it is."""
-    if isinstance(value, str) and value[:1] in (*FORMULA_STARTS, "\t", "\r"):
+    if isinstance(value, str) and value[:1] in FORMULA_STARTS:
         return "'" + value
     return value
 

@@ -7,10 +7,12 @@ it resumes.
 """
 
 import contextlib
+import errno
 import fcntl
 import hashlib
 import json
 import shutil
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +113,13 @@ def exclusive_work_dir(work_dir: str | Path) -> Iterator[None]:
                 "once in one workspace with mixed params. Queue them instead: dvc exp run --queue ..., then "
                 "dvc queue start -j 1 (each runs in its own copy)."
             ) from None
+        except OSError as error:
+            if error.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            print(f"warning: {lock_path}: cannot lock the work folder on this file system ({error.strerror}); run "
+                  "one training at a time in this workspace.", file=sys.stderr)
+            yield
+            return
         try:
             yield
         finally:
