@@ -209,7 +209,9 @@ def test_real_figshare_slices(tmp_path, model_path, real_sample):
     files = sorted((real_sample / "mat").glob("*.mat"))[:2]
     out = tmp_path / "out"
     assert predict([*map(str, files), "--out", str(out), "--model", str(model_path)]) == 0
-    for row, path in zip(read_rows(out), files):
+    rows = read_rows(out)
+    assert len(files) == len(rows) == 2
+    for row, path in zip(rows, files):
         assert png_shape(out / row["mask_png"]) == read_slice(path).image.shape
 
 
