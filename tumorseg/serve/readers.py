@@ -172,8 +172,7 @@ def read_dicom(path: Path) -> ScanFile:
     if dataset.get("PhotometricInterpretation") == "MONOCHROME1":
         array = array.max() - array
     spacing = dataset.get("PixelSpacing")
-    spacing = checked_spacing(path, (float(spacing[0]), float(spacing[1]))) \
-        if spacing is not None and len(spacing) == 2 else None
+    spacing = checked_spacing(path, spacing) if spacing is not None and len(spacing) == 2 else None
     return ScanFile(path, "dicom", [checked_slice(path, array)], spacing=spacing)
 
 
