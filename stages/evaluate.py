@@ -1,4 +1,4 @@
-"""evaluate stage: models/model.keras + data/ -> metrics/eval.json, plots/eval/ (threshold chosen on val)"""
+"""evaluate stage: models/unet/ + data/ -> metrics/eval.json, plots/eval/ (threshold chosen on val)"""
 
 import shutil
 
@@ -15,7 +15,7 @@ VIEWS_OF_THE_METRICS = ("plots/review", "plots/samples")
 def main():
     for folder in VIEWS_OF_THE_METRICS:
         shutil.rmtree(folder, ignore_errors=True)
-    evaluate("models/model.keras", "data/numpy", "data/split.csv", "data/raw", load_params(),
+    evaluate("models/unet/model.keras", "data/numpy", "data/split.csv", "data/raw", load_params(),
              "metrics/eval.json", "plots/eval")
 
 

@@ -11,8 +11,8 @@ from tumorseg.evaluate.review import write_review
 def main():
     params = load_params()
     chosen = Choices.load("metrics/eval.json")
-    render_samples("models/model.keras", "data/numpy", "data/split.csv", params, "plots/samples", chosen)
-    write_review("models/model.keras", "data/numpy", "data/split.csv", "plots/review", chosen)
+    render_samples("models/unet/model.keras", "data/numpy", "data/split.csv", params, "plots/samples", chosen)
+    write_review("models/unet/model.keras", "data/numpy", "data/split.csv", "plots/review", chosen)
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""train stage: data/numpy/ + data/split.csv -> models/model.keras, metrics/train.json, plots/train/"""
+"""train stage: data/numpy/ + data/split.csv -> models/unet/, metrics/train.json, plots/train/"""
 
 from stages import run
 from tumorseg.config import load_params

@@ -6,7 +6,7 @@ from pathlib import Path
 from tests.e2e.test_dvc_deps import imported_names, module_file
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = {"__init__.py", "errors.py", "config.py", "atomic.py", "cli.py"}
+SHARED = {"__init__.py", "errors.py", "config.py", "atomic.py", "cli.py", "bundle.py"}
 SUBPACKAGES = {"data", "model", "train", "evaluate", "serve", "experiments"}
 
 

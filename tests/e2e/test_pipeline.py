@@ -36,7 +36,7 @@ def test_pipeline_end_to_end(project, tmp_path, tmp_path_factory):
     # dvc repro runs all six stages and produces every declared output
     output = dvc("repro", cwd=project)
     assert ran_stages(output) == set(STAGES)
-    for path in ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras",
+    for path in ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/unet/model.keras",
                  "metrics/train.json", "metrics/eval.json", "plots/train/metrics/eval/loss.tsv",
                  "plots/eval/threshold_sweep.csv", "plots/eval/per_image.csv", "plots/eval/per_class.csv",
                  "plots/samples/grid.png", "plots/review/index.html"):

@@ -12,7 +12,7 @@ from tests.dvc_helpers import (
 )
 
 # Outputs kept in the DVC cache: they travel through the remote, not through git.
-CACHED_OUTPUTS = ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/model.keras")
+CACHED_OUTPUTS = ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/unet/model.keras")
 
 pytestmark = DVC_TEST_MARKS
 

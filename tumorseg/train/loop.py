@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import keras
 import numpy as np
 
+from tumorseg.bundle import DEFAULT_FOLDER, MODEL_FILE, PREPROCESSING_FILE, Preprocessing
 from tumorseg.config import ConfigError, Oversample, Params, Train
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.preprocess import shrink
@@ -63,7 +64,7 @@ class TrainPaths:
 
     numpy_dir: Path = Path("data/numpy")
     split_csv: Path = Path("data/split.csv")
-    model: Path = Path("models/model.keras")
+    bundle: Path = DEFAULT_FOLDER  # the model folder: model.keras and preprocessing.json (tumorseg.bundle)
     metrics: Path = Path("metrics/train.json")
     plots: Path = Path("plots/train")
     work_dir: Path = Path("checkpoints/train")
@@ -75,9 +76,10 @@ class TrainPaths:
     @classmethod
     def under(cls, folder: str | Path, numpy_dir: str | Path | None = None,
               split_csv: str | Path | None = None) -> "TrainPaths":
-        """Every output under `folder` (model.keras, train.json, plots/, work/); inputs there too unless given."""
+        """Every output under `folder` (the model folder itself: model.keras, preprocessing.json; train.json,
+        plots/, work/); inputs there too unless given."""
         folder = Path(folder)
-        return cls(numpy_dir or folder / "numpy", split_csv or folder / "split.csv", folder / "model.keras",
+        return cls(numpy_dir or folder / "numpy", split_csv or folder / "split.csv", folder,
                    folder / "train.json", folder / "plots", folder / "work")
 
     def for_worker(self, scratch: str | Path) -> "TrainPaths":
@@ -269,9 +271,11 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
             live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)
         fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
                    work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
-        metrics = finish(work_dir, paths.model, paths.metrics, paths.plots, train_params.first_compared_epoch,
+        (paths.bundle / PREPROCESSING_FILE).unlink(missing_ok=True)  # written again with the new model
+        metrics = finish(work_dir, paths.bundle / MODEL_FILE, paths.metrics, paths.plots, train_params.first_compared_epoch,
                          (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=curves,
                          image_size=params.data.image_size)
+        Preprocessing.from_params(params).save(paths.bundle / PREPROCESSING_FILE)
     if scratch:
         shutil.rmtree(scratch)
     return metrics
