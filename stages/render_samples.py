@@ -1,7 +1,8 @@
-"""render_samples stage: test predictions per class -> plots/samples/, every test slice -> plots/review/index.html
-(as evaluate chose: metrics/eval.json)"""
+"""render_samples stage: models/unet/ (the model and evaluate's choices) + data/ -> plots/samples/ (test predictions
+per class), plots/review/index.html (every test slice)"""
 
 from stages import run
+from tumorseg.bundle import CHOICES_FILE, DEFAULT_FOLDER, MODEL_FILE
 from tumorseg.config import load_params
 from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.render import render_samples
@@ -10,9 +11,10 @@ from tumorseg.evaluate.review import write_review
 
 def main():
     params = load_params()
-    chosen = Choices.load("metrics/eval.json")
-    render_samples("models/unet/model.keras", "data/numpy", "data/split.csv", params, "plots/samples", chosen)
-    write_review("models/unet/model.keras", "data/numpy", "data/split.csv", "plots/review", chosen)
+    chosen = Choices.load(DEFAULT_FOLDER / CHOICES_FILE)
+    model = DEFAULT_FOLDER / MODEL_FILE
+    render_samples(model, "data/numpy", "data/split.csv", params, "plots/samples", chosen)
+    write_review(model, "data/numpy", "data/split.csv", "plots/review", chosen)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,19 @@
-"""Small pieces shared by tests: params with overrides, a tiny dataset in the pipeline's layout, a fixed model,
-a simulated interruption."""
+"""Small pieces shared by tests: params with overrides, a tiny dataset in the pipeline's layout, a fixed model and
+its model folder, a simulated interruption."""
 
+import shutil
 from pathlib import Path
 
 import keras
 import numpy as np
 
+from tumorseg.bundle import CHOICES_FILE, MODEL_FILE, PREPROCESSING_FILE, Preprocessing
 from tumorseg.config import load_params
 from tumorseg.experiments.recipe import load_recipe
 from tumorseg.data.convert import mat_to_numpy
 from tumorseg.data.split import assign_subsets, write_split
 from tumorseg.data.synthetic import write_dataset
+from tumorseg.evaluate.choices import Choices
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,6 +68,22 @@ def identity_model(path, size):
     )
     model.save(path)
     return path
+
+
+def model_folder(folder, model, percentile=99.5, choices=Choices()):
+    """A model folder (tumorseg.bundle) of `model` (a Keras model, or the path of a saved one): model.keras,
+    preprocessing.json and, unless `choices` is None, choices.json."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if isinstance(model, (str, Path)):
+        shutil.copyfile(model, folder / MODEL_FILE)
+        model = keras.models.load_model(model, compile=False)
+    else:
+        model.save(folder / MODEL_FILE)
+    Preprocessing(model.input_shape[1], percentile).save(folder / PREPROCESSING_FILE)
+    if choices is not None:
+        choices.save(folder / CHOICES_FILE)
+    return folder
 
 
 class StopAtEpoch(keras.callbacks.Callback):

@@ -68,40 +68,6 @@ def test_other_errors_keep_their_traceback():
     assert exit_status("refused", refused) == EXIT_ERROR
 
 
-def test_a_failed_evaluate_removes_the_pages_of_the_older_metrics(tmp_path):
-    """DVC removes metrics/eval.json before evaluate runs; the review page and the samples of the model it
-    scored must not outlive it."""
-    (tmp_path / "stages").symlink_to(__import__("stages").__path__[0])
-    (tmp_path / "params.yaml").write_text(Path("params.yaml").read_text())
-    for folder in ("plots/review", "plots/samples"):
-        (tmp_path / folder).mkdir(parents=True)
-        (tmp_path / folder / "index.html").write_text("older model")
-    result = run_module("stages.evaluate", cwd=tmp_path)
-    assert_one_line(result, "evaluate", EXIT_ERROR, "")
-    assert not (tmp_path / "plots" / "review").exists() and not (tmp_path / "plots" / "samples").exists()
-
-
-def test_a_killed_evaluate_leaves_no_page_of_the_older_model(tmp_path, monkeypatch):
-    """kill -9 cannot be caught: what counts is what is on disk while evaluate runs."""
-    import stages.evaluate as stage
-
-    monkeypatch.chdir(tmp_path)
-    for folder in stage.VIEWS_OF_THE_METRICS:
-        (tmp_path / folder).mkdir(parents=True)
-        (tmp_path / folder / "index.html").write_text("older model")
-    on_disk = {}
-
-    def killed_while_evaluating(*args):
-        on_disk["pages"] = [folder for folder in stage.VIEWS_OF_THE_METRICS if (tmp_path / folder).exists()]
-        raise KeyboardInterrupt
-
-    monkeypatch.setattr(stage, "evaluate", killed_while_evaluating)
-    monkeypatch.setattr(stage, "load_params", lambda: None)
-    with pytest.raises(KeyboardInterrupt):
-        stage.main()
-    assert on_disk == {"pages": []}
-
-
 def test_a_folder_the_machine_will_not_let_it_write_is_one_line(tmp_path, capsys):
     def write_into_read_only():
         raise PermissionError(errno.EACCES, "Permission denied", str(tmp_path / "out" / "summary.csv"))
@@ -120,4 +86,3 @@ def test_a_folder_the_machine_will_not_let_it_write_is_one_line(tmp_path, capsys
     assert capsys.readouterr().err.startswith("mat_to_numpy: error: a file it writes: No space left on device;")
     with pytest.raises(FileNotFoundError):  # any other OSError is a bug and keeps its traceback
         exit_status("predict", a_bug)
-

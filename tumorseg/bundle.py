@@ -21,7 +21,8 @@ from tumorseg import LABEL_NAMES
 from tumorseg.atomic import write_json
 from tumorseg.errors import InputError
 
-DEFAULT_FOLDER = Path("models/unet")
+DEFAULT_FOLDER = Path("models/unet")  # the pipeline's, written by the train and evaluate stages
+RELEASED_FOLDER = Path("models/released")  # the released ensemble, in git (tumorseg.experiments.release)
 MODEL_FILE = "model.keras"
 ONNX_FILE = "model.onnx"
 PREPROCESSING_FILE = "preprocessing.json"

@@ -2,9 +2,12 @@
 
 import json
 import re
+import shutil
 
+import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from tests.dvc_helpers import (
     DVC_TEST_MARKS,
@@ -18,6 +21,9 @@ from tests.dvc_helpers import (
 )
 from tumorseg.cli import exit_status
 from tumorseg.data.cvind import read_cvind
+from tumorseg.data.matfile import read_slice
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.metrics import dice_per_image
 from tumorseg.model.load import load_model
 from tumorseg.serve.predict import main as predict_main
 from tumorseg.serve.readers import read_scan
@@ -37,13 +43,14 @@ def test_pipeline_end_to_end(project, tmp_path, tmp_path_factory):
     output = dvc("repro", cwd=project)
     assert ran_stages(output) == set(STAGES)
     for path in ("data/raw/1.mat", "data/numpy/images.npy", "data/split.csv", "models/unet/model.keras",
-                 "metrics/train.json", "metrics/eval.json", "plots/train/metrics/eval/loss.tsv",
+                 "models/unet/preprocessing.json", "models/unet/choices.json", "metrics/train.json",
+                 "metrics/eval.json", "metrics/eval_details.json", "plots/train/metrics/eval/loss.tsv",
                  "plots/eval/threshold_sweep.csv", "plots/eval/per_image.csv", "plots/eval/per_class.csv",
                  "plots/samples/grid.png", "plots/review/index.html"):
         assert (project / path).exists(), path
     assert len(list((project / "plots/samples").glob("*.png"))) == 4  # one per class + the grid
     eval_metrics = json.loads((project / "metrics/eval.json").read_text())
-    assert 0 <= eval_metrics["dice"] <= 1 and 0 < eval_metrics["threshold"] < 1
+    assert 0 <= eval_metrics["dice"] <= 1 and 0 < Choices.load(project / "models/unet/choices.json").threshold < 1
 
     # a second dvc repro runs nothing
     output = dvc("repro", cwd=project)
@@ -52,6 +59,11 @@ def test_pipeline_end_to_end(project, tmp_path, tmp_path_factory):
     git("add", "-A", cwd=project)
     git("commit", "-qm", "baseline run", cwd=project)
     keep_reproduced(tmp_path_factory, project)  # the queue and remote tests start from a copy of it
+
+    # the model folder is a DVC model artifact: dvc artifacts get fetches all of it
+    dvc("artifacts", "get", str(project), "unet", "-o", str(tmp_path / "fetched"), cwd=tmp_path)
+    assert sorted(p.name for p in (tmp_path / "fetched").iterdir()) == ["choices.json", "model.keras",
+                                                                       "preprocessing.json"]
 
     # an experiment with another epoch count shows up with its metrics
     output = dvc("exp", "run", "-n", "longer", "-S", "train.epochs=2", cwd=project)
@@ -92,26 +104,31 @@ def test_official_folds_end_to_end(tmp_path_factory):
     folds = read_cvind(project / "data" / "raw" / "cvind.mat")
     assert set(folds[split.loc[split["subset"] == "test", "index"] - 1]) == {1}
     assert 1 not in set(folds[split.loc[split["subset"] != "test", "index"] - 1])
-    test_images = json.loads((project / "metrics" / "eval.json").read_text())["test_images"]
+    test_images = json.loads((project / "metrics" / "eval_details.json").read_text())["test_images"]
     assert test_images == (split["subset"] == "test").sum()
 
 
-def test_predict_scores_each_slice_as_evaluate_did(tmp_path_factory):
-    """predict on the raw test slices, with evaluate's metrics/eval.json, gives each the confidence and
-    review flag that evaluate wrote into plots/eval/per_image.csv."""
+def test_the_model_folder_alone_segments_each_slice_as_evaluate_did(tmp_path_factory, tmp_path, monkeypatch):
+    """models/unet/ copied on its own to another folder: predict there gives the raw test slices the masks
+    (native-resolution Dice), confidence and review flag that evaluate wrote into plots/eval/per_image.csv."""
     project = reproduced_project(tmp_path_factory, "confidence")
     per_image = pd.read_csv(project / "plots" / "eval" / "per_image.csv").set_index("index")
     inputs = [str(project / "data" / "raw" / f"{index}.mat") for index in per_image.index[:6]]
-    out = project / "predicted"
-    assert exit_status("predict", predict_main, [*inputs, "--out", str(out), "--model",
-                                                 str(project / "models" / "model.keras"), "--eval-metrics",
-                                                 str(project / "metrics" / "eval.json"), "--params",
-                                                 str(project / "params.yaml")]) == 0
+    shutil.copytree(project / "models" / "unet", tmp_path / "elsewhere" / "unet")
+    monkeypatch.chdir(tmp_path / "elsewhere")  # no params.yaml, no metrics, no data here
+    out = tmp_path / "predicted"
+    assert exit_status("predict", predict_main, [*inputs, "--out", str(out), "--model", "unet"]) == 0
     summary = pd.read_csv(out / "summary.csv")
     indices = summary["input"].map(lambda path: int(path.rsplit("/", 1)[1].split(".")[0]))
     expected = per_image.loc[indices]
+    assert len(summary) == len(inputs)
     assert summary["confidence"].to_numpy() == pytest.approx(expected["confidence"].to_numpy(), abs=1e-4)
     assert summary["review"].tolist() == expected["review"].tolist()
+    for (index, row), name in zip(expected.iterrows(), summary["mask_png"]):
+        truth = read_slice(project / "data" / "raw" / f"{index}.mat", with_border=False).mask > 0
+        with Image.open(out / name) as png:
+            mask = np.asarray(png) > 0
+        assert dice_per_image(truth[None], mask[None])[0] == pytest.approx(row["dice_native"], abs=1e-3)
 
 
 def test_the_offline_pretrained_encoder_end_to_end(tmp_path_factory):
@@ -121,14 +138,13 @@ def test_the_offline_pretrained_encoder_end_to_end(tmp_path_factory):
     output = dvc("exp", "run", "-n", "lite0", "-S", "model.encoder=efficientnet_lite0", "-S", "train.epochs=2",
                  "-S", "train.freeze_encoder_epochs=1", cwd=project)
     assert ran_stages(output) == {"train", "evaluate", "render_samples"}
-    model = load_model(project / "models" / "model.keras")
+    model = load_model(project / "models" / "unet" / "model.keras")
     assert model.name == "efficientnet_lite0_unet" and model.get_layer("encoder").get_layer("block5_expand_activation")  # depth 3
     eval_metrics = json.loads((project / "metrics" / "eval.json").read_text())
-    assert 0 <= eval_metrics["dice"] <= 1 and eval_metrics["test_images"] > 0
+    assert 0 <= eval_metrics["dice"] <= 1
     assert (project / "plots" / "samples" / "grid.png").is_file()
-    segmenter = Segmenter.load(project / "models" / "model.keras", project / "metrics" / "eval.json",
-                               project / "params.yaml")
+    segmenter = Segmenter.load(project / "models" / "unet")
     raw = project / "data" / "raw" / "1.mat"
     result = segmenter(raw)  # segmented at 64x64, the mask back at the slice's size
     assert result.mask.shape == read_scan(raw).slices[0].shape and result.mask.shape[0] > 64
-    assert result.choices.threshold == eval_metrics["threshold"]
+    assert result.choices == Choices.load(project / "models" / "unet" / "choices.json")

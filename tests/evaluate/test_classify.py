@@ -11,7 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from tests.helpers import make_params, synthetic_project
-from tumorseg.evaluate.report import evaluate
+from tumorseg.evaluate.report import EvaluatePaths, evaluate
 from tumorseg.evaluate.tumor_type import confusion_rows, predicted_labels, type_scores
 from tumorseg.model.build import compile_settings
 from tumorseg.model.encoders import build_encoder_unet
@@ -136,12 +136,12 @@ def test_the_saved_model_predicts_both_outputs(trained):
 
 def test_evaluate_reports_the_type_scores_and_the_confusion(trained):
     root, params, _ = trained
-    result = evaluate(root / "model.keras", root / "numpy", root / "split.csv", root / "raw", params,
-                      root / "eval.json", root / "eval")
+    result = evaluate(params, EvaluatePaths.under(root / "eval", root / "numpy", root / "split.csv", root / "raw",
+                                                  bundle=root))
     assert 0 <= result["type_accuracy"] <= 1 and 0 <= result["type_balanced_accuracy"] <= 1
-    assert json.loads((root / "eval.json").read_text()) == result
-    confusion = pd.read_csv(root / "eval" / "confusion.csv")
-    per_image = pd.read_csv(root / "eval" / "per_image.csv")
+    assert json.loads((root / "eval" / "eval.json").read_text())["type_accuracy"] == result["type_accuracy"]
+    confusion = pd.read_csv(root / "eval" / "plots" / "confusion.csv")
+    per_image = pd.read_csv(root / "eval" / "plots" / "per_image.csv")
     assert len(confusion) == len(per_image) == result["test_images"]
     assert (confusion["actual"] == per_image["class"]).all()
     assert (confusion["predicted"] == per_image["predicted_type"]).all()
@@ -151,11 +151,13 @@ def test_evaluate_reports_the_type_scores_and_the_confusion(trained):
 
 
 def test_predict_writes_the_type_and_its_probability(trained, tmp_path, monkeypatch):
-    root, _, _ = trained
-    monkeypatch.chdir(tmp_path)  # no params.yaml or metrics/eval.json here
+    """The trained and evaluated folder is all predict needs."""
+    root, params, _ = trained
+    evaluate(params, EvaluatePaths.under(root / "eval", root / "numpy", root / "split.csv", root / "raw", bundle=root))
+    monkeypatch.chdir(tmp_path)  # no models/unet/ here
     picture = tmp_path / "slice.png"
     Image.fromarray((np.load(root / "numpy" / "images.npy")[0] * 255).astype(np.uint8)).save(picture)
-    assert predict_main([str(picture), "--out", str(tmp_path / "out"), "--model", str(root / "model.keras")]) == 0
+    assert predict_main([str(picture), "--out", str(tmp_path / "out"), "--model", str(root)]) == 0
     with open(tmp_path / "out" / "summary.csv", newline="") as f:
         (row,) = list(csv.DictReader(f))
     assert row["tumor_type"] in ("meningioma", "glioma", "pituitary")

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.choices import Choices, ChoicesError
 from tumorseg.evaluate.confidence import (
     FEATURES,
     ConfidenceModel,
@@ -135,10 +135,35 @@ def test_soft_agreement_of_the_flip_passes():
     assert soft_agreement(np.zeros((1, 4, 4)), np.zeros((1, 4, 4)))[0] == 1.0
 
 
-def test_the_model_survives_the_metrics_file_exactly(tmp_path):
+def test_the_model_survives_the_choices_file_exactly(tmp_path):
     model = ConfidenceModel({name: 0.1 * (i + 1) / 3 for i, name in enumerate(FEATURES)}, -0.123456789, 0.4321, True)
-    path = tmp_path / "eval.json"
-    path.write_text(json.dumps({"threshold": 0.4, **model.to_metrics()}))
+    path = tmp_path / "choices.json"
+    Choices(0.4, confidence=model).save(path)
     assert Choices.load(path).confidence == model
-    path.write_text(json.dumps({"threshold": 0.4}))  # a file from before the score: the fallback
-    assert Choices.load(path).confidence == ConfidenceModel()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"confidence": None}, "unusable choices"),
+    ({"confidence": {"fitted": True, "bias": 0.0, "review_threshold": 0.5, "weights": {"mean_inside": 1.0}}},
+     "must name the features"),
+    ({"confidence": "nan"}, "unusable choices"),
+    ({"threshold": 1.5}, "must be a number in"),
+    ({"format": 2}, "this version reads 1"),
+])
+def test_a_damaged_choices_file_is_refused_naming_the_fix(tmp_path, change, message):
+    path = tmp_path / "choices.json"
+    Choices(0.4).save(path)
+    path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    with pytest.raises(ChoicesError, match=message) as refused:
+        Choices.load(path)
+    assert str(path) in str(refused.value) and "dvc repro evaluate" in str(refused.value)
+
+
+def test_a_non_finite_confidence_weight_is_refused(tmp_path):
+    path = tmp_path / "choices.json"
+    Choices(0.4).save(path)
+    stored = json.loads(path.read_text())
+    stored["confidence"]["bias"] = float("nan")
+    path.write_text(json.dumps(stored))
+    with pytest.raises(ChoicesError, match="must be finite numbers"):
+        Choices.load(path)

@@ -4,11 +4,14 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tests.helpers import identity_model, make_params
+from tests.helpers import identity_model, make_params, model_folder
+from tumorseg.bundle import CHOICES_FILE
 from tumorseg.data.matfile import Slice, write_slice
 from tumorseg.errors import InputError
+from tumorseg.evaluate.choices import Choices
 from tumorseg.evaluate.confidence import FEATURES
-from tumorseg.evaluate.report import evaluate
+from tumorseg.evaluate.postprocess import PostProcess
+from tumorseg.evaluate.report import EvaluatePaths, evaluate
 
 SIZE = 16
 # patient -> (subset, label, slices)
@@ -75,18 +78,27 @@ def dataset(tmp_path_factory):
     return {"root": root, "model": model_path, "numpy": numpy_dir, "split": split_csv, "raw": raw_dir}
 
 
+def evaluate_into(out, dataset, params=PARAMS, **changes):
+    """evaluate with a fresh model folder of the identity model under `out` (the inputs of `dataset`, each
+    replaced by `changes`); returns (the metrics, the choices written into the model folder)."""
+    inputs = {name: dataset[name] for name in ("numpy", "split", "raw")} | changes
+    bundle = model_folder(out / "model", changes.get("model", dataset["model"]), choices=None)
+    paths = EvaluatePaths.under(out, inputs["numpy"], inputs["split"], inputs["raw"], bundle)
+    result = evaluate(params, paths)
+    return result, Choices.load(bundle / CHOICES_FILE)
+
+
 @pytest.fixture(scope="module")
 def evaluated(dataset):
     out = dataset["root"] / "out"
-    result = evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], PARAMS,
-                      out / "metrics" / "eval.json", out / "plots" / "eval")
-    return out, result
+    result, chosen = evaluate_into(out, dataset)
+    return out, result, chosen
 
 
 def test_threshold_is_chosen_on_validation(evaluated):
-    out, result = evaluated
-    assert result["threshold"] == 0.3
-    sweep = pd.read_csv(out / "plots" / "eval" / "threshold_sweep.csv")
+    out, result, chosen = evaluated
+    assert chosen.threshold == 0.3
+    sweep = pd.read_csv(out / "plots" / "threshold_sweep.csv")
     assert list(sweep.columns) == ["threshold", "iou", "dice"]
     assert len(sweep) == 19
     best = sweep[sweep["iou"] == sweep["iou"].max()]["threshold"].tolist()
@@ -94,27 +106,31 @@ def test_threshold_is_chosen_on_validation(evaluated):
     assert result["val_iou"] == 1.0
 
 
-def test_eval_json_keys_and_values(evaluated):
-    out, result = evaluated
-    written = json.loads((out / "metrics" / "eval.json").read_text())
-    assert written == result
+def test_the_headline_and_the_details(evaluated):
+    out, result, chosen = evaluated
+    headline = json.loads((out / "eval.json").read_text())
+    details = json.loads((out / "eval_details.json").read_text())
+    classes = ("meningioma", "glioma", "pituitary")
+    assert list(headline) == ["dice", "dice_ci_low", "dice_ci_high", "iou", "failures", "val_iou",
+                              *(f"{name}_{key}" for name in classes for key in ("dice", "iou", "failures"))]
+    assert not set(headline) & set(details) and headline | details == result
+    written = result
     scores = {"dice", "dice_native", "dice_ci_low", "dice_ci_high", "dice_native_ci_low", "dice_native_ci_high"}
     counts = {"test_images", "test_patients", "failures"}
     classes = ("meningioma", "glioma", "pituitary")
     expected = (
-        {"iou", "iou_pooled", "dice_pooled", "threshold", "val_iou", "postprocess_min_fraction"} | scores | counts
+        {"iou", "iou_pooled", "dice_pooled", "val_iou"} | scores | counts
         | {f"{name}_{key}" for name in classes for key in ("iou", "n", "failures", *scores)}
     )
     confidence_keys = (
         {"confidence_auroc", "referral_05_dice", "referral_10_dice", "referral_20_dice", "review_flagged",
-         "review_caught", "confidence_fitted", "confidence_bias", "review_threshold"}
-        | {f"confidence_weight_{name}" for name in FEATURES} | {f"{name}_confidence_auroc" for name in classes}
+         "review_caught"} | {f"{name}_confidence_auroc" for name in classes}
     )
-    assert set(written) == expected | {"postprocess", "tta"} | confidence_keys
+    assert set(written) == expected | confidence_keys  # the choices are the model folder's, not metrics
     # no test slice fails (Dice < 0.5): no AUROC, nothing to catch, all kept at every referral share
     assert written["confidence_auroc"] is None and written["review_caught"] is None
     assert written["referral_20_dice"] == pytest.approx(written["dice"], abs=0.02)
-    assert (written["postprocess"], written["postprocess_min_fraction"], written["tta"]) == ("none", 0.0, "none")
+    assert (chosen.postprocess, chosen.tta) == (PostProcess(), "none") and set(chosen.confidence.weights) == set(FEATURES)
     assert all(not isinstance(value, dict) for value in written.values())
     assert written["test_images"] == 7 and written["test_patients"] == 3
     assert (written["meningioma_n"], written["glioma_n"], written["pituitary_n"]) == (2, 3, 2)
@@ -132,8 +148,8 @@ def test_eval_json_keys_and_values(evaluated):
 
 
 def test_per_image_and_per_class_tables(evaluated):
-    out, result = evaluated
-    per_image = pd.read_csv(out / "plots" / "eval" / "per_image.csv")
+    out, result, _ = evaluated
+    per_image = pd.read_csv(out / "plots" / "per_image.csv")
     assert list(per_image.columns)[:8] == ["index", "pid", "label", "class", "iou", "dice", "true_pixels", "pred_pixels"]
     assert len(per_image) == 7
     assert set(per_image["pid"]) == {"p_men", "p_gli", "p_pit"}
@@ -142,9 +158,9 @@ def test_per_image_and_per_class_tables(evaluated):
     assert per_image["dice"].mean() == pytest.approx(result["dice"], abs=1e-4)
     assert ((per_image["confidence"] > 0) & (per_image["confidence"] < 1)).all()
     assert {f"feature_{name}" for name in FEATURES} | {"review"} <= set(per_image.columns)
-    risk = pd.read_csv(out / "plots" / "eval" / "risk_coverage.csv")
+    risk = pd.read_csv(out / "plots" / "risk_coverage.csv")
     assert risk["referred"].iloc[0] == 0.0 and risk["kept_dice"].iloc[0] == pytest.approx(result["dice"], abs=1e-4)
-    per_class = pd.read_csv(out / "plots" / "eval" / "per_class.csv")
+    per_class = pd.read_csv(out / "plots" / "per_class.csv")
     assert list(per_class.columns) == [
         "class", "dice", "iou", "dice_native", "n", "failures", "confidence_auroc",
         "dice_ci_low", "dice_ci_high", "dice_native_ci_low", "dice_native_ci_high",
@@ -153,46 +169,52 @@ def test_per_image_and_per_class_tables(evaluated):
     assert per_class["n"].tolist() == [2, 3, 2]
     # a model without the type head: no type columns, an empty confusion table (no missing-plot warning)
     assert "predicted_type" not in per_image.columns and "type_accuracy" not in result
-    assert (out / "plots" / "eval" / "confusion.csv").read_text().strip() == "actual,predicted"
+    assert (out / "plots" / "confusion.csv").read_text().strip() == "actual,predicted"
 
 
 def test_largest_component_removes_the_distractors(dataset, tmp_path):
     params = PARAMS.replaced({"evaluate.postprocess": "largest"})
-    result = evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], params,
-                      tmp_path / "eval.json", tmp_path / "plots")
+    result, chosen = evaluate_into(tmp_path, dataset, params)
     # the same threshold as without post-processing, and every distractor block (2 or 4 pixels) is gone
-    assert (result["threshold"], result["postprocess"]) == (0.3, "largest")
+    assert (chosen.threshold, chosen.postprocess) == (0.3, PostProcess("largest"))
     assert result["iou"] == result["dice"] == result["dice_native"] == 1.0
 
 
 def test_auto_postprocess_keeps_none_on_a_validation_tie(evaluated, dataset, tmp_path):
     params = PARAMS.replaced({"evaluate.postprocess": "auto"})
-    result = evaluate(dataset["model"], dataset["numpy"], dataset["split"], dataset["raw"], params,
-                      tmp_path / "eval.json", tmp_path / "plots")
     # validation IoU is already 1.0 without post-processing: nothing else can beat it
-    assert result == evaluated[1]
+    assert evaluate_into(tmp_path, dataset, params) == evaluated[1:]
 
 
 def _run(dataset, tmp_path, **changes):
-    paths = {"model": dataset["model"], "numpy": dataset["numpy"], "split": dataset["split"], "raw": dataset["raw"]}
-    paths.update(changes)
-    evaluate(paths["model"], paths["numpy"], paths["split"], paths["raw"], PARAMS,
-             tmp_path / "metrics" / "eval.json", tmp_path / "plots" / "eval")
+    evaluate_into(tmp_path / "out", dataset, **changes)
 
 
 def _assert_nothing_written(tmp_path, keep=()):
-    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in keep) == []
+    """Nothing but the inputs (`keep`) and the model folder's own two files."""
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name not in keep) == ["out"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["model"]
+    assert sorted(p.name for p in (tmp_path / "out" / "model").iterdir()) == ["model.keras", "preprocessing.json"]
 
 
 def test_unloadable_model_raises_and_writes_nothing(dataset, tmp_path):
-    bad = tmp_path / "model.keras"
-    bad.write_bytes(b"not a keras archive")
+    bundle = model_folder(tmp_path / "model", dataset["model"], choices=None)
+    paths = EvaluatePaths.under(tmp_path / "out", dataset["numpy"], dataset["split"], dataset["raw"], bundle)
+    (bundle / "model.keras").write_bytes(b"not a keras archive")
     with pytest.raises(InputError, match=r"model\.keras.*train stage"):
-        _run(dataset, tmp_path, model=bad)
-    _assert_nothing_written(tmp_path, keep={"model.keras"})
+        evaluate(PARAMS, paths)
+    (bundle / "model.keras").unlink()
     with pytest.raises(InputError, match="not found.*train stage"):
-        _run(dataset, tmp_path, model=tmp_path / "missing.keras")
-    _assert_nothing_written(tmp_path, keep={"model.keras"})
+        evaluate(PARAMS, paths)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+    assert sorted(p.name for p in bundle.iterdir()) == ["preprocessing.json"]
+
+
+def test_a_model_trained_on_other_slices_is_refused(dataset, tmp_path):
+    params = PARAMS.replaced({"data.normalize_percentile": 98.0})
+    with pytest.raises(InputError, match="normalised at percentile 99.5, params.yaml prepares them at 98"):
+        evaluate_into(tmp_path / "out", dataset, params)
+    _assert_nothing_written(tmp_path)
 
 
 @pytest.mark.parametrize("subset", ["val", "test"])

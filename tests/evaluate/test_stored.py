@@ -9,7 +9,8 @@ import pytest
 from tests.evaluate.test_evaluate import PARAMS, SIZE, dataset, evaluated  # noqa: F401  (fixtures)
 from tumorseg.data.arrays import load_arrays, read_npz, read_split, subset_positions
 from tumorseg.errors import InputError
-from tumorseg.evaluate.report import evaluate_stored
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.report import EvaluatePaths, evaluate_stored
 from tumorseg.evaluate.stored import load_predictions, save_predictions
 from tumorseg.model.load import load_model
 from tumorseg.model.probabilities import Predictions, predict
@@ -92,10 +93,11 @@ def test_evaluate_stored_scores_as_evaluate(dataset, evaluated, tmp_path):  # no
     predicted = {subset: predict(model, arrays["images"], rows, 32, "none") for subset, rows in positions.items()}
     ids = {subset: np.asarray(arrays["ids"])[rows] for subset, rows in positions.items()}
     save_predictions(tmp_path / "p.npz", predicted, ids, "none")
-    result = evaluate_stored(tmp_path / "p.npz", dataset["numpy"], dataset["split"], dataset["raw"], PARAMS,
-                             tmp_path / "eval.json", tmp_path / "plots")
-    expected = evaluated[1]
-    for key in ("threshold", "dice", "iou", "dice_native", "glioma_dice", "pituitary_dice", "meningioma_dice",
-                "failures", "val_iou"):
+    paths = EvaluatePaths.under(tmp_path, dataset["numpy"], dataset["split"], dataset["raw"])
+    result = evaluate_stored(tmp_path / "p.npz", PARAMS, paths)
+    _, expected, chosen = evaluated
+    for key in ("dice", "iou", "dice_native", "glioma_dice", "pituitary_dice", "meningioma_dice", "failures",
+                "val_iou"):
         assert result[key] == pytest.approx(expected[key], abs=1e-3), key
+    assert Choices.load(tmp_path / "choices.json").threshold == chosen.threshold
     assert (tmp_path / "plots" / "per_image.csv").is_file()

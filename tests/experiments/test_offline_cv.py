@@ -56,7 +56,7 @@ def test_pack_train_score(tmp_path, backend):
     folds = pd.read_csv(tmp_path / "scores" / "folds.csv")
     assert list(folds["split.fold"]) == [0, 1] and folds["dice"].between(0, 1).all()
     for fold in (0, 1):
-        metrics = json.loads((tmp_path / "scores" / f"fold{fold}" / "eval.json").read_text())
+        metrics = json.loads((tmp_path / "scores" / f"fold{fold}" / "eval_details.json").read_text())
         assert metrics["test_images"] == int((pd.read_csv(work / f"split-fold{fold}.csv")["subset"] == "test").sum())
     assert (tmp_path / "scores" / "summary.png").stat().st_size > 0
 

@@ -14,6 +14,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import SAMPLE_DIR
+from tests.helpers import model_folder
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import preprocess_image, preprocess_mask
 from tumorseg.evaluate.metrics import dice_per_image
@@ -44,9 +45,7 @@ def segmenter(tmp_path_factory):
     model = build_unet(SIZE, depth=3, filters=8, dropout=0.0)
     model.compile(keras.optimizers.Adam(3e-3), BceDiceLoss())
     model.fit(images, masks, batch_size=8, epochs=40, verbose=0)
-    path = tmp_path_factory.mktemp("model") / "trained.keras"
-    model.save(path)
-    return Segmenter.load(path, eval_metrics=None, params=None)
+    return Segmenter.load(model_folder(tmp_path_factory.mktemp("model"), model))
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from tests.helpers import identity_model
+from tests.helpers import identity_model, model_folder
 from tumorseg.errors import InputError
 from tumorseg.model.load import load_model
 from tumorseg.serve.onnx_model import OnnxModel
@@ -131,9 +131,11 @@ def test_a_folder_or_a_missing_file_is_named_for_what_it_is(tmp_path):
         OnnxModel(tmp_path / "folder.onnx")
     with pytest.raises(InputError, match="none.onnx: ONNX model not found"):
         OnnxModel(tmp_path / "none.onnx")
-    (tmp_path / "junk.onnx").write_bytes(b"\xff" * 100)
-    with pytest.raises(InputError, match="junk.onnx: not an ONNX model"):
-        Segmenter.load(tmp_path / "junk.onnx", eval_metrics=None, params=None)
+    folder = model_folder(tmp_path / "exported", identity_model(tmp_path / "model.keras", SIZE))
+    (folder / "model.keras").unlink()
+    (folder / "model.onnx").write_bytes(b"\xff" * 100)
+    with pytest.raises(InputError, match="model.onnx: not an ONNX model"):
+        Segmenter.load(folder)
 
 
 def test_weights_whose_groups_link_in_a_loop_are_checked_once(tmp_path):

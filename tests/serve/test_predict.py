@@ -12,12 +12,12 @@ import keras
 import nibabel as nib
 import numpy as np
 import pytest
-import yaml
 from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from tests.helpers import identity_model, make_params
+from tests.helpers import identity_model, model_folder
+from tumorseg.bundle import PREPROCESSING_FILE, Preprocessing
 from tumorseg.cli import exit_status
 from tumorseg.data.matfile import read_slice
 from tumorseg.data.preprocess import preprocess_image
@@ -30,23 +30,20 @@ from tumorseg.model.unet import build_unet
 from tumorseg.serve import export
 from tumorseg.serve.predict import main, parse_args
 from tumorseg.serve.readers import ReadError, find_inputs, read_dicom, read_image, read_scan
-from tumorseg.serve.segmenter import resolve_percentile
 
 SIZE = 32
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    """An untrained tiny U-Net saved as .keras (its input and output shapes are the real ones)."""
+def model_dir(tmp_path_factory):
+    """The model folder of an untrained tiny U-Net (its input and output shapes are the real ones)."""
     keras.utils.set_random_seed(0)
-    path = tmp_path_factory.mktemp("model") / "model.keras"
-    build_unet(SIZE, depth=2, filters=4).save(path)
-    return path
+    return model_folder(tmp_path_factory.mktemp("model"), build_unet(SIZE, depth=2, filters=4))
 
 
 @pytest.fixture(autouse=True)
 def in_tmp(tmp_path, monkeypatch):
-    """Run in an empty folder so no params.yaml or metrics/eval.json is picked up."""
+    """Run in an empty folder so no models/unet/ is picked up."""
     monkeypatch.chdir(tmp_path)
 
 
@@ -113,14 +110,14 @@ def png_shape(path):
     return np.asarray(Image.open(path)).shape[:2]
 
 
-def test_png_masks_keep_native_resolution(tmp_path, model_path):
+def test_png_masks_keep_native_resolution(tmp_path, model_dir):
     inputs = [
         write_png(tmp_path / "gray8.png", (50, 70)),
         write_png(tmp_path / "gray16.png", (60, 64), bits=16),
         write_png(tmp_path / "colour.jpg", (40, 30), rgb=True),
     ]
     out = tmp_path / "out"
-    assert predict([*map(str, inputs), "--out", str(out), "--model", str(model_path)]) == 0
+    assert predict([*map(str, inputs), "--out", str(out), "--model", str(model_dir)]) == 0
     rows = read_rows(out)
     assert [row["input"] for row in rows] == [str(p) for p in inputs]
     for row, shape in zip(rows, [(50, 70), (60, 64), (40, 30)]):
@@ -140,14 +137,14 @@ def test_image_reader_keeps_16_bits_and_converts_colour(tmp_path):
     assert colour.shape == (20, 24)
 
 
-def test_dicom_rescale_spacing_and_area(tmp_path, model_path):
+def test_dicom_rescale_spacing_and_area(tmp_path, model_dir):
     raw = write_dicom(tmp_path / "slice.dcm", (48, 40), spacing=(0.5, 0.8), slope=2.0, intercept=-100.0)
     scan = read_dicom(tmp_path / "slice.dcm")
     np.testing.assert_allclose(scan.slices[0], raw * 2.0 - 100.0)
     assert scan.spacing == (0.5, 0.8)
 
     out = tmp_path / "out"
-    argv = [str(tmp_path / "slice.dcm"), "--out", str(out), "--model", str(model_path), "--threshold", "0"]
+    argv = [str(tmp_path / "slice.dcm"), "--out", str(out), "--model", str(model_dir), "--threshold", "0"]
     assert predict(argv) == 0
     (row,) = read_rows(out)
     assert int(row["tumor_pixels"]) == 48 * 40  # threshold 0: every pixel is tumour
@@ -175,10 +172,10 @@ def test_jpeg_exif_orientation_is_applied(tmp_path):
     assert slice_[:, -5:].mean() > 200 and slice_[:, :10].mean() < 30  # the band is now along the right edge
 
 
-def test_nifti_slices_area_and_mask_volume(tmp_path, model_path):
+def test_nifti_slices_area_and_mask_volume(tmp_path, model_dir):
     affine = write_nifti(tmp_path / "volume.nii.gz", shape=(36, 28, 3), zooms=(0.9, 1.1, 3.0))
     out = tmp_path / "out"
-    argv = [str(tmp_path / "volume.nii.gz"), "--out", str(out), "--model", str(model_path), "--threshold", "0"]
+    argv = [str(tmp_path / "volume.nii.gz"), "--out", str(out), "--model", str(model_dir), "--threshold", "0"]
     assert predict(argv) == 0
     rows = read_rows(out)
     assert [int(row["slice"]) for row in rows] == [0, 1, 2]
@@ -192,10 +189,10 @@ def test_nifti_slices_area_and_mask_volume(tmp_path, model_path):
     assert np.asarray(volume.dataobj).min() == 1
 
 
-def test_nifti_mask_volume_matches_slice_masks(tmp_path, model_path):
+def test_nifti_mask_volume_matches_slice_masks(tmp_path, model_dir):
     write_nifti(tmp_path / "volume.nii", shape=(36, 28, 3))
     out = tmp_path / "out"
-    argv = [str(tmp_path / "volume.nii"), "--out", str(out), "--model", str(model_path), "--axis", "0"]
+    argv = [str(tmp_path / "volume.nii"), "--out", str(out), "--model", str(model_dir), "--axis", "0"]
     assert predict(argv) == 0
     rows = read_rows(out)
     assert len(rows) == 36  # one slice per index along voxel axis 0
@@ -205,17 +202,17 @@ def test_nifti_mask_volume_matches_slice_masks(tmp_path, model_path):
         np.testing.assert_array_equal(np.rot90(slice_mask, -1), volume[int(row["slice"])] > 0)
 
 
-def test_real_figshare_slices(tmp_path, model_path, real_sample):
+def test_real_figshare_slices(tmp_path, model_dir, real_sample):
     files = sorted((real_sample / "mat").glob("*.mat"))[:2]
     out = tmp_path / "out"
-    assert predict([*map(str, files), "--out", str(out), "--model", str(model_path)]) == 0
+    assert predict([*map(str, files), "--out", str(out), "--model", str(model_dir)]) == 0
     rows = read_rows(out)
     assert len(files) == len(rows) == 2
     for row, path in zip(rows, files):
         assert png_shape(out / row["mask_png"]) == read_slice(path).image.shape
 
 
-def test_mixed_folder_with_a_corrupt_file(tmp_path, model_path, capsys):
+def test_mixed_folder_with_a_corrupt_file(tmp_path, model_dir, capsys):
     folder = tmp_path / "scans"
     (folder / "sub").mkdir(parents=True)
     write_png(folder / "sub" / "a.png", (30, 34))
@@ -225,7 +222,7 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path, model_path, capsys):
     (folder / "notes.txt").write_text("not a scan")
     out = tmp_path / "out"
 
-    assert predict([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(folder), "--out", str(out), "--model", str(model_dir)]) == 1
     assert "broken.png" in capsys.readouterr().err
     assert {row["input"] for row in read_rows(out)} == {
         str(folder / "sub" / "a.png"), str(folder / "IM0001"), str(folder / "b.nii.gz")
@@ -237,7 +234,7 @@ def test_mixed_folder_with_a_corrupt_file(tmp_path, model_path, capsys):
     assert failure["input"] == str(folder / "broken.png") and failure["reason"]
 
 
-def test_every_output_name_is_unique_and_an_unnamable_input_is_skipped(tmp_path, model_path, capsys):
+def test_every_output_name_is_unique_and_an_unnamable_input_is_skipped(tmp_path, model_dir, capsys):
     folder = tmp_path / "scans"
     folder.mkdir()
     write_nifti(folder / "vol.nii.gz", shape=(20, 24, 2))  # its slice 1 would be vol_slice001
@@ -245,7 +242,7 @@ def test_every_output_name_is_unique_and_an_unnamable_input_is_skipped(tmp_path,
     odd = tmp_path / "..png"  # its name minus .png is "."
     odd.write_bytes((folder / "vol_slice001.png").read_bytes())
     out = tmp_path / "out"
-    assert predict([str(folder), str(odd), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(folder), str(odd), "--out", str(out), "--model", str(model_dir)]) == 1
     assert "..png: its name gives no output name" in capsys.readouterr().err
     rows = read_rows(out)
     assert len(rows) == 3
@@ -256,11 +253,11 @@ def test_every_output_name_is_unique_and_an_unnamable_input_is_skipped(tmp_path,
     assert by_input[("vol_slice001.png", "0")] == "vol_slice001-2_mask.png"
 
 
-def test_every_frame_of_a_multipage_tiff_is_a_slice(tmp_path, model_path):
+def test_every_frame_of_a_multipage_tiff_is_a_slice(tmp_path, model_dir):
     frames = [Image.fromarray((scan_image((30, 26), seed) * 255).astype(np.uint8)) for seed in range(3)]
     frames[0].save(tmp_path / "stack.tif", save_all=True, append_images=frames[1:])
     out = tmp_path / "out"
-    assert predict([str(tmp_path / "stack.tif"), "--out", str(out), "--model", str(model_path)]) == 0
+    assert predict([str(tmp_path / "stack.tif"), "--out", str(out), "--model", str(model_dir)]) == 0
     rows = read_rows(out)
     assert [(row["slice"], row["mask_png"]) for row in rows] == [
         (str(k), f"stack_slice{k:03d}_mask.png") for k in range(3)
@@ -269,21 +266,21 @@ def test_every_frame_of_a_multipage_tiff_is_a_slice(tmp_path, model_path):
     assert len({row["max_probability_in_image"] for row in rows}) > 1  # three different images
 
 
-def test_an_overwrite_rerun_reports_only_its_own_failures(tmp_path, model_path):
+def test_an_overwrite_rerun_reports_only_its_own_failures(tmp_path, model_dir):
     folder = tmp_path / "scans"
     folder.mkdir()
     write_png(folder / "a.png", (30, 30))
     (folder / "broken.png").write_bytes(b"not a png")
     out = tmp_path / "out"
-    assert predict([str(folder), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(folder), "--out", str(out), "--model", str(model_dir)]) == 1
     assert (out / "failures.csv").is_file()
     (folder / "broken.png").unlink()
-    assert predict([str(folder), "--out", str(out), "--model", str(model_path), "--overwrite"]) == 0
+    assert predict([str(folder), "--out", str(out), "--model", str(model_dir), "--overwrite"]) == 0
     assert not (out / "failures.csv").exists()
     assert [row["mask_png"] for row in read_rows(out)] == ["a_mask.png"]
 
 
-def test_an_overwrite_rerun_replaces_links_in_the_output_folder_not_what_they_point_to(tmp_path, model_path):
+def test_an_overwrite_rerun_replaces_links_in_the_output_folder_not_what_they_point_to(tmp_path, model_dir):
     write_png(tmp_path / "a.png", (30, 30))
     victim, out = tmp_path / "victim", tmp_path / "out"
     victim.mkdir()
@@ -293,7 +290,7 @@ def test_an_overwrite_rerun_replaces_links_in_the_output_folder_not_what_they_po
     (out / "a_mask.png").symlink_to("../victim/notes.txt")
     (out / "summary.csv").symlink_to(victim / "table.txt")
     (out / "a_overlay.png").symlink_to(victim / "picture.txt")
-    assert predict(["a.png", "--out", str(out), "--model", str(model_path), "--overwrite"]) == 0
+    assert predict(["a.png", "--out", str(out), "--model", str(model_dir), "--overwrite"]) == 0
     assert {path.name: path.read_text() for path in victim.iterdir()} == {
         "notes.txt": "keep notes.txt", "table.txt": "keep table.txt", "picture.txt": "keep picture.txt"}
     for name in ("a_mask.png", "a_overlay.png", "summary.csv"):
@@ -301,10 +298,10 @@ def test_an_overwrite_rerun_replaces_links_in_the_output_folder_not_what_they_po
     assert png_shape(out / "a_mask.png") == (30, 30) and read_rows(out)[0]["mask_png"] == "a_mask.png"
 
 
-def test_a_file_name_that_a_spreadsheet_would_run_is_escaped_in_the_tables(tmp_path, model_path):
+def test_a_file_name_that_a_spreadsheet_would_run_is_escaped_in_the_tables(tmp_path, model_dir):
     write_png(tmp_path / "=HYPERLINK(1).png", (30, 30))
     (tmp_path / "@broken.png").write_bytes(b"not a png")
-    assert predict(["=HYPERLINK(1).png", "@broken.png", "--out", "out", "--model", str(model_path)]) == 1
+    assert predict(["=HYPERLINK(1).png", "@broken.png", "--out", "out", "--model", str(model_dir)]) == 1
     row = read_rows(tmp_path / "out")[0]
     assert row["input"] == "'=HYPERLINK(1).png" and row["mask_png"] == "'=HYPERLINK(1)_mask.png"
     assert (tmp_path / "out" / "=HYPERLINK(1)_mask.png").is_file()  # the file keeps its name
@@ -312,19 +309,19 @@ def test_a_file_name_that_a_spreadsheet_would_run_is_escaped_in_the_tables(tmp_p
     assert failures[1].startswith("'@broken.png,")
 
 
-def test_unsupported_file_named_explicitly_fails(tmp_path, model_path, capsys):
+def test_unsupported_file_named_explicitly_fails(tmp_path, model_dir, capsys):
     (tmp_path / "notes.txt").write_text("not a scan")
     good = write_png(tmp_path / "good.png", (30, 30))
     out = tmp_path / "out"
-    assert predict([str(tmp_path / "notes.txt"), str(good), "--out", str(out), "--model", str(model_path)]) == 1
+    assert predict([str(tmp_path / "notes.txt"), str(good), "--out", str(out), "--model", str(model_dir)]) == 1
     assert "unsupported file type" in capsys.readouterr().err
     assert (out / "good_mask.png").is_file()
 
 
-def test_nothing_overwritten_without_flag(tmp_path, model_path, capsys):
+def test_nothing_overwritten_without_flag(tmp_path, model_dir, capsys):
     image = write_png(tmp_path / "a.png", (30, 30))
     out = tmp_path / "out"
-    argv = [str(image), "--out", str(out), "--model", str(model_path)]
+    argv = [str(image), "--out", str(out), "--model", str(model_dir)]
     assert predict(argv + ["--threshold", "0"]) == 0
     before = (out / "a_mask.png").read_bytes()
 
@@ -339,12 +336,12 @@ def test_nothing_overwritten_without_flag(tmp_path, model_path, capsys):
 def test_missing_or_foreign_model_fails_before_any_work(tmp_path, capsys):
     image = write_png(tmp_path / "a.png", (30, 30))
     out = tmp_path / "out"
-    assert predict([str(image), "--out", str(out), "--model", str(tmp_path / "absent.keras")]) == 1
-    assert "model file not found" in capsys.readouterr().err
+    assert predict([str(image), "--out", str(out), "--model", str(tmp_path / "absent")]) == 1
+    assert "no such model folder" in capsys.readouterr().err
 
     inputs = keras.Input((SIZE, SIZE, 3))
-    foreign = tmp_path / "classifier.keras"
-    keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs))).save(foreign)
+    classifier = keras.Model(inputs, keras.layers.Dense(2)(keras.layers.GlobalAveragePooling2D()(inputs)))
+    foreign = model_folder(tmp_path / "classifier", classifier)
     assert predict([str(image), "--out", str(out), "--model", str(foreign)]) == 1
     assert "segmentation model" in capsys.readouterr().err
     assert not out.exists()
@@ -356,85 +353,73 @@ def test_missing_or_foreign_model_fails_before_any_work(tmp_path, capsys):
     ("fifo", "not a regular file (a folder, FIFO or device)"),
     ("folder", "not a regular file (a folder, FIFO or device)"),
 ])
-def test_a_model_file_that_is_no_model_is_named_for_what_it_is(tmp_path, model_path, capsys, kind, message):
-    bad = tmp_path / "model.keras"
+def test_a_model_file_that_is_no_model_is_named_for_what_it_is(tmp_path, model_dir, capsys, kind, message):
+    folder = model_folder(tmp_path / "bad", model_dir / "model.keras")
+    bad = folder / "model.keras"
+    bad.unlink()
     if kind == "garbage":
         bad.write_bytes(np.random.default_rng(0).bytes(1000))
     elif kind == "truncated":
-        bad.write_bytes(model_path.read_bytes()[:2000])
+        bad.write_bytes((model_dir / "model.keras").read_bytes()[:2000])
     elif kind == "fifo":
         os.mkfifo(bad)
     else:
         bad.mkdir()
     image = write_png(tmp_path / "a.png", (30, 30))
-    assert predict([str(image), "--out", "out", "--model", str(bad)]) == 1
+    assert predict([str(image), "--out", "out", "--model", str(folder)]) == 1
     err = capsys.readouterr().err
     assert message in err and "not found" not in err
 
 
-def test_a_fifo_or_device_given_as_input_is_named_for_what_it_is(tmp_path, model_path, capsys):
+def test_a_fifo_or_device_given_as_input_is_named_for_what_it_is(tmp_path, model_dir, capsys):
     os.mkfifo(tmp_path / "scan.png")
     image = write_png(tmp_path / "a.png", (30, 30))
-    assert predict([str(image), "scan.png", "/dev/zero", "--out", "out", "--model", str(model_path)]) == 1
+    assert predict([str(image), "scan.png", "/dev/zero", "--out", "out", "--model", str(model_dir)]) == 1
     err = capsys.readouterr().err
     assert err.count("not a regular file (a FIFO, device or socket)") == 2 and "not found" not in err
     assert len(read_rows(tmp_path / "out")) == 1  # the good input is still segmented
 
 
-def test_threshold_from_eval_metrics_and_override(tmp_path, model_path):
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"threshold": 0.0}))
+def test_threshold_from_the_model_folder_and_override(tmp_path, model_dir):
+    folder = model_folder(tmp_path / "model", model_dir / "model.keras", choices=Choices(0.0))
     image = write_png(tmp_path / "a.png", (30, 30))
-    assert predict([str(image), "--out", "out1", "--model", str(model_path)]) == 0
+    assert predict([str(image), "--out", "out1", "--model", str(folder)]) == 0
     (row,) = read_rows(tmp_path / "out1")
     assert float(row["threshold"]) == 0.0 and int(row["tumor_pixels"]) == 900
 
-    assert predict([str(image), "--out", "out2", "--model", str(model_path), "--threshold", "1"]) == 0
+    assert predict([str(image), "--out", "out2", "--model", str(folder), "--threshold", "1"]) == 0
     (row,) = read_rows(tmp_path / "out2")
     assert float(row["threshold"]) == 1.0 and int(row["tumor_pixels"]) == 0
 
 
-def test_postprocessing_and_tta_from_eval_metrics_and_override(tmp_path):
-    model = identity_model(tmp_path / "identity.keras", SIZE)  # probability = normalised image
+def test_postprocessing_and_tta_from_the_model_folder_and_override(tmp_path):
+    identity = identity_model(tmp_path / "identity.keras", SIZE)  # probability = normalised image
+    model = model_folder(tmp_path / "model", identity, choices=Choices(0.5, PostProcess("largest"), "hflip"))
     image = np.zeros((SIZE, SIZE), np.uint8)
     image[2:12, 2:12] = 255  # a 100-pixel blob
     image[20:23, 20:23] = 255  # and a 9-pixel one
     Image.fromarray(image).save(tmp_path / "two.png")
-    (tmp_path / "metrics").mkdir()
-    chosen = {"threshold": 0.5, "postprocess": "largest", "postprocess_min_fraction": 0.0, "tta": "hflip"}
-    (tmp_path / "metrics" / "eval.json").write_text(json.dumps(chosen))
     assert predict(["two.png", "--out", "out1", "--model", str(model)]) == 0
     (row,) = read_rows(tmp_path / "out1")
     assert (row["postprocess"], row["tta"], int(row["tumor_pixels"])) == ("largest", "hflip", 100)
     assert predict(["two.png", "--out", "out2", "--model", str(model), "--postprocess", "none", "--tta", "none"]) == 0
     (row,) = read_rows(tmp_path / "out2")
     assert (row["postprocess"], row["tta"], int(row["tumor_pixels"])) == ("none", "none", 109)
-    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({**chosen, "tta": "rotate"}))
+    chosen = json.loads((model / "choices.json").read_text())
+    (model / "choices.json").write_text(json.dumps({**chosen, "tta": "rotate"}))
     assert predict(["two.png", "--out", "out3", "--model", str(model)]) == 1
-    (tmp_path / "metrics" / "eval.json").write_text("{not json")
+    (model / "choices.json").write_text("{not json")
     assert predict(["two.png", "--out", "out4", "--model", str(model), "--threshold", "0.5"]) == 1
 
 
-def test_percentile_from_params_or_option(tmp_path):
-    def percentile(argv):  # as main resolves it
-        args = parse_args(argv)
-        return resolve_percentile(args.percentile, args.params, "--percentile")
-
-    assert percentile(["--export", "x"]) == 99.5
-    params = make_params({"data.normalize_percentile": 98.0})
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params.model_dump()))
-    assert percentile(["--export", "x"]) == 98.0
-    assert percentile(["--export", "x", "--percentile", "90"]) == 90.0
-
-
-def test_exports_match_keras(tmp_path, model_path):
+def test_exports_match_keras(tmp_path, model_dir):
     exported = tmp_path / "exported"
-    assert predict(["--export", str(exported), "--float16", "--model", str(model_path)]) == 0
+    assert predict(["--export", str(exported), "--float16", "--model", str(model_dir)]) == 0
     files = [write_png(tmp_path / "a.png", (50, 70)), write_png(tmp_path / "b.png", (64, 48), bits=16)]
     write_dicom(tmp_path / "c.dcm", (40, 40))
     files.append(tmp_path / "c.dcm")
     images = np.stack([preprocess_image(read_scan(path).slices[0], SIZE) for path in files])
-    model = keras.models.load_model(model_path, compile=False)
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
     reference = predict_probabilities(model, images, np.arange(len(images)))
 
     saved = export.run_saved_model(exported / export.SAVED_MODEL_DIR, images)
@@ -445,21 +430,22 @@ def test_exports_match_keras(tmp_path, model_path):
     assert ((half >= 0.5) == (reference >= 0.5)).mean() >= 0.995
     onnx = export.run_onnx(exported / export.ONNX, images)
     np.testing.assert_allclose(onnx, reference, atol=1e-4)
-    assert json.loads((exported / export.METADATA).read_text())["image_size"] == SIZE
+    assert Preprocessing.load(exported / PREPROCESSING_FILE).image_size == SIZE
+    assert "files" in json.loads((exported / export.METADATA).read_text())
 
 
-def test_predict_runs_on_the_onnx_export_without_tensorflow(tmp_path, model_path):
+def test_predict_runs_on_the_onnx_export_without_tensorflow(tmp_path, model_dir):
     """The ONNX file gives the masks the Keras model gives, in a process where TensorFlow and Keras cannot
     be imported."""
-    assert predict(["--export", "exported", "--model", str(model_path)]) == 0
+    assert predict(["--export", "exported", "--model", str(model_dir)]) == 0
     files = [str(write_png(tmp_path / "a.png", (50, 70))), str(write_png(tmp_path / "b.png", (64, 48), bits=16))]
-    assert predict([*files, "--out", "keras_out", "--model", str(model_path), "--tta", "hflip"]) == 0
+    assert predict([*files, "--out", "keras_out", "--model", str(model_dir), "--tta", "hflip"]) == 0
     script = (
         "import sys; sys.modules['tensorflow'] = sys.modules['keras'] = None\n"
         "from tumorseg.cli import exit_status\n"
         "from tumorseg.serve.predict import main\n"
         f"status = exit_status('predict', main, {files!r} + ['--out', 'onnx_out', '--model', "
-        "'exported/model.onnx', '--tta', 'hflip'])\n"
+        "'exported', '--tta', 'hflip'])\n"
         "assert not [name for name in sys.modules if name.startswith(('tensorflow', 'keras')) and sys.modules[name]]\n"
         "sys.exit(status)\n"
     )
@@ -472,36 +458,35 @@ def test_predict_runs_on_the_onnx_export_without_tensorflow(tmp_path, model_path
     assert confidences[0] == pytest.approx(confidences[1], abs=1e-4)
 
 
-def test_export_folder_not_replaced_without_overwrite(tmp_path, model_path, capsys):
+def test_export_folder_not_replaced_without_overwrite(tmp_path, model_dir, capsys):
     exported = tmp_path / "exported"
     exported.mkdir()
     (exported / "keep.txt").write_text("mine")
-    assert predict(["--export", str(exported), "--model", str(model_path)]) == 1
+    assert predict(["--export", str(exported), "--model", str(model_dir)]) == 1
     assert "--overwrite" in capsys.readouterr().err
     assert (exported / "keep.txt").read_text() == "mine"
 
 
-def test_an_overwritten_export_replaces_only_its_own_files(tmp_path, model_path):
+def test_an_overwritten_export_replaces_only_its_own_files(tmp_path, model_dir):
     exported = tmp_path / "exported"
-    assert predict(["--export", str(exported), "--model", str(model_path)]) == 0
+    assert predict(["--export", str(exported), "--model", str(model_dir)]) == 0
     (exported / "keep.txt").write_text("mine")
     (exported / export.METADATA).write_text("stale")
-    assert predict(["--export", str(exported), "--model", str(model_path), "--overwrite"]) == 0
+    assert predict(["--export", str(exported), "--model", str(model_dir), "--overwrite"]) == 0
     assert (exported / "keep.txt").read_text() == "mine"
-    assert json.loads((exported / export.METADATA).read_text())["image_size"] == SIZE
+    assert "files" in json.loads((exported / export.METADATA).read_text())
     assert (exported / export.SAVED_MODEL_DIR).is_dir() and not list(tmp_path.glob(".exported.*"))
 
 
-@pytest.mark.parametrize("inside", ["model.keras", "sub/model.keras"])
-def test_an_export_folder_holding_the_model_is_refused(tmp_path, model_path, capsys, inside):
+@pytest.mark.parametrize("inside", [".", "sub"])
+def test_an_export_folder_holding_the_model_is_refused(tmp_path, model_dir, capsys, inside):
     folder = tmp_path / "models"
-    (folder / inside).parent.mkdir(parents=True, exist_ok=True)
-    (folder / inside).write_bytes(model_path.read_bytes())
+    model_folder(folder / inside, model_dir / "model.keras")
     before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
     assert predict(["--export", str(folder), "--model", str(folder / inside), "--overwrite"]) == 1
     assert "holds the model" in capsys.readouterr().err
     assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
-    assert (folder / inside).read_bytes() == model_path.read_bytes()
+    assert (folder / inside / "model.keras").read_bytes() == (model_dir / "model.keras").read_bytes()
 
 
 def test_output_stems_are_unique_and_keep_uid_names(tmp_path):
@@ -514,28 +499,28 @@ def test_output_stems_are_unique_and_keep_uid_names(tmp_path):
     assert problems == [(tmp_path / "absent", "not found")] and ignored == 0
 
 
-def test_confidence_and_review_flag_per_slice(tmp_path, model_path, capsys):
+def test_confidence_and_review_flag_per_slice(tmp_path, model_dir, capsys):
     files = [write_png(tmp_path / "a.png", (50, 70)), write_png(tmp_path / "b.png", (64, 48), bits=16)]
-    model = keras.models.load_model(model_path, compile=False)
+    model = keras.models.load_model(model_dir / "model.keras", compile=False)
     images = np.stack([preprocess_image(read_scan(path).slices[0], SIZE) for path in files])
     predicted = predict_all(model, images, np.arange(2), tta="hflip")
     # a score model that flags exactly the less confident of the two slices
     scorer = ConfidenceModel({"mean_inside": 3.0, "uncertainty": -1.0, "agreement": 2.0}, -1.0, fitted=True)
     _, expected, _ = Choices(0.5, PostProcess(), "hflip", scorer).score(predicted)
     scorer = replace(scorer, review_threshold=float(expected.min()))
-    (tmp_path / "metrics").mkdir()
-    (tmp_path / "metrics" / "eval.json").write_text(json.dumps({"threshold": 0.5, "tta": "hflip",
-                                                                **scorer.to_metrics()}))
-    assert predict([*map(str, files), "--out", "out", "--model", str(model_path)]) == 0
+    folder = model_folder(tmp_path / "model", model_dir / "model.keras", choices=Choices(0.5, tta="hflip",
+                                                                                           confidence=scorer))
+    assert predict([*map(str, files), "--out", "out", "--model", str(folder)]) == 0
     rows = {Path(row["input"]).name: row for row in read_rows(tmp_path / "out")}
     found = [float(rows[path.name]["confidence"]) for path in files]
     assert found == pytest.approx(expected, abs=1e-6)
     assert [rows[path.name]["review"] == "True" for path in files] == list(expected == expected.min())
     assert "1 of 2 slice(s) flagged for review" in capsys.readouterr().out
-    # the export records the score's model beside the threshold
-    assert predict(["--export", "exported", "--model", str(model_path)]) == 0
-    recorded = json.loads((tmp_path / "exported" / export.METADATA).read_text())["confidence"]
-    assert ConfidenceModel.from_metrics(recorded) == scorer and recorded["features"] == list(FEATURES)
+    # the export is a model folder with the same choices, the score's model among them
+    assert predict(["--export", "exported", "--model", str(folder)]) == 0
+    assert Choices.load(tmp_path / "exported" / "choices.json") == Choices.load(folder / "choices.json")
+    assert all(name in json.loads((tmp_path / "exported" / export.METADATA).read_text())["confidence"]
+               for name in FEATURES)
 
 
 def test_a_small_file_declaring_a_huge_image_is_refused_before_its_pixels_are_read(tmp_path):

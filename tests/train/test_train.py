@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from tests.helpers import StopAtEpoch, identity_model, make_params, synthetic_project
+from tumorseg.bundle import Preprocessing
 from tumorseg.config import Oversample
 from tumorseg.train import phases as runs_module
 from tumorseg.train.loop import TrainPaths, learning_rate, oversampled, train
@@ -57,6 +58,10 @@ def test_small_unet_learns_the_synthetic_tumors(synthetic_data, tmp_path):
     assert metrics["val_dice"] >= 0.5
     saved = json.loads((tmp_path / "train.json").read_text())
     assert saved == metrics and saved["epochs"] == 8 and 1 <= saved["best_epoch"] <= 8
+    preprocessing = Preprocessing.load(tmp_path / "preprocessing.json")  # the model folder describes itself
+    assert (preprocessing.image_size, preprocessing.normalize_percentile) == (64, params.data.normalize_percentile)
+    assert preprocessing.trained_with == {key: params.model_dump()[key] for key in ("seed", "data", "split", "model",
+                                                                                     "train")}
     curve = pd.read_csv(tmp_path / "plots" / "metrics" / "eval" / "dice.tsv", sep="\t")
     assert list(curve["step"]) == list(range(8))
     # the kept epoch is the one of the best validation Dice (train.monitor)
@@ -111,6 +116,7 @@ def test_interrupted_run_resumes_where_it_stopped(synthetic_data, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         run(params, synthetic_data, tmp_path, extra_callbacks=[StopAtEpoch(0)])
     assert not (tmp_path / "model.keras").exists() and not (tmp_path / "train.json").exists()
+    assert not (tmp_path / "preprocessing.json").exists()
     counter = CountEpochs()
     metrics = run(params, synthetic_data, tmp_path, extra_callbacks=[counter])
     assert counter.epochs == [1, 2]

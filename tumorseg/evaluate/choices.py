@@ -1,8 +1,9 @@
 """Evaluate's choices, made on validation and applied unchanged later: the threshold, post-processing, TTA
 and the confidence score's model (tumorseg.evaluate.confidence).
 
-The evaluate stage writes them into metrics/eval.json; render_samples and predict read them back through
-Choices.load, the one reader, which checks every value and names the file and the fix. Choices.masks and
+The evaluate stage writes them into the model folder as choices.json (tumorseg.bundle); render_samples, predict
+and the segmenter read them back through Choices.load, the one reader, which checks every value and names the
+file and the fix. Choices.masks and
 Choices.score are the one way probabilities become masks and confidence scores, in evaluate,
 render_samples and predict alike: a slice gets the same mask and score wherever it is predicted.
 """
@@ -13,15 +14,16 @@ from pathlib import Path
 
 import numpy as np
 
-from tumorseg.errors import ProjectError
+from tumorseg.atomic import write_json
+from tumorseg.bundle import FORMAT, BundleError
 from tumorseg.evaluate.confidence import ConfidenceModel, slice_features
 from tumorseg.evaluate.metrics import binarize
 from tumorseg.evaluate.postprocess import PostProcess
 from tumorseg.model.probabilities import TTA_FLIPS, Predictions
 
 
-class ChoicesError(ProjectError, ValueError):
-    """evaluate's metrics file is missing, unreadable or holds an unusable choice."""
+class ChoicesError(BundleError, ValueError):
+    """A model folder's choices.json is missing, unreadable or holds an unusable choice."""
 
 
 @dataclass(frozen=True)
@@ -38,21 +40,28 @@ class Choices:
         if self.tta not in TTA_FLIPS:
             raise ChoicesError(f"tta must be one of {', '.join(TTA_FLIPS)}, got {self.tta!r}.")
 
+    def save(self, path: str | Path) -> None:
+        """Write the choices as choices.json (atomically)."""
+        write_json(path, {"format": FORMAT, "threshold": self.threshold, "postprocess": self.postprocess.method,
+                          "postprocess_min_fraction": self.postprocess.min_fraction, "tta": self.tta,
+                          "confidence": self.confidence.to_dict()})
+
     @classmethod
     def load(cls, path: str | Path) -> "Choices":
-        """The choices recorded in evaluate's metrics JSON at `path`."""
+        """The choices recorded at `path` (a model folder's choices.json)."""
         path = Path(path)
-        fix = "re-run the evaluate stage (dvc repro evaluate)"
+        fix = "re-run the evaluate stage (dvc repro evaluate), or copy the whole model folder"
         if not path.is_file():
             raise ChoicesError(f"{path}: not found; {fix}.")
         try:
             chosen = json.loads(path.read_text())
+            if chosen["format"] != FORMAT:
+                raise ValueError(f"format {chosen['format']!r}, this version reads {FORMAT}")
             return cls(
                 threshold=chosen["threshold"],
-                postprocess=PostProcess(chosen.get("postprocess", "none"),
-                                        float(chosen.get("postprocess_min_fraction", 0.0))),
-                tta=chosen.get("tta", "none"),
-                confidence=ConfidenceModel.from_metrics(chosen),
+                postprocess=PostProcess(chosen["postprocess"], float(chosen["postprocess_min_fraction"])),
+                tta=chosen["tta"],
+                confidence=ConfidenceModel.from_dict(chosen["confidence"]),
             )
         except (ValueError, KeyError, TypeError, AttributeError) as error:
             detail = f"no {error}" if isinstance(error, KeyError) else str(error)

@@ -105,20 +105,26 @@ class ConfidenceModel:
             model = cls({name: float(w) for name, w in zip(FEATURES, weights)}, bias, fitted=True)
         return cls(model.weights, model.bias, review_threshold(model.score(features), ~good), model.fitted)
 
-    def to_metrics(self) -> dict[str, float | bool]:
-        """Flat keys for evaluate's metrics JSON (unrounded, so predict scores exactly as evaluate did)."""
-        return {"confidence_fitted": self.fitted, "confidence_bias": self.bias,
-                **{f"confidence_weight_{name}": self.weights[name] for name in FEATURES},
+    def to_dict(self) -> dict:
+        """The model as evaluate records it in the model folder's choices.json (unrounded, so predict scores
+        exactly as evaluate did)."""
+        return {"fitted": self.fitted, "bias": self.bias, "weights": dict(self.weights),
                 "review_threshold": self.review_threshold}
 
     @classmethod
-    def from_metrics(cls, chosen: dict) -> "ConfidenceModel":
-        """The model recorded by to_metrics; the fallback when the file predates the score."""
-        if "confidence_bias" not in chosen:
-            return cls()
-        weights = {name: float(chosen[f"confidence_weight_{name}"]) for name in FEATURES}
-        return cls(weights, float(chosen["confidence_bias"]), float(chosen["review_threshold"]),
-                   bool(chosen["confidence_fitted"]))
+    def from_dict(cls, stored: dict) -> "ConfidenceModel":
+        """The model recorded by to_dict; ValueError, KeyError or TypeError where it is not one."""
+        weights = stored["weights"]
+        if not isinstance(weights, dict) or set(weights) != set(FEATURES):
+            raise ValueError(f"confidence weights must name the features {', '.join(FEATURES)}")
+        numbers = [*weights.values(), stored["bias"], stored["review_threshold"]]
+        if any(isinstance(value, bool) or not isinstance(value, (int, float)) or not np.isfinite(value)
+               for value in numbers):
+            raise ValueError("confidence weights, bias and review_threshold must be finite numbers")
+        if not isinstance(stored["fitted"], bool):
+            raise ValueError("confidence fitted must be true or false")
+        return cls({name: float(w) for name, w in weights.items()}, float(stored["bias"]),
+                   float(stored["review_threshold"]), stored["fitted"])
 
 
 def review_threshold(confidence: np.ndarray, poor: np.ndarray, catch: float = CATCH,

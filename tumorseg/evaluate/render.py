@@ -196,7 +196,7 @@ def render_samples(model_path: str | Path, numpy_dir: str | Path, split_csv: str
     """Write <class>_<id>.png per chosen test slice and grid.png into out_dir.
 
     `choices` default to a threshold of 0.5 and nothing else; the stage passes
-    those evaluate chose and scored (metrics/eval.json). Returns the names of the files written.
+    those evaluate chose and scored (the model folder's choices.json). Returns the names of the files written.
     """
     arrays = load_arrays(numpy_dir)
     split = read_split(split_csv, subsets=("test",))

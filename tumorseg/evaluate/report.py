@@ -9,7 +9,7 @@ what referring the least confident slices gains. Outputs: a flat metrics JSON (f
 tables (for `dvc plots`).
 """
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import pandas as pd
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_dir, write_json
+from tumorseg.bundle import CHOICES_FILE, DEFAULT_FOLDER, MODEL_FILE, PREPROCESSING_FILE, Preprocessing
 from tumorseg.config import Params
 from tumorseg.data.arrays import load_arrays, read_split, subset_positions
 from tumorseg.data.matfile import read_slice
@@ -156,8 +157,8 @@ def per_class_table(per_image: pd.DataFrame, resamples: int, seed: int) -> pd.Da
 
 
 def summary_metrics(per_image: pd.DataFrame, per_class: pd.DataFrame, truth: np.ndarray, pred: np.ndarray,
-                    chosen: Choices, val_iou: float, ci: dict[str, float]) -> dict[str, Any]:
-    """The flat dict written to the metrics JSON (the confidence model's keys are added by the caller)."""
+                    val_iou: float, ci: dict[str, float]) -> dict[str, Any]:
+    """The flat dict of test scores (the confidence figures are added by the caller)."""
     result = {
         "iou": _round(per_image["iou"].mean()),
         "dice": _round(per_image["dice"].mean()),
@@ -166,10 +167,6 @@ def summary_metrics(per_image: pd.DataFrame, per_class: pd.DataFrame, truth: np.
         "dice_native": _round(per_image["dice_native"].mean()),
         **{key: _round(value) for key, value in ci.items()},
         "failures": int((per_image["dice"] < metrics.FAILURE_DICE).sum()),
-        "threshold": _round(chosen.threshold),
-        "postprocess": chosen.postprocess.method,
-        "postprocess_min_fraction": chosen.postprocess.min_fraction,
-        "tta": chosen.tta,
         "val_iou": _round(val_iou),
         "test_images": int(len(per_image)),
         "test_patients": int(per_image["pid"].nunique()),
@@ -190,12 +187,11 @@ def _fmt_share(value):
     return "n/a" if value is None else f"{value:.1%}"
 
 
-def format_summary(result: dict[str, Any], per_class: pd.DataFrame) -> str:
-    """A few lines for stdout: threshold, test Dice with its CI, per class."""
-    postprocess = str(PostProcess(result["postprocess"], result["postprocess_min_fraction"]))
+def format_summary(result: dict[str, Any], per_class: pd.DataFrame, chosen: Choices) -> str:
+    """A few lines for stdout: the choices, test Dice with its CI, per class."""
     lines = [
-        f"threshold {result['threshold']:g}, post-processing {postprocess} (chosen on validation, mean IoU "
-        f"{_fmt(result['val_iou'])}); test-time augmentation {result['tta']}",
+        f"threshold {chosen.threshold:g}, post-processing {chosen.postprocess} (chosen on validation, mean IoU "
+        f"{_fmt(result['val_iou'])}); test-time augmentation {chosen.tta}",
         f"test Dice {_fmt(result['dice'])} [95% CI {_fmt(result['dice_ci_low'])}, {_fmt(result['dice_ci_high'])}]"
         f"  native-resolution Dice {_fmt(result['dice_native'])} [95% CI {_fmt(result['dice_native_ci_low'])}, "
         f"{_fmt(result['dice_native_ci_high'])}]  IoU {_fmt(result['iou'])}"
@@ -221,29 +217,64 @@ def format_summary(result: dict[str, Any], per_class: pd.DataFrame) -> str:
 # ------------------------------------------------------------------ stage
 
 
-def evaluate(model_path: str | Path, numpy_dir: str | Path, split_csv: str | Path, raw_dir: str | Path,
-             params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict[str, Any]:
-    """Choose the threshold on validation, score test, write metrics and tables.
+@dataclass(frozen=True)
+class EvaluatePaths:
+    """What evaluate reads and writes; the defaults are the DVC stage's (dvc.yaml)."""
 
-    All inputs are checked before anything is written. Returns the metrics dict.
-    """
-    arrays, val, test = evaluation_inputs(numpy_dir, split_csv, raw_dir)
+    bundle: Path = DEFAULT_FOLDER  # reads model.keras and preprocessing.json, writes choices.json
+    numpy_dir: Path = Path("data/numpy")
+    split_csv: Path = Path("data/split.csv")
+    raw_dir: Path = Path("data/raw")
+    metrics: Path = Path("metrics/eval.json")  # the headline: Dice, its CI, IoU and failures, per class
+    details: Path = Path("metrics/eval_details.json")  # the rest: native-resolution Dice, CIs per class, confidence
+    plots: Path = Path("plots/eval")
+
+    def __post_init__(self):
+        for name in self.__dataclass_fields__:
+            object.__setattr__(self, name, Path(getattr(self, name)))
+
+    @classmethod
+    def under(cls, folder: str | Path, numpy_dir: str | Path, split_csv: str | Path, raw_dir: str | Path,
+              bundle: str | Path | None = None) -> "EvaluatePaths":
+        """The outputs under `folder` (eval.json, eval_details.json, plots/; choices.json too unless the model's
+        `bundle` folder is given), the inputs where given."""
+        folder = Path(folder)
+        return cls(bundle or folder, numpy_dir, split_csv, raw_dir, folder / "eval.json",
+                   folder / "eval_details.json", folder / "plots")
+
+
+def evaluate(params: Params, paths: EvaluatePaths = EvaluatePaths()) -> dict[str, Any]:
+    """Choose on validation, score test, write the choices into the model folder and the metrics and tables.
+
+    All inputs are checked before anything is written. Returns the metrics (headline and details)."""
+    arrays, val, test = evaluation_inputs(paths.numpy_dir, paths.split_csv, paths.raw_dir)
+    check_preprocessing(Preprocessing.load(paths.bundle / PREPROCESSING_FILE), params, paths.bundle)
+    model_path = paths.bundle / MODEL_FILE
     model = load_model(model_path)
     check_model_input(model, arrays["images"].shape[1], model_path)
     tta = params.evaluate.tta
     val_predicted = predict(model, arrays["images"], val, DEFAULT_BATCH_SIZE, tta)
     test_predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
-    return score(val_predicted, test_predicted, arrays, val, test, raw_dir, params, metrics_path, plots_dir)
+    return score(val_predicted, test_predicted, arrays, val, test, params, paths)
 
 
-def evaluate_stored(predictions_path: str | Path, numpy_dir: str | Path, split_csv: str | Path,
-                    raw_dir: str | Path, params: Params, metrics_path: str | Path, plots_dir: str | Path) -> dict[str, Any]:
+def evaluate_stored(predictions_path: str | Path, params: Params, paths: EvaluatePaths) -> dict[str, Any]:
     """evaluate on predictions made elsewhere (tumorseg.evaluate.stored): the same choices and scores."""
-    arrays, val, test = evaluation_inputs(numpy_dir, split_csv, raw_dir)
+    arrays, val, test = evaluation_inputs(paths.numpy_dir, paths.split_csv, paths.raw_dir)
     ids, size, tta = np.asarray(arrays["ids"]), arrays["images"].shape[1], params.evaluate.tta
     val_predicted = stored.load_predictions(predictions_path, "val", ids[val], size, tta)
     test_predicted = stored.load_predictions(predictions_path, "test", ids[test], size, tta)
-    return score(val_predicted, test_predicted, arrays, val, test, raw_dir, params, metrics_path, plots_dir)
+    return score(val_predicted, test_predicted, arrays, val, test, params, paths)
+
+
+def check_preprocessing(preprocessing: Preprocessing, params: Params, bundle: Path) -> None:
+    """InputError unless the model was trained on slices normalised as data/numpy's (params.data; the size is
+    checked against the arrays themselves)."""
+    percentile = params.data.normalize_percentile
+    if preprocessing.normalize_percentile != percentile:
+        raise InputError(f"{bundle / PREPROCESSING_FILE}: the model was trained on slices normalised at percentile "
+                         f"{preprocessing.normalize_percentile:g}, params.yaml prepares them at {percentile:g}; "
+                         "re-run the train stage (dvc repro).")
 
 
 def evaluation_inputs(numpy_dir: str | Path, split_csv: str | Path,
@@ -258,15 +289,14 @@ def evaluation_inputs(numpy_dir: str | Path, split_csv: str | Path,
 
 
 def score(val_predicted: Predictions, test_predicted: Predictions, arrays: dict[str, np.ndarray],
-          val: np.ndarray, test: np.ndarray, raw_dir: str | Path, params: Params, metrics_path: str | Path,
-          plots_dir: str | Path) -> dict[str, Any]:
+          val: np.ndarray, test: np.ndarray, params: Params, paths: EvaluatePaths) -> dict[str, Any]:
     """Choose on the val predictions, score the test predictions with those choices, write and print."""
     val_truth = np.asarray(arrays["masks"][val]) > 0
     chosen, val_iou, sweep = choose(val_truth, val_predicted, params)
-    result, tables = score_test(test_predicted, arrays, test, raw_dir, chosen, val_iou, params)
+    result, tables = score_test(test_predicted, arrays, test, paths.raw_dir, chosen, val_iou, params)
     tables["threshold_sweep"] = pd.DataFrame({name: sweep[name] for name in ("threshold", "iou", "dice")})
-    write_report(result, tables, metrics_path, plots_dir)
-    print(format_summary(result, tables["per_class"]))
+    write_report(result, tables, chosen, paths)
+    print(format_summary(result, tables["per_class"], chosen))
     return result
 
 
@@ -301,10 +331,9 @@ def score_test(test_predicted: Predictions, arrays: dict[str, np.ndarray], test:
                                  review=chosen.confidence.flags(scores))
     per_class = per_class_table(per_image, resamples, params.seed)
     ci = confidence_intervals(per_image, resamples, params.seed)
-    result = summary_metrics(per_image, per_class, test_truth, test_pred, chosen, val_iou, ci)
+    result = summary_metrics(per_image, per_class, test_truth, test_pred, val_iou, ci)
     result.update({key: _round(value) for key, value in
                    confidence.referral_metrics(scores, per_image["dice"], per_image["review"]).items()})
-    result.update(chosen.confidence.to_metrics())
     predicted = []
     if test_types is not None:  # the model has the type head (model.classify)
         predicted = tumor_type.predicted_labels(test_types)
@@ -322,10 +351,22 @@ def score_test(test_predicted: Predictions, arrays: dict[str, np.ndarray], test:
     return result, tables
 
 
-def write_report(result: dict[str, Any], tables: dict[str, pd.DataFrame], metrics_path: str | Path,
-                 plots_dir: str | Path) -> None:
-    """The tables as plots_dir/<name>.csv (rounded), then the metrics JSON; each written atomically."""
-    with atomic_dir(plots_dir) as tmp:
+def headline(result: dict[str, Any]) -> dict[str, Any]:
+    """The scores of metrics/eval.json (`dvc metrics show metrics/eval.json` fits a terminal); the rest of
+    `result` goes to the details file."""
+    per_class = [f"{name}_{score}" for name in LABEL_NAMES.values() for score in ("dice", "iou", "failures")]
+    keys = ["dice", "dice_ci_low", "dice_ci_high", "iou", "failures", "val_iou", *per_class, "type_accuracy"]
+    return {key: result[key] for key in keys if key in result}
+
+
+def write_report(result: dict[str, Any], tables: dict[str, pd.DataFrame], chosen: Choices,
+                 paths: EvaluatePaths) -> None:
+    """The tables as <plots>/<name>.csv (rounded), the choices into the model folder, then the metrics
+    (headline and details); each written atomically, the headline last."""
+    with atomic_dir(paths.plots) as tmp:
         for name, table in tables.items():
             table.round(DECIMALS).to_csv(tmp / f"{name}.csv", index=False)
-    write_json(metrics_path, result)
+    chosen.save(paths.bundle / CHOICES_FILE)
+    main = headline(result)
+    write_json(paths.details, {key: value for key, value in result.items() if key not in main})
+    write_json(paths.metrics, main)

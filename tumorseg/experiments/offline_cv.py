@@ -245,7 +245,7 @@ def training_summary(path: Path) -> dict[str, dict[str, float]]:
 
 def score(args) -> None:
     from tumorseg.data.convert import mat_to_numpy
-    from tumorseg.evaluate.report import evaluate_stored
+    from tumorseg.evaluate.report import EvaluatePaths, evaluate_stored
     from tumorseg.experiments.summarize import (
         METRIC_COLUMNS,
         format_report,
@@ -264,9 +264,8 @@ def score(args) -> None:
         mat_to_numpy(source, numpy_dir, params.data.image_size, params.data.normalize_percentile)
         for fold in folds:
             fold_out = out / f"fold{fold}"
-            result = evaluate_stored(predictions / f"fold{fold}.npz", numpy_dir, work / f"split-fold{fold}.csv",
-                                     source, params.replaced({"split.fold": fold}), fold_out / "eval.json",
-                                     fold_out / "plots")
+            result = evaluate_stored(predictions / f"fold{fold}.npz", params.replaced({"split.fold": fold}),
+                                     EvaluatePaths.under(fold_out, numpy_dir, work / f"split-fold{fold}.csv", source))
             trained = run.get(str(fold), {})
             rows.append({"name": f"fold{fold}", "split.fold": fold,
                          **{key: result.get(key) for key in METRIC_COLUMNS},
@@ -280,7 +279,7 @@ def score(args) -> None:
     write_csv(table, out / "folds.csv")
     write_csv(summary, out / "summary.csv")
     plot_summary(table, summary, out / "summary.png")
-    print(f"wrote {out}/fold<k>/eval.json and plots/, folds.csv, summary.csv, summary.png")
+    print(f"wrote {out}/fold<k>/ (choices.json, eval.json, eval_details.json, plots/), folds.csv, summary.csv, summary.png")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -31,8 +31,8 @@ from tumorseg.errors import ProjectError
 
 METRICS_FILE = "metrics/eval.json"
 PARAMS_FILE = "params.yaml"
-SCORES = ("dice", "dice_native", "iou", "failures")  # failures: test slices with Dice below 0.1
-SCORE_LABELS = {"dice": "Dice", "dice_native": "native-resolution Dice", "iou": "IoU", "failures": "failures"}
+SCORES = ("dice", "iou", "failures")  # failures: test slices with Dice below 0.1
+SCORE_LABELS = {"dice": "Dice", "iou": "IoU", "failures": "failures"}
 SCOPES = ("overall", *LABEL_NAMES.values())
 UNFINISHED = {"queued": "is still queued", "running": "is still running", "failed": "failed"}
 
@@ -48,7 +48,7 @@ def metric_key(scope: str, score: str) -> str:
 
 CI_COLUMNS = ("dice_ci_low", "dice_ci_high")  # each experiment's patient-bootstrap 95% CI of test Dice
 METRIC_COLUMNS = [metric_key(scope, score) for scope in SCOPES for score in SCORES] + list(CI_COLUMNS)
-PRINTED_COLUMNS = ["dice", *CI_COLUMNS, "dice_native", "iou", "failures",
+PRINTED_COLUMNS = ["dice", *CI_COLUMNS, "iou", "failures",
                    *(metric_key(scope, score) for scope in SCOPES[1:] for score in ("dice", "failures"))]
 
 
@@ -174,8 +174,8 @@ def entry_params(entry: dict[str, Any]) -> dict[str, Any]:
 
 
 def entry_metrics(entry: dict[str, Any], metrics_file: str = METRICS_FILE) -> dict[str, float]:
-    """Test Dice, native-resolution Dice, IoU and failures, overall and per class, and the CI of test Dice,
-    of an entry (NaN where a class had no test slice or an older evaluate did not write the key)."""
+    """Test Dice, IoU and failures, overall and per class, and the CI of test Dice (the headline of
+    metrics/eval.json), of an entry (NaN where a class had no test slice or an older evaluate did not write the key)."""
     found = (entry["data"].get("metrics") or {}).get(metrics_file) or {}
     values = found.get("data")
     if not values:
@@ -263,7 +263,6 @@ def format_report(table: pd.DataFrame, summary: pd.DataFrame) -> str:
         lines.append(
             f"  {row.scope:<11} Dice {_mean_sd(row.dice_mean, row.dice_std)}"
             f"  IoU {_mean_sd(row.iou_mean, row.iou_std)}  n={row.n}"
-            f"  native Dice {_mean_sd(row.dice_native_mean, row.dice_native_std)}"
             f"  failures {_mean_sd(row.failures_mean, row.failures_std, 1)}"
         )
     if len(table) < 2:

@@ -6,7 +6,9 @@ Layout of the export folder:
   model_float16.tflite  weights quantised to float16 (only with float16=True)
   model.onnx            ONNX (Keras's export through tf2onnx), run with onnxruntime alone
                         (tumorseg.serve.onnx_model; predict --model DIR/model.onnx)
-  export.json           the preprocessing contract, evaluate's choices and the confidence score's model
+  export.json           how to run the files without this package: input, outputs, masks, confidence
+  preprocessing.json    the model folder's files (tumorseg.bundle), so the export is a model folder too:
+  choices.json          Segmenter.load(DIR) and predict --model DIR run its model.onnx
 
 Every export takes a batch of preprocessed images (N, S, S, 1) float32 in
 [0, 1] (see tumorseg.data.preprocess.preprocess_image) and returns tumour
@@ -61,8 +63,9 @@ def convert_to_tflite(saved_model_dir: str | Path, path: Path, float16: bool = F
     path.write_bytes(converter.convert())
 
 
-def export_all(model, out_dir: Path, metadata: dict[str, object], float16: bool = False) -> dict[str, Path]:
-    """SavedModel, float32 TFLite (and float16 TFLite), ONNX and export.json into `out_dir`; returns the paths."""
+def export_all(model, out_dir: Path, contract: dict[str, object], float16: bool = False) -> dict[str, Path]:
+    """SavedModel, float32 TFLite (and float16 TFLite), ONNX and export.json (`contract` and the file names)
+    into `out_dir`; returns the paths."""
     paths = {"saved_model": out_dir / SAVED_MODEL_DIR, "tflite": out_dir / TFLITE_FLOAT32, "onnx": out_dir / ONNX}
     export_saved_model(model, paths["saved_model"])
     convert_to_tflite(paths["saved_model"], paths["tflite"])
@@ -71,7 +74,7 @@ def export_all(model, out_dir: Path, metadata: dict[str, object], float16: bool 
         paths["tflite_float16"] = out_dir / TFLITE_FLOAT16
         convert_to_tflite(paths["saved_model"], paths["tflite_float16"], float16=True)
     files = {name: path.name for name, path in paths.items()}
-    (out_dir / METADATA).write_text(json.dumps({**metadata, "files": files}, indent=2) + "\n")
+    (out_dir / METADATA).write_text(json.dumps({**contract, "files": files}, indent=2) + "\n")
     return paths
 
 

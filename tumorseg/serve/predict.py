@@ -3,9 +3,10 @@
     python -m tumorseg.serve.predict scans/ extra.dcm --out predictions/
     python -m tumorseg.serve.predict --export exported/ --float16
 
-The threshold, post-processing and test-time augmentation are those evaluate
-chose and scored (metrics/eval.json), unless options say otherwise; the work
-is done by tumorseg.serve.segmenter.Segmenter (also the Python API) and
+The model is a model folder (tumorseg.bundle): models/unet/ when the pipeline has trained one, else the
+released model shipped in models/released/ (it says which in one line). Its threshold, post-processing and
+test-time augmentation are those evaluate chose and scored (the folder's choices.json), unless options say
+otherwise; the work is done by tumorseg.serve.segmenter.Segmenter (also the Python API) and
 tumorseg.serve.segment_files.
 
 Exit status: 0 when every input was segmented; 1 when some input failed (it is
@@ -16,10 +17,20 @@ for a usage error.
 
 import argparse
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_entries
+from tumorseg.bundle import (
+    CHOICES_FILE,
+    DEFAULT_FOLDER,
+    MODEL_FILE,
+    ONNX_FILE,
+    PREPROCESSING_FILE,
+    RELEASED_FOLDER,
+    Preprocessing,
+)
 from tumorseg.cli import program_name, run
 from tumorseg.errors import InputError
 from tumorseg.evaluate.confidence import CATCH, FEATURES, ConfidenceModel
@@ -28,7 +39,7 @@ from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, TTA_FLIPS
 from tumorseg.serve import export
 from tumorseg.serve.readers import find_inputs
 from tumorseg.serve.segment_files import segment_files
-from tumorseg.serve.segmenter import Segmenter, resolve_choices, resolve_percentile, segmentation_model
+from tumorseg.serve.segmenter import Segmenter
 from tumorseg.serve.writers import SUMMARY_COLUMNS, write_csv
 
 EXIT_OK, EXIT_INPUT_FAILED = 0, 1
@@ -44,21 +55,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("inputs", nargs="*", type=Path,
                         help="files or folders (searched recursively): PNG/JPEG/TIFF, figshare .mat, DICOM, NIfTI")
     parser.add_argument("--out", type=Path, metavar="DIR", help="output folder for masks, overlays and summary.csv")
-    parser.add_argument("--model", type=Path, metavar="FILE", default=Path("models/model.keras"),
-                        help="Keras model, or an ONNX export (model.onnx, run without TensorFlow) "
-                             "(default: %(default)s)")
+    parser.add_argument("--model", type=Path, metavar="DIR",
+                        help=f"model folder: model.keras, or an export's model.onnx (run without TensorFlow), with its "
+                             f"{PREPROCESSING_FILE} and {CHOICES_FILE} (default: {DEFAULT_FOLDER} when trained, else "
+                             f"the released model, {RELEASED_FOLDER})")
     parser.add_argument("--threshold", type=float, metavar="T",
-                        help="probability threshold (default: 'threshold' of --eval-metrics when present, else 0.5)")
-    parser.add_argument("--eval-metrics", type=Path, metavar="FILE", default=Path("metrics/eval.json"),
-                        help="evaluate's metrics file holding the chosen threshold (default: %(default)s)")
+                        help=f"probability threshold (default: the model folder's {CHOICES_FILE})")
     parser.add_argument("--postprocess", choices=("none", "largest"),
-                        help="post-processing of each mask (default: --eval-metrics' choice when present, else none)")
+                        help=f"post-processing of each mask (default: the model folder's {CHOICES_FILE})")
     parser.add_argument("--tta", choices=tuple(TTA_FLIPS),
-                        help="test-time flips averaged (default: the 'tta' of --eval-metrics when present, else none)")
+                        help=f"test-time flips averaged (default: the model folder's {CHOICES_FILE})")
     parser.add_argument("--percentile", type=float, metavar="P",
-                        help="normalisation percentile (default: data.normalize_percentile of --params, else 99.5)")
-    parser.add_argument("--params", type=Path, metavar="FILE", default=Path("params.yaml"),
-                        help="pipeline parameters (default: %(default)s)")
+                        help=f"normalisation percentile (default: the model folder's {PREPROCESSING_FILE})")
     parser.add_argument("--axis", type=int, default=2, choices=(0, 1, 2),
                         help="NIfTI voxel axis to slice along (default: 2, axial for the usual RAS/LPS storage)")
     parser.add_argument("--batch-size", type=int, metavar="N", default=DEFAULT_BATCH_SIZE,
@@ -80,9 +88,22 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def model_folder(given: Path | None) -> Path:
+    """--model, else the trained model folder when the pipeline has written one, else the released model (said
+    in one line, so a user knows which model segmented the scans)."""
+    if given is not None:
+        return given
+    if (DEFAULT_FOLDER / MODEL_FILE).exists():
+        return DEFAULT_FOLDER
+    print(f"no trained model in {DEFAULT_FOLDER}: using the released model, {RELEASED_FOLDER} "
+          f"(its card: {RELEASED_FOLDER}/MODEL_CARD.md)", file=sys.stderr)
+    return RELEASED_FOLDER
+
+
 def check_outside(model_path: str | Path, folder: Path, option: str) -> None:
-    """InputError when the model file lies inside `folder`, which the command writes into."""
-    if folder.resolve() in Path(model_path).resolve().parents:
+    """InputError when the model folder lies inside `folder`, or is it: the command writes there."""
+    model_path, folder = Path(model_path).resolve(), folder.resolve()
+    if folder == model_path or folder in model_path.parents:
         raise InputError(f"{folder}: {option} folder holds the model {model_path}, which writing there could "
                          f"replace; choose another {option} folder.")
 
@@ -122,33 +143,33 @@ def review_line(rows: list[dict[str, object]], model: ConfidenceModel) -> str:
     flagged = sum(bool(row["review"]) for row in rows)
     if not model.fitted:
         return (f"{flagged} slice(s) flagged for review (column review of summary.csv); the confidence score is "
-                "not fitted (evaluate's validation had no poor slice, or --eval-metrics is missing or predates it): "
+                "not fitted (evaluate's validation had no poor slice, or the threshold was given without evaluate's choices): "
                 "rank by it, do not trust the flag.")
     return (f"{flagged} of {len(rows)} slice(s) flagged for review: confidence at most "
             f"{model.review_threshold:.3g}, set on validation to flag at least {CATCH:.0%} of the poor slices (Dice < {POOR_DICE:g}; column "
             "review of summary.csv)")
 
 
-def run_export(segmenter: Segmenter, args: argparse.Namespace) -> None:
-    """SavedModel and TFLite files into --export DIR, then a check that they agree with Keras."""
-    metadata = {
+def run_export(segmenter: Segmenter, folder: Path, args: argparse.Namespace) -> None:
+    """SavedModel, TFLite and ONNX files into --export DIR, a model folder itself (its model.onnx runs with
+    Segmenter.load and predict --model), then a check that they agree with Keras."""
+    contract = {
         "input": f"float32 (N, {segmenter.size}, {segmenter.size}, 1) in [0, 1] from "
-                 "tumorseg.data.preprocess.preprocess_image",
+                 f"tumorseg.data.preprocess.preprocess_image, as {PREPROCESSING_FILE} says",
         "output": "tumour probability, float32 (N, S, S, 1)" if not segmenter.has_type_head else
                   "mask: tumour probability, float32 (N, S, S, 1); tumor_type: probabilities of "
                   + ", ".join(LABEL_NAMES.values()) + ", float32 (N, 3)",
-        "image_size": segmenter.size, "normalize_percentile": segmenter.percentile,
-        "threshold": segmenter.choices.threshold, "postprocess": str(segmenter.choices.postprocess),
-        "tta": segmenter.choices.tta,
-        "confidence": {
-            "rule": "tumorseg.evaluate.choices.Choices.score on the (S, S) probability map: "
-                    "sigmoid(confidence_bias + sum of confidence_weight_<feature> * feature); review when at most "
-                    "review_threshold. The agreement feature needs a second pass on the mirrored slice (tta hflip).",
-            "features": list(FEATURES), **segmenter.choices.confidence.to_metrics(),
-        },
+        "masks": f"threshold, post-processing and TTA of {CHOICES_FILE} (tumorseg.evaluate.choices.Choices.masks)",
+        "confidence": f"the confidence model of {CHOICES_FILE}: sigmoid(bias + sum of weights[feature] * feature) on "
+                      "the (S, S) probability map; review when at most review_threshold. The features: "
+                      + ", ".join(FEATURES) + "; agreement needs a second pass on the mirrored slice (tta hflip).",
     }
+    preprocessing = replace(Preprocessing.load(folder / PREPROCESSING_FILE),
+                            normalize_percentile=segmenter.percentile)
     with atomic_entries(args.export) as tmp:  # --overwrite replaces the export's own files, nothing else
-        export.export_all(segmenter.model, tmp, metadata, float16=args.float16)
+        export.export_all(segmenter.model, tmp, contract, float16=args.float16)
+        preprocessing.save(tmp / PREPROCESSING_FILE)
+        segmenter.choices.save(tmp / CHOICES_FILE)  # with the options given, as predict would use them
     check = export.check_exports(segmenter.model, args.export, segmenter.size, segmenter.choices.threshold)
     print(f"exported to {args.export}; max |probability difference| to Keras on random inputs: "
           + ", ".join(f"{name} {value:.2g}" for name, value in check["max_difference"].items()))
@@ -159,20 +180,20 @@ def run_export(segmenter: Segmenter, args: argparse.Namespace) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    choices = resolve_choices(args.eval_metrics, args.threshold, args.postprocess, args.tta)
-    percentile = resolve_percentile(args.percentile, args.params, "--percentile")
+    folder = model_folder(args.model)
     if args.inputs:
         check_free(args.out, args.overwrite, "--out")
+        check_outside(folder, args.out, "--out")
     if args.export is not None:
         check_free(args.export, args.overwrite, "--export")
-        check_outside(args.model, args.export, "--export")
-        if args.model.suffix.lower() == ".onnx":
-            raise InputError(f"{args.model}: --export converts a Keras model; give the .keras file "
-                             "(models/model.keras).")
-    model, size = segmentation_model(args.model)
-    segmenter = Segmenter(model, size, choices, percentile, args.batch_size)
+        check_outside(folder, args.export, "--export")
+        if not (folder / MODEL_FILE).exists() and (folder / ONNX_FILE).exists():
+            raise InputError(f"{folder}: --export converts a Keras model ({MODEL_FILE}); this folder holds an "
+                             f"export's {ONNX_FILE}. Give the trained model's folder ({DEFAULT_FOLDER}).")
+    segmenter = Segmenter.load(folder, threshold=args.threshold, postprocess=args.postprocess, tta=args.tta,
+                               percentile=args.percentile, batch_size=args.batch_size)
     if args.export is not None:
-        run_export(segmenter, args)
+        run_export(segmenter, folder, args)
     return run_predict(segmenter, args) if args.inputs else EXIT_OK
 
 

@@ -1,12 +1,12 @@
 """Segment slices from your own code: the one inference path of predict, with the preprocessing built in.
 
     from tumorseg.serve.segmenter import Segmenter
-    segmenter = Segmenter.load("models/model.keras")  # evaluate's choices from metrics/eval.json when present
-    result = segmenter("scan.dcm")                    # or a 2-D array, at any size and scale
+    segmenter = Segmenter.load("models/unet")  # a model folder (tumorseg.bundle): trained, released or exported
+    result = segmenter("scan.dcm")             # or a 2-D array, at any size and scale
     result.mask, result.area_mm2, result.confidence, result.review, result.tumor_type
 
-Each slice goes through tumorseg.data.preprocess.preprocess_image (the resize and normalisation of
-training); its probability map is resized back to the slice's own size, then thresholded and
+Each slice goes through tumorseg.data.preprocess.preprocess_image with the folder's preprocessing.json (the
+resize and normalisation of training); its probability map is resized back to the slice's own size, then thresholded and
 post-processed as evaluate chose (tumorseg.evaluate.choices.Choices.masks); its confidence and review flag
 come from Choices.score on the model-resolution map, as in evaluate.
 """
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg import LABEL_NAMES
-from tumorseg.config import ConfigError, load_params
+from tumorseg.bundle import CHOICES_FILE, DEFAULT_FOLDER, PREPROCESSING_FILE, BundleError, Preprocessing, model_file
 from tumorseg.data.preprocess import preprocess_image, resize_probabilities
 from tumorseg.errors import InputError
 from tumorseg.evaluate.choices import Choices
@@ -74,8 +74,8 @@ def segmentation_model(model_path: str | Path):
             or output_shape[1:] != expected:
         raise InputError(
             f"{model_path}: input {input_shape} and output {output_shape} are not those of this project's "
-            "segmentation model ((None, S, S, 1) to (None, S, S, 1)); pass the models/model.keras "
-            "written by the train stage."
+            "segmentation model ((None, S, S, 1) to (None, S, S, 1)); give the folder the train stage writes "
+            f"({DEFAULT_FOLDER})."
         )
     if size > MAX_INPUT_SIZE:
         raise InputError(f"{model_path}: input of {size} x {size} pixels, more than the {MAX_INPUT_SIZE} a side a "
@@ -83,27 +83,23 @@ def segmentation_model(model_path: str | Path):
     return model, size
 
 
-def resolve_choices(eval_metrics: str | Path | None, threshold: float | None = None, postprocess: str | None = None,
-                    tta: str | None = None) -> Choices:
-    """Evaluate's choices from `eval_metrics` when that file exists (else a threshold of 0.5, no
-    post-processing, no TTA), each replaced by the value given (not None)."""
-    chosen = Choices.load(eval_metrics) if eval_metrics is not None and Path(eval_metrics).is_file() else Choices()
-    return chosen.with_options(threshold, PostProcess(postprocess) if postprocess else None, tta)
+def bundle_choices(folder: Path, threshold: float | None = None, postprocess: str | None = None,
+                   tta: str | None = None) -> Choices:
+    """Evaluate's choices from the model folder, each replaced by the value given (not None). A folder without
+    choices.json is used only with an explicit threshold (then no post-processing or TTA unless given, and an
+    unfitted confidence score); never with silent defaults."""
+    given = PostProcess(postprocess) if postprocess else None
+    if (folder / CHOICES_FILE).exists():
+        return Choices.load(folder / CHOICES_FILE).with_options(threshold, given, tta)
+    if threshold is None:
+        raise BundleError(f"{folder}: no {CHOICES_FILE}, so no threshold chosen on validation for this model; run "
+                          "the evaluate stage (dvc repro evaluate), copy the whole model folder, or give the "
+                          "threshold explicitly (--threshold, Segmenter.load(..., threshold=...)).")
+    return Choices(threshold).with_options(None, given, tta)
 
 
-def resolve_percentile(percentile: float | None, params: str | Path | None,
-                       option: str = "the percentile") -> float:
-    """`percentile`, else data.normalize_percentile of the `params` file when it exists, else 99.5; InputError
-    naming where a bad value came from."""
-    source = option
-    if percentile is None and params is not None and Path(params).is_file():
-        try:
-            percentile = load_params(params).data.normalize_percentile
-        except ConfigError as error:
-            raise InputError(f"{error}\nfix the file or give {option}.") from None
-        source = f"{params} data.normalize_percentile"
-    if percentile is None:
-        return DEFAULT_PERCENTILE
+def checked_percentile(percentile: float, source: str) -> float:
+    """`percentile` as a float; InputError naming `source` unless it is in (0, 100]."""
     if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 100.0:
         raise InputError(f"{source}: percentile {percentile!r} must be a number in (0, 100].")
     return float(percentile)
@@ -114,23 +110,27 @@ class Segmenter:
 
     def __init__(self, model, size: int, choices: Choices = Choices(), percentile: float = DEFAULT_PERCENTILE,
                  batch_size: int = DEFAULT_BATCH_SIZE):
-        percentile = resolve_percentile(percentile, None)
+        percentile = checked_percentile(percentile, "the percentile")
         if batch_size < 1:
             raise InputError(f"batch size {batch_size} must be at least 1.")
         self.model, self.size, self.choices = model, size, choices
         self.percentile, self.batch_size = percentile, batch_size
 
     @classmethod
-    def load(cls, model_path: str | Path = "models/model.keras", eval_metrics: str | Path | None = "metrics/eval.json",
-             params: str | Path | None = "params.yaml", *, threshold: float | None = None,
+    def load(cls, folder: str | Path = DEFAULT_FOLDER, *, threshold: float | None = None,
              postprocess: str | None = None, tta: str | None = None, percentile: float | None = None,
              batch_size: int = DEFAULT_BATCH_SIZE) -> "Segmenter":
-        """The model at `model_path` with evaluate's choices from `eval_metrics` (when that file exists; else a
-        threshold of 0.5, no post-processing, no TTA) and the normalisation percentile of `params` (when it
-        exists; else 99.5); each keyword given replaces the recorded value."""
-        chosen, percentile = resolve_choices(eval_metrics, threshold, postprocess, tta), \
-            resolve_percentile(percentile, params)
-        model, size = segmentation_model(model_path)
+        """The model in `folder` (tumorseg.bundle: model.keras or model.onnx, preprocessing.json, choices.json)
+        as evaluate chose and scored it; each keyword given replaces the recorded value."""
+        folder = Path(folder)
+        path = model_file(folder)
+        preprocessing = Preprocessing.load(folder / PREPROCESSING_FILE)
+        chosen = bundle_choices(folder, threshold, postprocess, tta)
+        model, size = segmentation_model(path)
+        if size != preprocessing.image_size:
+            raise BundleError(f"{path}: takes {size}-pixel slices, its {PREPROCESSING_FILE} says "
+                              f"{preprocessing.image_size}; the folder mixes two models: copy the whole folder again.")
+        percentile = preprocessing.normalize_percentile if percentile is None else percentile
         return cls(model, size, chosen, percentile, batch_size)
 
     @property

@@ -73,6 +73,14 @@ class TrainPaths:
         for name in self.__dataclass_fields__:
             object.__setattr__(self, name, Path(getattr(self, name)))
 
+    @property
+    def model(self) -> Path:
+        return self.bundle / MODEL_FILE
+
+    @property
+    def preprocessing(self) -> Path:
+        return self.bundle / PREPROCESSING_FILE
+
     @classmethod
     def under(cls, folder: str | Path, numpy_dir: str | Path | None = None,
               split_csv: str | Path | None = None) -> "TrainPaths":
@@ -271,11 +279,11 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
             live = Live(str(work_dir / "dvclive"), resume=resuming, dvcyaml=False, save_dvc_exp=False)
         fit_phases(model, loss, params, partial(training_batches, params, subsets, replicas), steps, strategy,
                    work_dir, live, multiworker.allow_fit if task else None, extra_callbacks)
-        (paths.bundle / PREPROCESSING_FILE).unlink(missing_ok=True)  # written again with the new model
-        metrics = finish(work_dir, paths.bundle / MODEL_FILE, paths.metrics, paths.plots, train_params.first_compared_epoch,
+        paths.preprocessing.unlink(missing_ok=True)  # written again with the new model
+        metrics = finish(work_dir, paths.model, paths.metrics, paths.plots, train_params.first_compared_epoch,
                          (train_params.monitor, train_params.monitor_mode), with_dvclive_plots=curves,
                          image_size=params.data.image_size)
-        Preprocessing.from_params(params).save(paths.bundle / PREPROCESSING_FILE)
+        Preprocessing.from_params(params).save(paths.preprocessing)
     if scratch:
         shutil.rmtree(scratch)
     return metrics

@@ -1,0 +1,287 @@
+"""Release a model: the fold models of one cross-validation as one ensemble model folder, with its card.
+
+    python -m tumorseg.experiments.release rel-f1 rel-f2 rel-f3 rel-f4     # -> models/released/
+    python -m tumorseg.experiments.release fold1 fold2 --out /tmp/candidate
+
+Each name is a DVC experiment (or a commit) of one cross-validation: the same params but split.fold. From
+each, through DVC at its revision (nothing is checked out), it reads the model folder models/unet/, the
+split data/split.csv, the converted slices data/numpy/ and the raw slices data/raw/. It writes a model
+folder (tumorseg.bundle) whose model.keras averages the members (tumorseg.model.ensemble; weights stored as
+float16), release.json with every figure below, and MODEL_CARD.md generated from it. Re-releasing after a
+better recipe is the same command on that recipe's experiments.
+
+How the ensemble's choices are made, and why. The threshold, post-processing and confidence model are chosen
+as evaluate chooses them (tumorseg.evaluate.report.choose), on the members' own validation slices, each
+predicted by the one member that held it out. Every such slice is predicted by a model that never trained on
+it and none is a test slice; the ensemble itself is never run on them, because each was in the training set
+of the other members, whose mean would flatter it (nnU-Net chooses its post-processing on out-of-fold
+predictions for the same reason). The averaged probabilities are smoother than one member's, so the
+threshold may be a little off its optimum for the ensemble; it is not biased by leaked slices.
+
+The card's figures are each member on its own official test fold (out of fold, as the cross-validation
+scored it) with the ensemble's choices: per class, for all slices and for the genuine ones (the dev set's
+manifest.csv `origin`, when the source folder has one), the mean and standard deviation over the folds.
+They estimate one member; the ensemble of all folds has no held-out dev fold left, so its own test figure
+must come from data none of the members saw.
+"""
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tumorseg import LABEL_NAMES
+from tumorseg.atomic import atomic_dir, write_json
+from tumorseg.bundle import (
+    CARD_FILE,
+    CHOICES_FILE,
+    DEFAULT_FOLDER,
+    MODEL_FILE,
+    PREPROCESSING_FILE,
+    RELEASED_FOLDER,
+    Preprocessing,
+)
+from tumorseg.cli import program_name, run
+from tumorseg.config import Params, load_yaml, parse_params
+from tumorseg.errors import InputError
+from tumorseg.evaluate import confidence, metrics
+from tumorseg.evaluate.choices import Choices
+from tumorseg.evaluate.report import choose, native_dice, per_image_table
+from tumorseg.experiments.model_card import render_card
+from tumorseg.model.probabilities import DEFAULT_BATCH_SIZE, Predictions, predict
+
+MODULE = "tumorseg.experiments.release"
+RELEASE_FILE = "release.json"
+MAX_RELEASE_BYTES = 16 * 2**20  # what the repository holds for a released model
+
+
+@dataclass
+class Member:
+    """One fold model of the cross-validation, read at its revision."""
+
+    name: str
+    rev: str
+    folder: Path  # its model folder, copied out of DVC
+    params: Params
+    split: pd.DataFrame
+    numpy_digest: str  # of data/numpy in its dvc.lock: the members must share the slices
+
+
+def experiment_revision(name: str) -> str:
+    """The commit of DVC experiment `name` (or of a commit name or SHA); InputError naming the fix."""
+    refs = subprocess.run(["git", "for-each-ref", "--format=%(objectname) %(refname)", "refs/exps"],
+                          capture_output=True, text=True).stdout.split("\n")
+    found = {line.split()[0] for line in refs if line.endswith(f"/{name}")}
+    if len(found) > 1:
+        raise InputError(f"experiment name {name!r} is used by {len(found)} experiments; give its commit SHA "
+                         "(dvc exp show --sha).")
+    if found:
+        return found.pop()
+    commit = subprocess.run(["git", "rev-parse", "--verify", "--quiet", f"{name}^{{commit}}"],
+                            capture_output=True, text=True)
+    if commit.returncode:
+        raise InputError(f"{name}: neither a DVC experiment nor a commit here; list them with dvc exp show.")
+    return commit.stdout.strip()
+
+
+def read_member(name: str, scratch: Path) -> Member:
+    """Member `name`'s model folder, params, split and slice digest, through DVC at its revision."""
+    from dvc.api import DVCFileSystem
+
+    rev = experiment_revision(name)
+    fs = DVCFileSystem(".", rev=rev)
+    if not fs.exists(f"{DEFAULT_FOLDER}/{CHOICES_FILE}"):
+        raise InputError(f"{name}: no {DEFAULT_FOLDER}/ with evaluate's {CHOICES_FILE} at {rev[:7]}; release "
+                         "experiments of this version of the pipeline (trained and evaluated).")
+    folder = scratch / name
+    fs.get(str(DEFAULT_FOLDER), str(folder), recursive=True)
+    params = parse_params(load_yaml(fs.read_text("params.yaml")), f"{name}:params.yaml")
+    with fs.open("data/split.csv") as split:
+        table = pd.read_csv(split, dtype={"pid": str})
+    locked = load_yaml(fs.read_text("dvc.lock"))
+    digest = next(out["md5"] for out in locked["stages"]["mat_to_numpy"]["outs"] if out["path"] == "data/numpy")
+    return Member(name, rev, folder, params, table, digest)
+
+
+def check_one_run(members: list[Member]) -> None:
+    """InputError unless the members are one cross-validation: same params but split.fold, distinct folds,
+    the same slices."""
+    def recipe(member):
+        tree = member.params.model_dump()
+        tree["split"].pop("fold")
+        tree["data"].pop("source")  # the same folder may be named by two paths
+        return tree
+
+    first = recipe(members[0])
+    for member in members[1:]:
+        if recipe(member) != first:
+            raise InputError(f"{member.name} and {members[0].name} differ in more than split.fold: release the "
+                             "experiments of one cross-validation.")
+        if member.numpy_digest != members[0].numpy_digest:
+            raise InputError(f"{member.name} and {members[0].name} were trained on different data/numpy.")
+    folds = [member.params.split.fold for member in members]
+    if len(set(folds)) < len(folds):
+        raise InputError(f"two members share a test fold (split.fold {folds}): give one experiment per fold.")
+
+
+def concatenated(parts: list[Predictions]) -> Predictions:
+    types = None if parts[0].types is None else np.concatenate([part.types for part in parts])
+    return Predictions(np.concatenate([part.probabilities for part in parts]), types,
+                       np.concatenate([part.agreement for part in parts]))
+
+
+def positions_of(split: pd.DataFrame, ids: np.ndarray, subset: str) -> np.ndarray:
+    where = {int(slice_id): position for position, slice_id in enumerate(ids)}
+    return np.array([where[int(i)] for i in split.loc[split["subset"] == subset, "index"]], dtype=int)
+
+
+def genuine_ids(member: Member) -> set[int] | None:
+    """Ids of the genuine slices when the source folder has the dev set's manifest.csv, else None."""
+    source = Path(member.params.data.source)
+    for manifest in (source / "manifest.csv", source.parent / "manifest.csv"):
+        if manifest.is_file():
+            table = pd.read_csv(manifest)
+            return set(table.loc[table["origin"] == "genuine", "index"].astype(int))
+    return None
+
+
+def fold_scores(per_image: pd.DataFrame) -> dict[str, float]:
+    """Mean Dice, native Dice, IoU and failures of a per-image table, overall and per class."""
+    scores = {}
+    for scope, part in [("overall", per_image), *((name, per_image[per_image["class"] == name])
+                                                  for name in LABEL_NAMES.values())]:
+        scores.update({f"{scope}_dice": part["dice"].mean(), f"{scope}_dice_native": part["dice_native"].mean(),
+                       f"{scope}_iou": part["iou"].mean(), f"{scope}_n": len(part),
+                       f"{scope}_failures": int((part["dice"] < metrics.FAILURE_DICE).sum())})
+    return scores
+
+
+def across_folds(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
+    table = pd.DataFrame(rows)
+    return {key: {"mean": float(table[key].mean()), "sd": float(table[key].std(ddof=1))} for key in table.columns}
+
+
+def predict_time(model, images: np.ndarray, tta: str, batch: int = 64) -> float:
+    """Seconds per slice of model.predict on `batch` slices with `tta` (after a warm-up call)."""
+    positions = np.arange(min(batch, len(images)))
+    predict(model, images, positions[:2], DEFAULT_BATCH_SIZE, tta)
+    started = time.perf_counter()
+    predict(model, images, positions, DEFAULT_BATCH_SIZE, tta)
+    return (time.perf_counter() - started) / len(positions)
+
+
+def release(names: list[str], out: Path) -> dict:
+    import keras
+
+    from tumorseg.data.arrays import load_arrays
+    from tumorseg.model.ensemble import ensemble, save_half_precision
+    from tumorseg.model.load import load_model
+
+    if len(names) < 2:
+        raise InputError("give the experiments of a cross-validation, at least two.")
+    with tempfile.TemporaryDirectory(prefix="release-") as scratch:
+        scratch = Path(scratch)
+        members = [read_member(name, scratch) for name in names]
+        check_one_run(members)
+        print(f"members: {', '.join(f'{m.name} (test fold {m.params.split.fold + 1}, {m.rev[:7]})' for m in members)}")
+        from dvc.api import DVCFileSystem
+
+        fs = DVCFileSystem(".", rev=members[0].rev)
+        fs.get("data/numpy", str(scratch / "numpy"), recursive=True)
+        fs.get("data/raw", str(scratch / "raw"), recursive=True)
+        arrays = load_arrays(scratch / "numpy")
+        ids = np.asarray(arrays["ids"])
+        params, tta = members[0].params, members[0].params.evaluate.tta
+        models = [load_model(member.folder / MODEL_FILE) for member in members]
+
+        # the ensemble's choices: out-of-fold validation slices, each predicted by the member that held it out
+        val = [positions_of(member.split, ids, "val") for member in members]
+        val_predicted = concatenated([predict(model, arrays["images"], rows, DEFAULT_BATCH_SIZE, tta)
+                                      for model, rows in zip(models, val)])
+        val_truth = np.asarray(arrays["masks"][np.concatenate(val)]) > 0
+        chosen, val_iou, _ = choose(val_truth, val_predicted, params)
+        print(f"chosen on {len(val_truth)} out-of-fold validation slices: threshold {chosen.threshold:g}, "
+              f"post-processing {chosen.postprocess}, validation IoU {val_iou:.4f}")
+
+        # the card: each member on its own test fold with those choices, in float32 and as released (float16)
+        genuine = genuine_ids(members[0])
+        rows, all_tables, half_dice = [], [], []
+        for member, model in zip(members, models):
+            test = positions_of(member.split, ids, "test")
+            predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
+            pred, scores, _ = chosen.score(predicted)
+            truth = np.asarray(arrays["masks"][test]) > 0
+            per_image = per_image_table(ids[test], np.asarray(arrays["pids"])[test], np.asarray(arrays["labels"])[test],
+                                        truth, pred, native_dice(predicted.probabilities, ids[test], scratch / "raw", chosen))
+            per_image = per_image.assign(fold=member.params.split.fold + 1, confidence=scores,
+                                         review=chosen.confidence.flags(scores),
+                                         genuine=per_image["index"].isin(genuine) if genuine is not None else True)
+            all_tables.append(per_image)
+            row = {"fold": member.params.split.fold + 1, **fold_scores(per_image)}
+            if genuine is not None:
+                row.update({f"genuine_{key}": value for key, value in fold_scores(per_image[per_image["genuine"]]).items()})
+            rows.append(row)
+            rounded = keras.models.clone_model(model)
+            rounded.set_weights([w.astype(np.float16).astype(w.dtype) if w.dtype == np.float32 else w
+                                 for w in model.get_weights()])
+            half = chosen.masks(predict(rounded, arrays["images"], test, DEFAULT_BATCH_SIZE, tta).probabilities)
+            half_dice.append(metrics.dice_per_image(truth, half))
+        pooled = pd.concat(all_tables, ignore_index=True)
+        float32_dice, float16_dice = float(pooled["dice"].mean()), float(np.concatenate(half_dice).mean())
+
+        combined = ensemble(models)
+        seconds = {"member": predict_time(models[0], arrays["images"], tta),
+                   "ensemble": predict_time(combined, arrays["images"], tta)}
+        with atomic_dir(out) as tmp:
+            save_half_precision(combined, tmp / MODEL_FILE)
+            preprocessing = Preprocessing.load(members[0].folder / PREPROCESSING_FILE)
+            recipe = {key: value for key, value in preprocessing.trained_with.items()}
+            recipe["split"] = {**recipe["split"], "fold": [m.params.split.fold for m in members]}
+            replace(preprocessing, trained_with=recipe).save(tmp / PREPROCESSING_FILE)
+            chosen.save(tmp / CHOICES_FILE)
+            summary = {
+                "members": [{"experiment": m.name, "rev": m.rev, "test_fold": m.params.split.fold + 1} for m in members],
+                "image_size": preprocessing.image_size, "normalize_percentile": preprocessing.normalize_percentile,
+                "classes": list(preprocessing.classes), "classify": bool(params.model.classify),
+                "recipe": recipe, "choices": {"threshold": chosen.threshold, "postprocess": str(chosen.postprocess),
+                                              "tta": chosen.tta, "chosen_on": len(val_truth), "val_iou": val_iou},
+                "folds": rows, "across_folds": across_folds(rows),
+                "confidence": confidence.referral_metrics(pooled["confidence"], pooled["dice"], pooled["review"]),
+                "test_slices": len(pooled), "test_patients": int(pooled["pid"].nunique()),
+                "genuine_known": genuine is not None,
+                "float16": {"dice_float32": float32_dice, "dice_float16": float16_dice},
+                "predict_seconds_per_slice": seconds,
+                "model_bytes": (tmp / MODEL_FILE).stat().st_size,
+            }
+            write_json(tmp / RELEASE_FILE, summary)
+            (tmp / CARD_FILE).write_text(render_card(summary))
+        if summary["model_bytes"] > MAX_RELEASE_BYTES:
+            print(f"warning: {out / MODEL_FILE} is {summary['model_bytes'] / 2**20:.1f} MiB, above the "
+                  f"{MAX_RELEASE_BYTES / 2**20:.0f} MiB the repository holds for a release", file=sys.stderr)
+    print(f"released {len(members)} members to {out} ({summary['model_bytes'] / 2**20:.1f} MiB); "
+          f"out-of-fold test Dice {float32_dice:.4f} (float16 weights: {float16_dice:.4f}); card: {out / CARD_FILE}")
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=program_name(MODULE), description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiments", nargs="+", help="the DVC experiments (or commits) of one cross-validation")
+    parser.add_argument("--out", type=Path, default=RELEASED_FOLDER, help="model folder to write (default: %(default)s)")
+    args = parser.parse_args(argv)
+    release(args.experiments, args.out)
+    return 0
+
+
+def command() -> None:
+    """The console script tumorseg-release (pyproject.toml), same as python -m tumorseg.experiments.release."""
+    run("release", main)
+
+
+if __name__ == "__main__":
+    command()
