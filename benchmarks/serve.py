@@ -2,7 +2,7 @@
 the ONNX export run by onnxruntime, on the same preprocessed slices, batch by batch.
 
     python benchmarks/serve.py                 # the model of params.yaml (the CPU recipe), 320 slices, batch 32
-    python benchmarks/serve.py --model models/model.keras --slices 640
+    python benchmarks/serve.py --model models/unet/model.keras --slices 640
     python benchmarks/serve.py --quick         # a tiny model and a few slices, to check the script runs
 
 An untrained model of params.yaml's architecture is timed unless --model names a trained one: the speed

@@ -1,7 +1,7 @@
 """Brain-tumor segmentation on the figshare T1-contrast MRI dataset.
 
     from tumorseg import Segmenter
-    result = Segmenter.load("models/model.keras")("scan.dcm")
+    result = Segmenter.load("models/unet")("scan.dcm")  # a model folder: trained, released or exported
 
 The subpackages follow the pipeline: data -> model -> train -> evaluate -> serve, with experiments (recipes,
 summaries) beside them; errors, config (typed params), atomic (outputs written atomically) and cli (the one

@@ -96,9 +96,10 @@ def read_member(name: str, scratch: Path) -> Member:
 
     rev = experiment_revision(name)
     fs = DVCFileSystem(".", rev=rev)
-    if not fs.exists(f"{DEFAULT_FOLDER}/{CHOICES_FILE}"):
-        raise InputError(f"{name}: no {DEFAULT_FOLDER}/ with evaluate's {CHOICES_FILE} at {rev[:7]}; release "
-                         "experiments of this version of the pipeline (trained and evaluated).")
+    for needed in (MODEL_FILE, PREPROCESSING_FILE):  # a member's own choices are not used: see the docstring
+        if not fs.exists(f"{DEFAULT_FOLDER}/{needed}"):
+            raise InputError(f"{name}: no {DEFAULT_FOLDER}/{needed} at {rev[:7]}; release experiments that trained "
+                             "a model folder (this version of the pipeline).")
     folder = scratch / name
     fs.get(str(DEFAULT_FOLDER), str(folder), recursive=True)
     params = parse_params(load_yaml(fs.read_text("params.yaml")), f"{name}:params.yaml")
@@ -170,7 +171,7 @@ def across_folds(rows: list[dict[str, float]]) -> dict[str, dict[str, float]]:
 def predict_time(model, images: np.ndarray, tta: str, batch: int = 64) -> float:
     """Seconds per slice of model.predict on `batch` slices with `tta` (after a warm-up call)."""
     positions = np.arange(min(batch, len(images)))
-    predict(model, images, positions[:2], DEFAULT_BATCH_SIZE, tta)
+    predict(model, images, positions, DEFAULT_BATCH_SIZE, tta)  # the same batch shapes: nothing left to trace
     started = time.perf_counter()
     predict(model, images, positions, DEFAULT_BATCH_SIZE, tta)
     return (time.perf_counter() - started) / len(positions)
@@ -187,7 +188,7 @@ def release(names: list[str], out: Path) -> dict:
         raise InputError("give the experiments of a cross-validation, at least two.")
     with tempfile.TemporaryDirectory(prefix="release-") as scratch:
         scratch = Path(scratch)
-        members = [read_member(name, scratch) for name in names]
+        members = sorted((read_member(name, scratch) for name in names), key=lambda m: m.params.split.fold)
         check_one_run(members)
         print(f"members: {', '.join(f'{m.name} (test fold {m.params.split.fold + 1}, {m.rev[:7]})' for m in members)}")
         from dvc.api import DVCFileSystem
@@ -249,6 +250,7 @@ def release(names: list[str], out: Path) -> dict:
                 "members": [{"experiment": m.name, "rev": m.rev, "test_fold": m.params.split.fold + 1} for m in members],
                 "image_size": preprocessing.image_size, "normalize_percentile": preprocessing.normalize_percentile,
                 "classes": list(preprocessing.classes), "classify": bool(params.model.classify),
+                "official_folds": params.split.scheme == "cvind",
                 "recipe": recipe, "choices": {"threshold": chosen.threshold, "postprocess": str(chosen.postprocess),
                                               "tta": chosen.tta, "chosen_on": len(val_truth), "val_iou": val_iou},
                 "folds": rows, "across_folds": across_folds(rows),
