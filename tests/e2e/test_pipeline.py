@@ -60,10 +60,12 @@ def test_pipeline_end_to_end(project, tmp_path, tmp_path_factory):
     git("commit", "-qm", "baseline run", cwd=project)
     keep_reproduced(tmp_path_factory, project)  # the queue and remote tests start from a copy of it
 
-    # the model folder is a DVC model artifact: dvc artifacts get fetches all of it
-    dvc("artifacts", "get", str(project), "unet", "-o", str(tmp_path / "fetched"), cwd=tmp_path)
-    assert sorted(p.name for p in (tmp_path / "fetched").iterdir()) == ["choices.json", "model.keras",
-                                                                       "preprocessing.json"]
+    # the model folder is a DVC model artifact: a version registered (an annotated tag, as `gto register`
+    # writes it), dvc artifacts get fetches all of it
+    git("tag", "-a", "unet@v0.1.0", "-m", "Registering artifact unet version v0.1.0", cwd=project)
+    dvc("artifacts", "get", str(project), "unet", "--rev", "v0.1.0", "-o", str(tmp_path / "fetched"), cwd=tmp_path)
+    fetched = {p.name for p in (tmp_path / "fetched").iterdir()} - {".gitignore"}  # DVC's own, beside its outputs
+    assert fetched == {"choices.json", "model.keras", "preprocessing.json"}
 
     # an experiment with another epoch count shows up with its metrics
     output = dvc("exp", "run", "-n", "longer", "-S", "train.epochs=2", cwd=project)
