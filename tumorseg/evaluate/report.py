@@ -5,8 +5,9 @@ the validation patients only and then applied unchanged to the test
 patients; with evaluate.tta the probabilities are averaged over flips
 first. The confidence score (tumorseg.evaluate.confidence) is fitted on the
 validation slices too and judged on test: how well it finds the poor slices and
-what referring the least confident slices gains. Outputs: a flat metrics JSON (for `dvc metrics`) and a folder of CSV
-tables (for `dvc plots`).
+what referring the least confident slices gains. Outputs: the choices, into the model folder
+(choices.json, tumorseg.bundle); two flat metrics JSONs (for `dvc metrics`): the headline scores and the
+details; and a folder of CSV tables (for `dvc plots`).
 """
 
 from dataclasses import dataclass, replace

@@ -5,9 +5,9 @@
     result = segmenter("scan.dcm")             # or a 2-D array, at any size and scale
     result.mask, result.area_mm2, result.confidence, result.review, result.tumor_type
 
-Each slice goes through tumorseg.data.preprocess.preprocess_image with the folder's preprocessing.json (the
-resize and normalisation of training); its probability map is resized back to the slice's own size, then thresholded and
-post-processed as evaluate chose (tumorseg.evaluate.choices.Choices.masks); its confidence and review flag
+Each slice goes through tumorseg.data.preprocess.preprocess_image with the folder's preprocessing.json
+(the resize and normalisation of training); its probability map is resized back to the slice's own size,
+then thresholded and post-processed as evaluate chose (tumorseg.evaluate.choices.Choices.masks); its confidence and review flag
 come from Choices.score on the model-resolution map, as in evaluate.
 """
 
