@@ -177,8 +177,63 @@ def predict_time(model, images: np.ndarray, tta: str, batch: int = 64) -> float:
     return (time.perf_counter() - started) / len(positions)
 
 
-def release(names: list[str], out: Path) -> dict:
+def ensemble_choices(members: list[Member], models: list, arrays: dict) -> tuple[Choices, int, float]:
+    """(choices, the number of slices they were chosen on, validation IoU): evaluate's choosing on the
+    out-of-fold validation slices, each predicted by the member that held it out (see the module docstring)."""
+    ids, tta = np.asarray(arrays["ids"]), members[0].params.evaluate.tta
+    val = [positions_of(member.split, ids, "val") for member in members]
+    predicted = concatenated([predict(model, arrays["images"], rows, DEFAULT_BATCH_SIZE, tta)
+                              for model, rows in zip(models, val)])
+    truth = np.asarray(arrays["masks"][np.concatenate(val)]) > 0
+    chosen, val_iou, _ = choose(truth, predicted, members[0].params)
+    print(f"chosen on {len(truth)} out-of-fold validation slices: threshold {chosen.threshold:g}, "
+          f"post-processing {chosen.postprocess}, validation IoU {val_iou:.4f}")
+    return chosen, len(truth), val_iou
+
+
+def out_of_fold_tests(members: list[Member], models: list, arrays: dict, raw_dir: Path,
+                      chosen: Choices) -> tuple[list[dict], pd.DataFrame, float]:
+    """Each member on its own test fold with `chosen`: (scores per fold, the per-image table of all folds, the
+    mean Dice with the weights rounded to float16 as released)."""
     import keras
+
+    ids, tta = np.asarray(arrays["ids"]), members[0].params.evaluate.tta
+    genuine = genuine_ids(members[0])
+    rows, tables, half_dice = [], [], []
+    for member, model in zip(members, models):
+        test = positions_of(member.split, ids, "test")
+        predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
+        pred, scores, _ = chosen.score(predicted)
+        truth = np.asarray(arrays["masks"][test]) > 0
+        native = native_dice(predicted.probabilities, ids[test], raw_dir, chosen)
+        per_image = per_image_table(ids[test], np.asarray(arrays["pids"])[test], np.asarray(arrays["labels"])[test],
+                                    truth, pred, native)
+        per_image = per_image.assign(confidence=scores, review=chosen.confidence.flags(scores),
+                                     genuine=per_image["index"].isin(genuine) if genuine is not None else True)
+        tables.append(per_image)
+        row = {"fold": member.params.split.fold + 1, **fold_scores(per_image)}
+        if genuine is not None:
+            row.update({f"genuine_{key}": value for key, value in fold_scores(per_image[per_image["genuine"]]).items()})
+        rows.append(row)
+        rounded = keras.models.clone_model(model)
+        rounded.set_weights([weight.astype(np.float16).astype(weight.dtype) if weight.dtype == np.float32 else weight
+                             for weight in model.get_weights()])
+        half_dice.append(metrics.dice_per_image(truth, chosen.masks(
+            predict(rounded, arrays["images"], test, DEFAULT_BATCH_SIZE, tta).probabilities)))
+    return rows, pd.concat(tables, ignore_index=True), float(np.concatenate(half_dice).mean())
+
+
+def released_recipe(members: list[Member]) -> dict:
+    """The params that shaped the members, split.fold the list of their folds, the source by its name only."""
+    recipe = dict(Preprocessing.load(members[0].folder / PREPROCESSING_FILE).trained_with)
+    recipe["split"] = {**recipe["split"], "fold": [member.params.split.fold for member in members]}
+    recipe["data"] = {**recipe["data"], "source": Path(recipe["data"]["source"]).name}  # not a local path
+    return recipe
+
+
+def release(names: list[str], out: Path) -> dict:
+    """Read the members, choose, score, and write the released model folder `out`; returns release.json."""
+    from dvc.api import DVCFileSystem
 
     from tumorseg.data.arrays import load_arrays
     from tumorseg.model.ensemble import ensemble, save_half_precision
@@ -190,84 +245,47 @@ def release(names: list[str], out: Path) -> dict:
         scratch = Path(scratch)
         members = sorted((read_member(name, scratch) for name in names), key=lambda m: m.params.split.fold)
         check_one_run(members)
-        print(f"members: {', '.join(f'{m.name} (test fold {m.params.split.fold + 1}, {m.rev[:7]})' for m in members)}")
-        from dvc.api import DVCFileSystem
-
-        fs = DVCFileSystem(".", rev=members[0].rev)
-        fs.get("data/numpy", str(scratch / "numpy"), recursive=True)
-        fs.get("data/raw", str(scratch / "raw"), recursive=True)
+        print("members: " + ", ".join(f"{m.name} (test fold {m.params.split.fold + 1}, {m.rev[:7]})" for m in members))
+        data = DVCFileSystem(".", rev=members[0].rev)  # the members share data/numpy (check_one_run)
+        data.get("data/numpy", str(scratch / "numpy"), recursive=True)
+        data.get("data/raw", str(scratch / "raw"), recursive=True)
         arrays = load_arrays(scratch / "numpy")
-        ids = np.asarray(arrays["ids"])
-        params, tta = members[0].params, members[0].params.evaluate.tta
         models = [load_model(member.folder / MODEL_FILE) for member in members]
 
-        # the ensemble's choices: out-of-fold validation slices, each predicted by the member that held it out
-        val = [positions_of(member.split, ids, "val") for member in members]
-        val_predicted = concatenated([predict(model, arrays["images"], rows, DEFAULT_BATCH_SIZE, tta)
-                                      for model, rows in zip(models, val)])
-        val_truth = np.asarray(arrays["masks"][np.concatenate(val)]) > 0
-        chosen, val_iou, _ = choose(val_truth, val_predicted, params)
-        print(f"chosen on {len(val_truth)} out-of-fold validation slices: threshold {chosen.threshold:g}, "
-              f"post-processing {chosen.postprocess}, validation IoU {val_iou:.4f}")
-
-        # the card: each member on its own test fold with those choices, in float32 and as released (float16)
-        genuine = genuine_ids(members[0])
-        rows, all_tables, half_dice = [], [], []
-        for member, model in zip(members, models):
-            test = positions_of(member.split, ids, "test")
-            predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
-            pred, scores, _ = chosen.score(predicted)
-            truth = np.asarray(arrays["masks"][test]) > 0
-            per_image = per_image_table(ids[test], np.asarray(arrays["pids"])[test], np.asarray(arrays["labels"])[test],
-                                        truth, pred, native_dice(predicted.probabilities, ids[test], scratch / "raw", chosen))
-            per_image = per_image.assign(fold=member.params.split.fold + 1, confidence=scores,
-                                         review=chosen.confidence.flags(scores),
-                                         genuine=per_image["index"].isin(genuine) if genuine is not None else True)
-            all_tables.append(per_image)
-            row = {"fold": member.params.split.fold + 1, **fold_scores(per_image)}
-            if genuine is not None:
-                row.update({f"genuine_{key}": value for key, value in fold_scores(per_image[per_image["genuine"]]).items()})
-            rows.append(row)
-            rounded = keras.models.clone_model(model)
-            rounded.set_weights([w.astype(np.float16).astype(w.dtype) if w.dtype == np.float32 else w
-                                 for w in model.get_weights()])
-            half = chosen.masks(predict(rounded, arrays["images"], test, DEFAULT_BATCH_SIZE, tta).probabilities)
-            half_dice.append(metrics.dice_per_image(truth, half))
-        pooled = pd.concat(all_tables, ignore_index=True)
-        float32_dice, float16_dice = float(pooled["dice"].mean()), float(np.concatenate(half_dice).mean())
-
+        chosen, chosen_on, val_iou = ensemble_choices(members, models, arrays)
+        rows, pooled, float16_dice = out_of_fold_tests(members, models, arrays, scratch / "raw", chosen)
         combined = ensemble(models)
+        tta = members[0].params.evaluate.tta
         seconds = {"member": predict_time(models[0], arrays["images"], tta),
                    "ensemble": predict_time(combined, arrays["images"], tta)}
+        preprocessing = Preprocessing.load(members[0].folder / PREPROCESSING_FILE)
+        recipe = released_recipe(members)
         with atomic_dir(out) as tmp:
             save_half_precision(combined, tmp / MODEL_FILE)
-            preprocessing = Preprocessing.load(members[0].folder / PREPROCESSING_FILE)
-            recipe = {key: value for key, value in preprocessing.trained_with.items()}
-            recipe["split"] = {**recipe["split"], "fold": [m.params.split.fold for m in members]}
             replace(preprocessing, trained_with=recipe).save(tmp / PREPROCESSING_FILE)
             chosen.save(tmp / CHOICES_FILE)
             summary = {
                 "members": [{"experiment": m.name, "rev": m.rev, "test_fold": m.params.split.fold + 1} for m in members],
                 "image_size": preprocessing.image_size, "normalize_percentile": preprocessing.normalize_percentile,
-                "classes": list(preprocessing.classes), "classify": bool(params.model.classify),
-                "official_folds": params.split.scheme == "cvind",
-                "recipe": recipe, "choices": {"threshold": chosen.threshold, "postprocess": str(chosen.postprocess),
-                                              "tta": chosen.tta, "chosen_on": len(val_truth), "val_iou": val_iou},
+                "classes": list(preprocessing.classes), "classify": members[0].params.model.classify,
+                "official_folds": members[0].params.split.scheme == "cvind", "recipe": recipe,
+                "choices": {"threshold": chosen.threshold, "postprocess": str(chosen.postprocess), "tta": chosen.tta,
+                            "chosen_on": chosen_on, "val_iou": val_iou},
                 "folds": rows, "across_folds": across_folds(rows),
                 "confidence": confidence.referral_metrics(pooled["confidence"], pooled["dice"], pooled["review"]),
                 "test_slices": len(pooled), "test_patients": int(pooled["pid"].nunique()),
-                "genuine_known": genuine is not None,
-                "float16": {"dice_float32": float32_dice, "dice_float16": float16_dice},
+                "genuine_known": bool(rows and "genuine_overall_dice" in rows[0]),
+                "float16": {"dice_float32": float(pooled["dice"].mean()), "dice_float16": float16_dice},
                 "predict_seconds_per_slice": seconds,
                 "model_bytes": (tmp / MODEL_FILE).stat().st_size,
             }
             write_json(tmp / RELEASE_FILE, summary)
             (tmp / CARD_FILE).write_text(render_card(summary))
-        if summary["model_bytes"] > MAX_RELEASE_BYTES:
-            print(f"warning: {out / MODEL_FILE} is {summary['model_bytes'] / 2**20:.1f} MiB, above the "
-                  f"{MAX_RELEASE_BYTES / 2**20:.0f} MiB the repository holds for a release", file=sys.stderr)
-    print(f"released {len(members)} members to {out} ({summary['model_bytes'] / 2**20:.1f} MiB); "
-          f"out-of-fold test Dice {float32_dice:.4f} (float16 weights: {float16_dice:.4f}); card: {out / CARD_FILE}")
+    if summary["model_bytes"] > MAX_RELEASE_BYTES:
+        print(f"warning: {out / MODEL_FILE} is {summary['model_bytes'] / 2**20:.1f} MiB, above the "
+              f"{MAX_RELEASE_BYTES / 2**20:.0f} MiB the repository holds for a release", file=sys.stderr)
+    print(f"released {len(members)} members to {out} ({summary['model_bytes'] / 2**20:.1f} MiB); out-of-fold test "
+          f"Dice {summary['float16']['dice_float32']:.4f} (float16 weights: {float16_dice:.4f}); card: {out / CARD_FILE}")
     return summary
 
 

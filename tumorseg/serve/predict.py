@@ -23,6 +23,7 @@ from pathlib import Path
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import atomic_entries
 from tumorseg.bundle import (
+    CARD_FILE,
     CHOICES_FILE,
     DEFAULT_FOLDER,
     MODEL_FILE,
@@ -96,7 +97,7 @@ def model_folder(given: Path | None) -> Path:
     if (DEFAULT_FOLDER / MODEL_FILE).exists():
         return DEFAULT_FOLDER
     print(f"no trained model in {DEFAULT_FOLDER}: using the released model, {RELEASED_FOLDER} "
-          f"(its card: {RELEASED_FOLDER}/MODEL_CARD.md)", file=sys.stderr)
+          f"(its card: {RELEASED_FOLDER / CARD_FILE})", file=sys.stderr)
     return RELEASED_FOLDER
 
 
@@ -143,8 +144,8 @@ def review_line(rows: list[dict[str, object]], model: ConfidenceModel) -> str:
     flagged = sum(bool(row["review"]) for row in rows)
     if not model.fitted:
         return (f"{flagged} slice(s) flagged for review (column review of summary.csv); the confidence score is "
-                "not fitted (evaluate's validation had no poor slice, or the threshold was given without evaluate's choices): "
-                "rank by it, do not trust the flag.")
+                "not fitted (evaluate's validation had no poor slice, or the threshold was given without evaluate's "
+                "choices): rank by it, do not trust the flag.")
     return (f"{flagged} of {len(rows)} slice(s) flagged for review: confidence at most "
             f"{model.review_threshold:.3g}, set on validation to flag at least {CATCH:.0%} of the poor slices (Dice < {POOR_DICE:g}; column "
             "review of summary.csv)")
