@@ -13,9 +13,10 @@ averaging its members, with a generated MODEL_CARD.md beside them.
 """
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tumorseg import LABEL_NAMES
 from tumorseg.atomic import write_json
@@ -29,6 +30,9 @@ PREPROCESSING_FILE = "preprocessing.json"
 CHOICES_FILE = "choices.json"
 CARD_FILE = "MODEL_CARD.md"
 FORMAT = 1  # version of preprocessing.json and choices.json; a reader refuses a newer one
+
+
+T = TypeVar("T")
 
 
 class BundleError(InputError):
@@ -57,32 +61,43 @@ class Preprocessing:
 
     @classmethod
     def load(cls, path: str | Path) -> "Preprocessing":
-        path = Path(path)
-        fix = "re-run the train stage (dvc repro train), or copy the whole model folder"
-        if not path.is_file():
-            raise BundleError(f"{path}: not found; {fix}.")
-        try:
-            stored = json.loads(path.read_text())
-            if stored.pop("format", None) != FORMAT:
-                raise ValueError(f"format {FORMAT} expected")
-            size, percentile = stored["image_size"], stored["normalize_percentile"]
-            if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
-                raise ValueError(f"image_size {size!r} is not a whole number in [8, 4096]")
-            if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) \
-                    or not 0.0 < percentile <= 100.0:
-                raise ValueError(f"normalize_percentile {percentile!r} is not a number in (0, 100]")
-            if stored["channels"] != 1:
-                raise ValueError(f"channels {stored['channels']!r}: this version reads single-channel slices")
-            classes = tuple(stored["classes"])
-            if classes != tuple(LABEL_NAMES.values()):
-                raise ValueError(f"classes {list(classes)} are not this version's {list(LABEL_NAMES.values())}")
-            trained_with = stored.get("trained_with", {})
-            if not isinstance(trained_with, dict):
-                raise ValueError("trained_with is not a mapping")
-            return cls(size, float(percentile), 1, classes, trained_with)
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            detail = f"no {error}" if isinstance(error, KeyError) else str(error)
-            raise BundleError(f"{path}: unusable preprocessing ({detail}); {fix}.") from None
+        """The preprocessing recorded at `path` (a model folder's preprocessing.json)."""
+        return read_stored(path, "preprocessing", "re-run the train stage (dvc repro train), or copy the whole "
+                           "model folder", cls._parsed)
+
+    @classmethod
+    def _parsed(cls, stored: dict) -> "Preprocessing":
+        size, percentile = stored["image_size"], stored["normalize_percentile"]
+        if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
+            raise ValueError(f"image_size {size!r} is not a whole number in [8, 4096]")
+        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 100.0:
+            raise ValueError(f"normalize_percentile {percentile!r} is not a number in (0, 100]")
+        if stored["channels"] != 1:
+            raise ValueError(f"channels {stored['channels']!r}: this version reads single-channel slices")
+        classes = tuple(stored["classes"])
+        if classes != tuple(LABEL_NAMES.values()):
+            raise ValueError(f"classes {list(classes)} are not this version's {list(LABEL_NAMES.values())}")
+        trained_with = stored.get("trained_with", {})
+        if not isinstance(trained_with, dict):
+            raise ValueError("trained_with is not a mapping")
+        return cls(size, float(percentile), 1, classes, trained_with)
+
+
+def read_stored(path: str | Path, what: str, fix: str, parse: Callable[[dict], T],
+                error: type[BundleError] = BundleError) -> T:
+    """parse() of the JSON file at `path` after its format is checked; `error` naming the file, what is wrong
+    and `fix` when it is missing, unreadable or parse() refuses it (ValueError, KeyError or TypeError)."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{path}: not found; {fix}.")
+    try:
+        stored = json.loads(path.read_text())
+        if stored["format"] != FORMAT:
+            raise ValueError(f"format {stored['format']!r}, this version reads {FORMAT}")
+        return parse(stored)
+    except (ValueError, KeyError, TypeError, AttributeError) as failure:
+        detail = f"no {failure}" if isinstance(failure, KeyError) else str(failure)
+        raise error(f"{path}: unusable {what} ({detail}); {fix}.") from None
 
 
 def model_file(folder: str | Path) -> Path:

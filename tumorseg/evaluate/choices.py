@@ -8,14 +8,13 @@ Choices.score are the one way probabilities become masks and confidence scores, 
 render_samples and predict alike: a slice gets the same mask and score wherever it is predicted.
 """
 
-import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from tumorseg.atomic import write_json
-from tumorseg.bundle import FORMAT, BundleError
+from tumorseg.bundle import FORMAT, BundleError, read_stored
 from tumorseg.evaluate.confidence import ConfidenceModel, slice_features
 from tumorseg.evaluate.metrics import binarize
 from tumorseg.evaluate.postprocess import PostProcess
@@ -49,23 +48,14 @@ class Choices:
     @classmethod
     def load(cls, path: str | Path) -> "Choices":
         """The choices recorded at `path` (a model folder's choices.json)."""
-        path = Path(path)
-        fix = "re-run the evaluate stage (dvc repro evaluate), or copy the whole model folder"
-        if not path.is_file():
-            raise ChoicesError(f"{path}: not found; {fix}.")
-        try:
-            chosen = json.loads(path.read_text())
-            if chosen["format"] != FORMAT:
-                raise ValueError(f"format {chosen['format']!r}, this version reads {FORMAT}")
-            return cls(
-                threshold=chosen["threshold"],
-                postprocess=PostProcess(chosen["postprocess"], float(chosen["postprocess_min_fraction"])),
-                tta=chosen["tta"],
-                confidence=ConfidenceModel.from_dict(chosen["confidence"]),
-            )
-        except (ValueError, KeyError, TypeError, AttributeError) as error:
-            detail = f"no {error}" if isinstance(error, KeyError) else str(error)
-            raise ChoicesError(f"{path}: unusable choices of evaluate ({detail}); {fix}.") from None
+        return read_stored(path, "choices of evaluate", "re-run the evaluate stage (dvc repro evaluate), or copy "
+                           "the whole model folder", cls._parsed, ChoicesError)
+
+    @classmethod
+    def _parsed(cls, chosen: dict) -> "Choices":
+        return cls(threshold=chosen["threshold"],
+                   postprocess=PostProcess(chosen["postprocess"], float(chosen["postprocess_min_fraction"])),
+                   tta=chosen["tta"], confidence=ConfidenceModel.from_dict(chosen["confidence"]))
 
     def masks(self, probabilities: np.ndarray) -> np.ndarray:
         """Boolean masks of probability maps ((H, W) or (N, H, W), any size): thresholded, then post-processed."""
