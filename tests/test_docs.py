@@ -96,6 +96,8 @@ def test_the_readme_first_screen_has_what_a_first_visit_needs():
     assert images, "no picture (![...](docs/images/...)) in the README's first 45 lines"
     assert all((REPO / image).is_file() for image in images), f"a picture of the first screen is missing: {images}"
     assert "](docs/results.md" in first_screen, "no link to docs/results.md in the README's first 45 lines"
+    assert "tumorseg-predict" in first_screen and "models/released/" in first_screen, \
+        "the README's first 45 lines do not show predict with the released model"
 
 
 def command_lines(script: str) -> list[str]:
