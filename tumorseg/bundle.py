@@ -35,6 +35,11 @@ FORMAT = 1  # version of preprocessing.json and choices.json; a reader refuses a
 T = TypeVar("T")
 
 
+def is_percentile(value) -> bool:
+    """Whether `value` is a usable normalisation percentile: a number in (0, 100]."""
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and 0.0 < value <= 100.0
+
+
 class BundleError(InputError):
     """A model folder is missing a file, or holds one this version cannot read."""
 
@@ -70,7 +75,7 @@ class Preprocessing:
         size, percentile = stored["image_size"], stored["normalize_percentile"]
         if isinstance(size, bool) or not isinstance(size, int) or not 8 <= size <= 4096:
             raise ValueError(f"image_size {size!r} is not a whole number in [8, 4096]")
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 100.0:
+        if not is_percentile(percentile):
             raise ValueError(f"normalize_percentile {percentile!r} is not a number in (0, 100]")
         if stored["channels"] != 1:
             raise ValueError(f"channels {stored['channels']!r}: this version reads single-channel slices")

@@ -223,9 +223,10 @@ def out_of_fold_tests(members: list[Member], models: list, arrays: dict, raw_dir
     return rows, pd.concat(tables, ignore_index=True), float(np.concatenate(half_dice).mean())
 
 
-def released_recipe(members: list[Member]) -> dict:
-    """The params that shaped the members, split.fold the list of their folds, the source by its name only."""
-    recipe = dict(Preprocessing.load(members[0].folder / PREPROCESSING_FILE).trained_with)
+def released_recipe(members: list[Member], preprocessing: Preprocessing) -> dict:
+    """The params that shaped the members (`preprocessing` of the first), split.fold the list of their folds,
+    the source by its name only."""
+    recipe = dict(preprocessing.trained_with)
     recipe["split"] = {**recipe["split"], "fold": [member.params.split.fold for member in members]}
     recipe["data"] = {**recipe["data"], "source": Path(recipe["data"]["source"]).name}  # not a local path
     return recipe
@@ -259,7 +260,7 @@ def release(names: list[str], out: Path) -> dict:
         seconds = {"member": predict_time(models[0], arrays["images"], tta),
                    "ensemble": predict_time(combined, arrays["images"], tta)}
         preprocessing = Preprocessing.load(members[0].folder / PREPROCESSING_FILE)
-        recipe = released_recipe(members)
+        recipe = released_recipe(members, preprocessing)
         with atomic_dir(out) as tmp:
             save_half_precision(combined, tmp / MODEL_FILE)
             replace(preprocessing, trained_with=recipe).save(tmp / PREPROCESSING_FILE)

@@ -18,7 +18,15 @@ from pathlib import Path
 import numpy as np
 
 from tumorseg import LABEL_NAMES
-from tumorseg.bundle import CHOICES_FILE, DEFAULT_FOLDER, PREPROCESSING_FILE, BundleError, Preprocessing, model_file
+from tumorseg.bundle import (
+    CHOICES_FILE,
+    DEFAULT_FOLDER,
+    PREPROCESSING_FILE,
+    BundleError,
+    Preprocessing,
+    is_percentile,
+    model_file,
+)
 from tumorseg.data.preprocess import preprocess_image, resize_probabilities
 from tumorseg.errors import InputError
 from tumorseg.evaluate.choices import Choices
@@ -100,7 +108,7 @@ def bundle_choices(folder: Path, threshold: float | None = None, postprocess: st
 
 def checked_percentile(percentile: float, source: str) -> float:
     """`percentile` as a float; InputError naming `source` unless it is in (0, 100]."""
-    if isinstance(percentile, bool) or not isinstance(percentile, (int, float)) or not 0.0 < percentile <= 100.0:
+    if not is_percentile(percentile):
         raise InputError(f"{source}: percentile {percentile!r} must be a number in (0, 100].")
     return float(percentile)
 
