@@ -16,7 +16,7 @@ def main():
         path = f"data/raw/{CVIND}"
         subsets, moved = assign_official(arrays["pids"], arrays["labels"], arrays["ids"], read_cvind(path),
                                          split.fold, split.val, params.seed, patient_families(arrays["pids"]),
-                                         path)
+                                         path, split.val_fold)
     else:
         subsets = assign_subsets(arrays["pids"], arrays["labels"], split.val, split.test, split.folds,
                                  split.fold, params.seed)

@@ -20,7 +20,8 @@ def run_module(module, *args, cwd):
                           timeout=300)
 
 
-TF_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl)")  # TensorFlow's C++ start-up log
+# TensorFlow's C++ start-up log (the CPU-feature notice runs on to a second line)
+TF_LOG = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages before absl|To enable the following instructions)")
 
 
 def assert_one_line(result, name, status, text):
@@ -41,6 +42,7 @@ def test_a_stage_without_params_fails_in_one_line(tmp_path, stage):
     ("tumorseg.serve.predict", ["scan.png", "--out", "out", "--model", "absent.keras"], "predict", "absent.keras"),
     ("tumorseg.experiments.recipe", ["no-such-recipe"], "recipe", "no such recipe"),
     ("tumorseg.experiments.summarize", ["--json", "absent.json"], "summarize", "absent.json"),
+    ("tumorseg.experiments.ensemble_gain", ["only-one"], "ensemble_gain", "a nested study, at least two"),
 ])
 def test_a_command_with_a_bad_input_fails_in_one_line(tmp_path, module, args, name, text):
     (tmp_path / "scan.png").write_bytes(b"")

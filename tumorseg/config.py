@@ -73,6 +73,7 @@ class Split(Section):
     test: float = Field(ge=0, lt=1)
     folds: Count = Field(ge=2)
     fold: Optional[Count] = Field(ge=0)
+    val_fold: Optional[Count] = Field(default=None, ge=0, le=4)  # absent from params.yaml before it existed
 
     @model_validator(mode="after")
     def _fractions(self):
@@ -82,7 +83,12 @@ class Split(Section):
                     f"split.scheme cvind tests on official fold split.fold + 1, so split.fold must be 0..4, "
                     f"got {self.fold}: e.g. -S split.fold=0 (official fold 1), or -S split.scheme=random"
                 )
+            if self.val_fold == self.fold:
+                raise ValueError(f"split.val_fold ({self.val_fold}) is the test fold split.fold: choose another "
+                                 "official fold for validation, or null")
             return self
+        if self.val_fold is not None:
+            raise ValueError("split.val_fold takes an official fold: it needs split.scheme cvind; set it to null")
         if self.fold is None and self.val + self.test >= 1:
             raise ValueError(f"split.val + split.test ({self.val} + {self.test}) must be below 1: lower one of them")
         if self.fold is not None and self.fold >= self.folds:

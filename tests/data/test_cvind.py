@@ -122,6 +122,28 @@ def test_official_split_tests_on_fold_k_plus_one_and_keeps_families_whole():
     np.testing.assert_array_equal(subsets, again)
 
 
+def test_a_validation_fold_is_validation_whole_and_the_other_folds_train():
+    pids, labels, ids, cvind = toy_dataset()
+    families = patient_families(pids)
+    subsets, _ = assign_official(pids, labels, ids, cvind, fold=3, val=0.15, seed=0, families=families,
+                                 val_fold=1)
+    folds, _ = unite_families(families, cvind)
+    np.testing.assert_array_equal(subsets == "test", folds == 4)
+    np.testing.assert_array_equal(subsets == "val", folds == 2)
+    assert set(folds[subsets == "train"]) == {1, 3, 5}
+    for family in set(families):
+        assert len(set(subsets[families == family])) == 1
+
+
+def test_an_empty_validation_fold_names_the_folds_present():
+    pids, labels, ids, cvind = toy_dataset()
+    cvind = np.where(cvind == 5, 4, cvind)
+    with pytest.raises(CvindError, match=r"official fold 5 \(split.val_fold=4\) has no slices in data/raw; "
+                                         r"folds present: 1, 2, 3, 4: set split.val_fold to one of 0, 1, 2, 3"):
+        assign_official(pids, labels, ids, cvind, fold=0, val=0.15, seed=0, families=patient_families(pids),
+                        val_fold=4)
+
+
 def test_large_groups_stay_out_of_validation():
     pids, labels, ids, cvind = toy_dataset()
     big = 30  # a PNG-rebuilt group of glioma slices in official fold 1
@@ -158,6 +180,18 @@ def test_params_require_a_fold_in_cvind_mode():
     with pytest.raises(ConfigError, match="split.fold must be 0..4"):
         params.replaced({"split.scheme": "cvind", "split.fold": 5})
     assert params.replaced({"split.scheme": "cvind", "split.fold": 4}).split.fold == 4
+
+
+def test_params_check_the_validation_fold():
+    params = load_params(PARAMS)
+    assert params.split.val_fold is None
+    assert params.replaced({"split.fold": 3, "split.val_fold": 0}).split.val_fold == 0
+    with pytest.raises(ConfigError, match=r"split.val_fold \(2\) is the test fold split.fold"):
+        params.replaced({"split.fold": 2, "split.val_fold": 2})
+    with pytest.raises(ConfigError, match="split.val_fold takes an official fold: it needs split.scheme cvind"):
+        params.replaced({"split.scheme": "random", "split.fold": None, "split.val_fold": 1})
+    with pytest.raises(ConfigError, match="split.val_fold"):
+        params.replaced({"split.val_fold": 5})
 
 
 def test_synthetic_source_writes_patient_level_folds(tmp_path):

@@ -5,7 +5,9 @@ project here is a copy of the repository without its ignored files, committed, s
 queued run shows that the pipeline needs nothing untracked.
 """
 
+import io
 import json
+import subprocess
 import sys
 import time
 
@@ -23,6 +25,7 @@ from tests.dvc_helpers import (
     run,
     start_queue,
 )
+from tumorseg.data.cvind import read_cvind
 from tumorseg.evaluate.choices import Choices
 from tumorseg.experiments import summarize
 from tumorseg.model.load import load_model
@@ -163,3 +166,37 @@ def test_release_the_queued_study(cv_project, tmp_path):
     result = Segmenter.load(released)(raw)
     assert result.mask.shape == read_scan(raw).slices[0].shape
     assert result.choices == Choices.load(released / "choices.json")
+
+
+def test_what_an_ensemble_gains_on_a_queued_nested_study(cv_project):
+    """Two models of official test fold 3, validated on folds 1 and 2 (split.val_fold): each member and their
+    ensemble scored there, the gain the ensemble's Dice minus the members'. Runs after the CV's tests, whose
+    experiments it must not join."""
+    for val_fold in (0, 1):
+        dvc("exp", "run", "--queue", "-n", f"nest-v{val_fold + 1}", "-S", "split.fold=2", "-S",
+            f"split.val_fold={val_fold}", cwd=cv_project)
+    start_queue(cv_project, jobs=1)
+    tasks = wait_for_queue(cv_project)
+    assert tasks["nest-v1"] == tasks["nest-v2"] == "Success", tasks
+    split = pd.read_csv(io.StringIO(run(["git", "show", "nest-v1:data/split.csv"], cv_project)))
+    folds = read_cvind(cv_project / "data" / "raw" / "cvind.mat")[split["index"].to_numpy() - 1]
+    assert set(folds[split["subset"] == "test"]) == {3} and set(folds[split["subset"] == "val"]) == {1}
+    assert set(folds[split["subset"] == "train"]) == {2, 4, 5}
+
+    output = run([sys.executable, "-m", "tumorseg.experiments.ensemble_gain", "nest-v2", "nest-v1", "--out",
+                  "gain.json"], cv_project)
+    summary = json.loads((cv_project / "gain.json").read_text())
+    assert [m["val_fold"] for m in summary["members"]] == [1, 2] and summary["test_fold"] == 3
+    assert summary["test_slices"] == int((split["subset"] == "test").sum())
+    scores = summary["scores"]
+    assert sorted(scores) == ["ensemble", "nest-v1", "nest-v2"]
+    mean_gain = summary["gain"]["members' mean"]["overall"]["gain"]
+    members_mean = (scores["nest-v1"]["overall_dice"] + scores["nest-v2"]["overall_dice"]) / 2
+    assert mean_gain == pytest.approx(scores["ensemble"]["overall_dice"] - members_mean, abs=1e-9)
+    assert "the ensemble's gain in Dice over" in output and "ms/slice for the ensemble" in output
+
+    other_fold = next(e["name"] for e in summarize.list_entries(json.loads(dvc("exp", "show", "--json", cwd=cv_project)))
+                      if e["kind"] == "experiment" and e["data"]["params"]["params.yaml"]["data"]["split"]["fold"] == 0)
+    refused = subprocess.run([sys.executable, "-m", "tumorseg.experiments.ensemble_gain", "nest-v1", "nest-v2",
+                              "--single", other_fold], cwd=cv_project, capture_output=True, text=True)
+    assert refused.returncode == 1 and f"{other_fold} tests on split.fold 0, the members on 2" in refused.stderr

@@ -233,21 +233,28 @@ def draw_validation(families: np.ndarray, labels: np.ndarray, candidates: np.nda
 
 
 def assign_official(pids: np.ndarray, labels: np.ndarray, ids: np.ndarray, cvind: np.ndarray, fold: int, val: float,
-                    seed: int, families: np.ndarray, path: str | Path = CVIND) -> tuple[np.ndarray, int]:
+                    seed: int, families: np.ndarray, path: str | Path = CVIND,
+                    val_fold: int | None = None) -> tuple[np.ndarray, int]:
     """Subset of each slice (train/val/test): official fold `fold`+1 is test; and the slices moved.
 
+    Validation is drawn from the other folds by `val` (draw_validation), or, with `val_fold`, is official fold
+    `val_fold`+1 whole (a nested study: the models of one test fold, each validated on another fold).
     `families` maps PIDs to patient families (tumorseg.data.split.patient_families).
     """
     folds, moved = unite_families(families, folds_of(ids, cvind, path))
-    test_fold = fold + 1
     present = sorted(set(folds.tolist()))
-    if test_fold not in present:
-        raise CvindError(
-            f"{path}: official fold {test_fold} (split.fold={fold}) has no slices in data/raw; folds present: "
-            f"{', '.join(map(str, present))}: set split.fold to one of "
-            f"{', '.join(str(k - 1) for k in present)}."
-        )
-    test = folds == test_fold
-    val_families = draw_validation(families, np.asarray(labels), ~test, val, seed)
-    subsets = np.where(test, "test", np.where(np.isin(families, list(val_families)), "val", "train"))
+    for name, chosen in (("split.fold", fold), ("split.val_fold", val_fold)):
+        if chosen is not None and chosen + 1 not in present:
+            raise CvindError(
+                f"{path}: official fold {chosen + 1} ({name}={chosen}) has no slices in data/raw; folds present: "
+                f"{', '.join(map(str, present))}: set {name} to one of "
+                f"{', '.join(str(k - 1) for k in present)}."
+            )
+    test = folds == fold + 1
+    if val_fold is None:
+        val_families = draw_validation(families, np.asarray(labels), ~test, val, seed)
+        in_val = np.isin(families, list(val_families))
+    else:
+        in_val = folds == val_fold + 1
+    subsets = np.where(test, "test", np.where(in_val, "val", "train"))
     return subsets, moved

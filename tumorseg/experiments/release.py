@@ -110,25 +110,37 @@ def read_member(name: str, scratch: Path) -> Member:
     return Member(name, rev, folder, params, table, digest)
 
 
-def check_one_run(members: list[Member]) -> None:
-    """InputError unless the members are one cross-validation: same params but split.fold, distinct folds,
-    the same slices."""
+def check_one_run(members: list[Member], varying: str = "fold") -> None:
+    """InputError unless the members are one study: the same params but split.`varying` (fold: a
+    cross-validation; val_fold: a nested study), a distinct value each, the same slices."""
     def recipe(member):
         tree = member.params.model_dump()
-        tree["split"].pop("fold")
+        tree["split"].pop(varying)
         tree["data"].pop("source")  # the same folder may be named by two paths
         return tree
 
     first = recipe(members[0])
     for member in members[1:]:
         if recipe(member) != first:
-            raise InputError(f"{member.name} and {members[0].name} differ in more than split.fold: release the "
-                             "experiments of one cross-validation.")
+            raise InputError(f"{member.name} and {members[0].name} differ in more than split.{varying}: give the "
+                             "experiments of one study.")
         if member.numpy_digest != members[0].numpy_digest:
             raise InputError(f"{member.name} and {members[0].name} were trained on different data/numpy.")
-    folds = [member.params.split.fold for member in members]
-    if len(set(folds)) < len(folds):
-        raise InputError(f"two members share a test fold (split.fold {folds}): give one experiment per fold.")
+    values = [getattr(member.params.split, varying) for member in members]
+    if len(set(values)) < len(values):
+        raise InputError(f"two members share split.{varying} ({values}): give one experiment per fold.")
+
+
+def read_data(members: list[Member], scratch: Path) -> tuple[dict, Path]:
+    """(the converted slices, the raw slices' folder) the members share (check_one_run), through DVC."""
+    from dvc.api import DVCFileSystem
+
+    from tumorseg.data.arrays import load_arrays
+
+    data = DVCFileSystem(".", rev=members[0].rev)
+    data.get("data/numpy", str(scratch / "numpy"), recursive=True)
+    data.get("data/raw", str(scratch / "raw"), recursive=True)
+    return load_arrays(scratch / "numpy"), scratch / "raw"
 
 
 def concatenated(parts: list[Predictions]) -> Predictions:
@@ -191,35 +203,49 @@ def ensemble_choices(members: list[Member], models: list, arrays: dict) -> tuple
     return chosen, len(truth), val_iou
 
 
+def scored_test(model, rows: np.ndarray, arrays: dict, raw_dir: Path, chosen: Choices,
+                genuine: set[int] | None) -> pd.DataFrame:
+    """`model` on the slices at `rows` with `chosen`: evaluate's per-image table, with the confidence, the
+    review flag and whether each slice is genuine (all are when `genuine` is None)."""
+    ids = np.asarray(arrays["ids"])
+    predicted = predict(model, arrays["images"], rows, DEFAULT_BATCH_SIZE, chosen.tta)
+    pred, scores, _ = chosen.score(predicted)
+    truth = np.asarray(arrays["masks"][rows]) > 0
+    native = native_dice(predicted.probabilities, ids[rows], raw_dir, chosen)
+    per_image = per_image_table(ids[rows], np.asarray(arrays["pids"])[rows], np.asarray(arrays["labels"])[rows],
+                                truth, pred, native)
+    return per_image.assign(confidence=scores, review=chosen.confidence.flags(scores),
+                            genuine=per_image["index"].isin(genuine) if genuine is not None else True)
+
+
+def scores_of(per_image: pd.DataFrame, genuine_known: bool) -> dict[str, float]:
+    """fold_scores of all slices, and with genuine_ keys of the genuine ones when they are known."""
+    scores = fold_scores(per_image)
+    if genuine_known:
+        scores.update({f"genuine_{key}": value for key, value in fold_scores(per_image[per_image["genuine"]]).items()})
+    return scores
+
+
 def out_of_fold_tests(members: list[Member], models: list, arrays: dict, raw_dir: Path,
                       chosen: Choices) -> tuple[list[dict], pd.DataFrame, float]:
     """Each member on its own test fold with `chosen`: (scores per fold, the per-image table of all folds, the
     mean Dice with the weights rounded to float16 as released)."""
     import keras
 
-    ids, tta = np.asarray(arrays["ids"]), members[0].params.evaluate.tta
+    ids = np.asarray(arrays["ids"])
     genuine = genuine_ids(members[0])
     rows, tables, half_dice = [], [], []
     for member, model in zip(members, models):
         test = positions_of(member.split, ids, "test")
-        predicted = predict(model, arrays["images"], test, DEFAULT_BATCH_SIZE, tta)
-        pred, scores, _ = chosen.score(predicted)
-        truth = np.asarray(arrays["masks"][test]) > 0
-        native = native_dice(predicted.probabilities, ids[test], raw_dir, chosen)
-        per_image = per_image_table(ids[test], np.asarray(arrays["pids"])[test], np.asarray(arrays["labels"])[test],
-                                    truth, pred, native)
-        per_image = per_image.assign(confidence=scores, review=chosen.confidence.flags(scores),
-                                     genuine=per_image["index"].isin(genuine) if genuine is not None else True)
+        per_image = scored_test(model, test, arrays, raw_dir, chosen, genuine)
         tables.append(per_image)
-        row = {"fold": member.params.split.fold + 1, **fold_scores(per_image)}
-        if genuine is not None:
-            row.update({f"genuine_{key}": value for key, value in fold_scores(per_image[per_image["genuine"]]).items()})
-        rows.append(row)
+        rows.append({"fold": member.params.split.fold + 1, **scores_of(per_image, genuine is not None)})
         rounded = keras.models.clone_model(model)
         rounded.set_weights([weight.astype(np.float16).astype(weight.dtype) if weight.dtype == np.float32 else weight
                              for weight in model.get_weights()])
+        truth = np.asarray(arrays["masks"][test]) > 0
         half_dice.append(metrics.dice_per_image(truth, chosen.masks(
-            predict(rounded, arrays["images"], test, DEFAULT_BATCH_SIZE, tta).probabilities)))
+            predict(rounded, arrays["images"], test, DEFAULT_BATCH_SIZE, chosen.tta).probabilities)))
     return rows, pd.concat(tables, ignore_index=True), float(np.concatenate(half_dice).mean())
 
 
@@ -234,9 +260,6 @@ def released_recipe(members: list[Member], preprocessing: Preprocessing) -> dict
 
 def release(names: list[str], out: Path) -> dict:
     """Read the members, choose, score, and write the released model folder `out`; returns release.json."""
-    from dvc.api import DVCFileSystem
-
-    from tumorseg.data.arrays import load_arrays
     from tumorseg.model.ensemble import ensemble, save_half_precision
     from tumorseg.model.load import load_model
 
@@ -247,14 +270,11 @@ def release(names: list[str], out: Path) -> dict:
         members = sorted((read_member(name, scratch) for name in names), key=lambda m: m.params.split.fold)
         check_one_run(members)
         print("members: " + ", ".join(f"{m.name} (test fold {m.params.split.fold + 1}, {m.rev[:7]})" for m in members))
-        data = DVCFileSystem(".", rev=members[0].rev)  # the members share data/numpy (check_one_run)
-        data.get("data/numpy", str(scratch / "numpy"), recursive=True)
-        data.get("data/raw", str(scratch / "raw"), recursive=True)
-        arrays = load_arrays(scratch / "numpy")
+        arrays, raw_dir = read_data(members, scratch)
         models = [load_model(member.folder / MODEL_FILE) for member in members]
 
         chosen, chosen_on, val_iou = ensemble_choices(members, models, arrays)
-        rows, pooled, float16_dice = out_of_fold_tests(members, models, arrays, scratch / "raw", chosen)
+        rows, pooled, float16_dice = out_of_fold_tests(members, models, arrays, raw_dir, chosen)
         combined = ensemble(models)
         tta = members[0].params.evaluate.tta
         seconds = {"member": predict_time(models[0], arrays["images"], tta),
