@@ -29,6 +29,7 @@ from tumorseg.evaluate.metrics import bootstrap_ci
 from tumorseg.experiments.release import (
     Member,
     check_one_run,
+    check_same_data,
     ensemble_choices,
     genuine_ids,
     positions_of,
@@ -55,8 +56,7 @@ def check_nested(members: list[Member], single: Member | None) -> None:
         if single.params.split.fold != members[0].params.split.fold:
             raise InputError(f"{single.name} tests on split.fold {single.params.split.fold}, the members on "
                              f"{members[0].params.split.fold}: give a model of the same test fold.")
-        if single.numpy_digest != members[0].numpy_digest:
-            raise InputError(f"{single.name} and {members[0].name} were trained on different data/numpy.")
+        check_same_data(single, members[0])
     for member in [*members, *([single] if single else [])]:
         if not (member.folder / CHOICES_FILE).is_file():
             raise InputError(f"{member.name}: no {CHOICES_FILE} in its model folder (its evaluate stage did not "

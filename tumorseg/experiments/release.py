@@ -124,11 +124,16 @@ def check_one_run(members: list[Member], varying: str = "fold") -> None:
         if recipe(member) != first:
             raise InputError(f"{member.name} and {members[0].name} differ in more than split.{varying}: give the "
                              "experiments of one study.")
-        if member.numpy_digest != members[0].numpy_digest:
-            raise InputError(f"{member.name} and {members[0].name} were trained on different data/numpy.")
+        check_same_data(member, members[0])
     values = [getattr(member.params.split, varying) for member in members]
     if len(set(values)) < len(values):
         raise InputError(f"two members share split.{varying} ({values}): give one experiment per fold.")
+
+
+def check_same_data(member: Member, first: Member) -> None:
+    """InputError unless `member` was trained on the slices of `first` (data/numpy in their dvc.lock)."""
+    if member.numpy_digest != first.numpy_digest:
+        raise InputError(f"{member.name} and {first.name} were trained on different data/numpy.")
 
 
 def read_data(members: list[Member], scratch: Path) -> tuple[dict, Path]:
