@@ -104,9 +104,17 @@ class Model(Section):
     hypercolumns: StrictBool
     deep_supervision: StrictBool
     separable: StrictBool
+    full_resolution_skip: StrictBool
     encoder: Literal[ENCODER_NAMES]
     encoder_weights: str = Field(min_length=1)
     classify: StrictBool
+
+    @model_validator(mode="after")
+    def _skip_for_an_encoder(self):
+        if self.full_resolution_skip and self.encoder == "none":
+            raise ValueError("model.full_resolution_skip is for a model.encoder without a full-resolution map; "
+                             "the reference U-Net (model.encoder none) has one: set it false or choose an encoder")
+        return self
 
 
 class Loss(Section):

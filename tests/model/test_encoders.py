@@ -50,6 +50,28 @@ def test_hypercolumns_feed_every_decoder_level_to_the_output():
     assert columns.predict(images(size=32), verbose=0).shape == (2, 32, 32, 1)
 
 
+def test_a_full_resolution_skip_gives_the_top_level_the_image_at_full_size():
+    without = build_encoder_unet(SIZE, "efficientnet_lite0", depth=4, filters=4, encoder_weights="none")
+    model = build_encoder_unet(SIZE, "efficientnet_lite0", depth=4, filters=4, encoder_weights="none",
+                               full_resolution_skip=True)
+    full_size = [layer for layer in concatenations(model) if layer.name != "grey_to_rgb"
+                 and [int(tensor.shape[1]) for tensor in layer.input] == [SIZE, SIZE]]
+    assert len(full_size) == 1 and len(concatenations(model)) == len(concatenations(without)) + 1
+    # the top decoder level sees a conv block of the grey image: two 3x3 convolutions of 4 filters
+    assert model.count_params() - without.count_params() == (1 * 9 * 4 + 4) + (4 * 9 * 4 + 4) + 2 * 4 * 4 + 4 * 9 * 4
+    assert model.predict(images(), verbose=0).shape == (2, SIZE, SIZE, 1)
+    params = make_params({"data.image_size": SIZE, "model": {"depth": 4, "filters": 4, "full_resolution_skip": True,
+                                                              "encoder": "efficientnet_lite0", "encoder_weights": "none"}})
+    assert build_model(params).count_params() == model.count_params()
+
+
+def test_a_full_resolution_skip_is_refused_where_the_model_has_one():
+    with pytest.raises(ValueError, match="block1_conv2"):
+        build_encoder_unet(SIZE, "vgg16", depth=2, filters=4, encoder_weights="none", full_resolution_skip=True)
+    with pytest.raises(ValueError, match="model.full_resolution_skip"):
+        make_params({"model.full_resolution_skip": True})
+
+
 def test_build_model_follows_params():
     params = make_params({"data.image_size": 32, "model": {"depth": 2, "filters": 4, "hypercolumns": True,
                                                             "encoder": "vgg16", "encoder_weights": "none"}})

@@ -33,14 +33,16 @@ def build_model(params: Params, image_size: int | None = None) -> keras.Model:
                     separable=model.separable, deep_supervision=model.deep_supervision)
     if model.encoder == "none":
         return build_unet(image_size, **settings)
-    return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights, **settings)
+    return build_encoder_unet(image_size, model.encoder, encoder_weights=model.encoder_weights,
+                              full_resolution_skip=model.full_resolution_skip, **settings)
 
 
 class InitError(ProjectError, ValueError):
     """train.init_from names no usable model, or one whose architecture is not the one params describe."""
 
 
-ARCHITECTURE_PARAMS = "model.depth, model.filters, model.encoder, model.separable, model.hypercolumns, model.classify"
+ARCHITECTURE_PARAMS = ("model.depth, model.filters, model.encoder, model.full_resolution_skip, model.separable, "
+                       "model.hypercolumns, model.classify")
 # model.deep_supervision is not among them: its heads are compared and copied only where both models have them
 
 

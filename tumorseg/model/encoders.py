@@ -38,7 +38,7 @@ from keras import layers
 from tumorseg.config import ENCODER_NAMES, ConfigError
 from tumorseg.errors import ProjectError
 from tumorseg.model import efficientnet_lite
-from tumorseg.model.unet import check_image_size, decoder, level_widths, model_outputs
+from tumorseg.model.unet import check_image_size, conv_block, decoder, level_widths, model_outputs
 
 MIN_IMAGE_SIZE = 32  # keras.applications refuse smaller inputs
 IMAGENET_STDDEV_RGB = np.array([0.229, 0.224, 0.225], np.float32)
@@ -88,8 +88,10 @@ def weights_argument(encoder_weights: str | Path | None) -> str | None:
     return str(path)
 
 
-def check_encoder(encoder: str, encoder_weights: str | Path | None, image_size: int, depth: int) -> None:
-    """Raise ConfigError for a depth or image size the encoder cannot serve, or a missing weights file."""
+def check_encoder(encoder: str, encoder_weights: str | Path | None, image_size: int, depth: int,
+                  full_resolution_skip: bool = False) -> None:
+    """Raise ConfigError for a depth or image size the encoder cannot serve, a full-resolution skip it has
+    already, or a missing weights file."""
     if encoder == "none":
         check_image_size(image_size, depth)
         return
@@ -104,6 +106,11 @@ def check_encoder(encoder: str, encoder_weights: str | Path | None, image_size: 
         raise ConfigError(
             f"data.image_size ({image_size}) is too small for model.encoder {encoder}: "
             f"keras.applications need at least {MIN_IMAGE_SIZE}."
+        )
+    if full_resolution_skip and ENCODERS[encoder].feature_layers[0]:
+        raise ConfigError(
+            f"model.full_resolution_skip: model.encoder {encoder} has a full-resolution map of its own "
+            f"({ENCODERS[encoder].feature_layers[0]}), the top level's skip; set model.full_resolution_skip false."
         )
     weights_argument(encoder_weights)
 
@@ -191,9 +198,15 @@ def set_batchnorm_momentum(backbone: keras.Model, momentum: float) -> None:
 def build_encoder_unet(image_size: int, encoder: str, depth: int = 4, filters: int = 64,
                        batchnorm_momentum: float = 0.8, dropout: float = 0.1, hypercolumns: bool = False,
                        encoder_weights: str | Path | None = "imagenet", classify: bool = False,
-                       separable: bool = False, deep_supervision: bool = False) -> keras.Model:
-    """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder."""
-    check_encoder(encoder, encoder_weights, image_size, depth)
+                       separable: bool = False, deep_supervision: bool = False,
+                       full_resolution_skip: bool = False) -> keras.Model:
+    """U-Net with a keras.applications contracting path (a nested model named 'encoder') and the reference decoder.
+
+    Most encoders have no full-resolution map (their stem strides by 2), so the top decoder level has no
+    skip. With `full_resolution_skip`, a conv block on the grey image (the plain U-Net's top level) is that
+    skip: the exact edges the stride-2 maps blur.
+    """
+    check_encoder(encoder, encoder_weights, image_size, depth, full_resolution_skip)
     backbone = load_backbone(encoder, encoder_weights, image_size)
     set_batchnorm_momentum(backbone, batchnorm_momentum)
     levels = [level for level, name in enumerate(ENCODERS[encoder].feature_layers[: depth + 1]) if name]
@@ -209,6 +222,8 @@ def build_encoder_unet(image_size: int, encoder: str, depth: int = 4, filters: i
                 f"{image_size // 2**level}; use a data.image_size divisible by 32."
             )
     skips = [maps.get(level) for level in range(depth)]
+    if full_resolution_skip:
+        skips[0] = conv_block(inputs, level_widths(filters, depth)[0], batchnorm_momentum)
     features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout, separable)
     outputs = model_outputs(features, maps[depth], hypercolumns, classify, dropout, deep_supervision)
     return keras.Model(inputs, outputs, name=f"{encoder}_unet")

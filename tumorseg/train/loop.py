@@ -235,7 +235,8 @@ def train(params: Params, paths: TrainPaths = TrainPaths(),
     without DVC, such as an offline GPU machine (tumorseg.experiments.offline_cv)."""
     train_params, model_params = params.train, params.model
     check_backend(train_params.strategy)
-    check_encoder(model_params.encoder, model_params.encoder_weights, params.data.image_size, model_params.depth)
+    check_encoder(model_params.encoder, model_params.encoder_weights, params.data.image_size, model_params.depth,
+                  model_params.full_resolution_skip)
     multiworker = None
     if train_params.strategy == "multiworker":
         from tumorseg.train import (
