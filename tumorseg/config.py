@@ -180,6 +180,7 @@ class Train(Section):
     early_stopping_patience: Count = Field(ge=0)
     freeze_encoder_epochs: Count = Field(ge=0)
     finetune_lr_factor: float = Field(gt=0)
+    encoder_lr_factor: float = Field(gt=0, le=1)
     loss: Loss
     augment: Augment
     oversample: Oversample

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from tests.helpers import make_params
-from tumorseg.model.build import build_model
+from tumorseg.model.build import build_model, compile_model, make_loss
 from tumorseg.model.encoders import ENCODERS, IMAGENET_STDDEV_RGB, build_encoder_unet
 from tumorseg.model.unet import build_unet
 
@@ -70,6 +70,26 @@ def test_a_full_resolution_skip_is_refused_where_the_model_has_one():
         build_encoder_unet(SIZE, "vgg16", depth=2, filters=4, encoder_weights="none", full_resolution_skip=True)
     with pytest.raises(ValueError, match="model.full_resolution_skip"):
         make_params({"model.full_resolution_skip": True})
+
+
+def test_with_encoder_lr_factor_the_encoder_steps_that_much_less_than_the_decoder():
+    params = make_params({"data.image_size": 32, "train.encoder_lr_factor": 0.1,
+                          "model": {"depth": 2, "filters": 2, "encoder": "efficientnet_lite0", "encoder_weights": "none"}})
+    model = compile_model(build_model(params), params, make_loss(params.train.loss), 1.0e-3)
+    encoder = {variable.path for variable in model.get_layer("encoder").trainable_variables}
+    before = [keras.ops.convert_to_numpy(variable) for variable in model.trainable_variables]
+    x = images(4, 32)
+    model.train_on_batch(x, (x > 0.5).astype(np.float32))
+    steps = {True: [], False: []}
+    for variable, old in zip(model.trainable_variables, before):
+        steps[variable.path in encoder].append(np.abs(keras.ops.convert_to_numpy(variable) - old).max())
+    # Adam's first step moves each weight with a gradient by the learning rate itself
+    assert len(steps[True]) > 10 and len(steps[False]) > 10
+    np.testing.assert_allclose(max(steps[True]), 1.0e-4, rtol=1e-3)
+    np.testing.assert_allclose(max(steps[False]), 1.0e-3, rtol=1e-3)
+    plain = params.replaced({"train.encoder_lr_factor": 1.0})
+    assert type(compile_model(build_model(plain), plain, make_loss(plain.train.loss), 1.0e-3).optimizer) \
+        is keras.optimizers.Adam
 
 
 def test_build_model_follows_params():

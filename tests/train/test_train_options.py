@@ -72,13 +72,14 @@ class CountEpochs(keras.callbacks.Callback):
 
 
 @pytest.mark.parametrize(
-    "stop_after, resumed",
-    [(0, [(1, True), (2, True)]), (1, [(2, True)])],
-    ids=["end of the frozen phase", "during fine-tuning"],
+    "stop_after, resumed, encoder_lr_factor",
+    [(0, [(1, True), (2, True)], 1.0), (1, [(2, True)], 1.0), (1, [(2, True)], 0.1)],
+    ids=["end of the frozen phase", "during fine-tuning", "during fine-tuning, the encoder at a tenth of the rate"],
 )
 @pytest.mark.slow
-def test_interrupted_fine_tuning_resumes_in_the_right_phase(tiny_data, tmp_path, stop_after, resumed):
-    params = tiny_params(VGG, freeze_encoder_epochs=1)
+def test_interrupted_fine_tuning_resumes_in_the_right_phase(tiny_data, tmp_path, stop_after, resumed,
+                                                            encoder_lr_factor):
+    params = tiny_params(VGG, freeze_encoder_epochs=1, encoder_lr_factor=encoder_lr_factor)
     with pytest.raises(KeyboardInterrupt):
         run(params, tiny_data, tmp_path, extra_callbacks=[StopAtEpoch(stop_after)])
     counter = CountEpochs()

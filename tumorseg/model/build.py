@@ -123,9 +123,44 @@ def compile_settings(segmentation_loss: keras.losses.Loss, params: Params) -> di
     return dict(loss=loss, loss_weights=loss_weights, metrics=metrics)
 
 
+@keras.saving.register_keras_serializable("tumorseg")
+class EncoderRateAdam(keras.optimizers.Adam):
+    """Adam whose learning rate is multiplied by `encoder_factor` for the variables whose paths are in
+    `encoder_paths` (the pretrained encoder's): discriminative fine-tuning, the ImageNet features moved
+    less than the decoder that starts from nothing. (Scaling the encoder's gradients instead would do
+    nothing: Adam's steps do not depend on the gradient's scale.)"""
+
+    def __init__(self, encoder_paths=(), encoder_factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder_paths = tuple(encoder_paths)
+        self.encoder_factor = float(encoder_factor)
+
+    def build(self, var_list):
+        super().build(var_list)
+        paths = set(self.encoder_paths)
+        self._in_encoder = [variable.path in paths for variable in var_list]
+
+    def update_step(self, gradient, variable, learning_rate):
+        if self._in_encoder[self._get_variable_index(variable)]:
+            learning_rate = learning_rate * self.encoder_factor
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self):
+        return {**super().get_config(), "encoder_paths": list(self.encoder_paths),
+                "encoder_factor": self.encoder_factor}
+
+
 def compile_model(model: keras.Model, params: Params, loss: keras.losses.Loss,
                   learning_rate: float | keras.optimizers.schedules.LearningRateSchedule) -> keras.Model:
     """Compile `model` as the train stage does: Adam at `learning_rate` (a float or a schedule), the loss
-    and metrics of compile_settings."""
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), **compile_settings(loss, params))
+    and metrics of compile_settings. While a pretrained encoder trains, its rate is train.encoder_lr_factor
+    times that (EncoderRateAdam)."""
+    factor = params.train.encoder_lr_factor
+    encoder = model.get_layer("encoder") if params.model.encoder != "none" else None
+    if encoder is not None and encoder.trainable and factor != 1.0:
+        paths = [variable.path for variable in encoder.trainable_variables]
+        optimizer = EncoderRateAdam(paths, factor, learning_rate=learning_rate)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate)
+    model.compile(optimizer=optimizer, **compile_settings(loss, params))
     return model
