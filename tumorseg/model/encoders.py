@@ -221,10 +221,11 @@ def build_encoder_unet(image_size: int, encoder: str, depth: int = 4, filters: i
                 f"model.encoder {encoder}: its level-{level} map is {feature.shape[1]} pixels wide, not "
                 f"{image_size // 2**level}; use a data.image_size divisible by 32."
             )
+    widths = level_widths(filters, depth)
     skips = [maps.get(level) for level in range(depth)]
     if full_resolution_skip:
-        skips[0] = conv_block(inputs, level_widths(filters, depth)[0], batchnorm_momentum)
-    features = decoder(maps[depth], skips, level_widths(filters, depth), batchnorm_momentum, dropout, separable)
+        skips[0] = conv_block(inputs, widths[0], batchnorm_momentum)
+    features = decoder(maps[depth], skips, widths, batchnorm_momentum, dropout, separable)
     outputs = model_outputs(features, maps[depth], hypercolumns, classify, dropout, deep_supervision)
     return keras.Model(inputs, outputs, name=f"{encoder}_unet")
 
